@@ -1,0 +1,234 @@
+"""``ccup``: thin Typer commands that parse, call the library, and render.
+
+Exit codes: 0 success; 1 a threshold failed (``ccup eval``) or an unexpected error;
+2 bad input (one line on stderr naming the problem and the fix); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import CcupError
+
+app = typer.Typer(
+    name="ccup",
+    help="Make a CLIP model forget chosen classes: closed-form, no retraining, no images of those classes.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _boundary(debug: bool):
+    """Map exceptions to exit codes: CcupError -> 2, Ctrl-C -> 130, anything else -> 1."""
+    try:
+        yield
+    except CcupError as err:
+        if debug:
+            raise
+        for line in err.one_line().splitlines():
+            stderr.print(f"[bold red]error:[/] {line}", highlight=False, markup=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted; nothing was written", highlight=False)
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as err:  # noqa: BLE001 - the one place that catches everything
+        if debug:
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        stderr.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {first} (run again with --debug for "
+                     "the traceback, and please report it)", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    # open_clip logs through the root logger (e.g. "initialized randomly" before ccup loads
+    # the weights itself); keep that for -v
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """A rich progress callback on stderr, or None when off (--json, -q, not a terminal)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=stderr, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress bars or tables; errors only.")
+VERBOSE = typer.Option(False, "-v", "--verbose", help="Log what open_clip does.")
+JSON = typer.Option(False, "--json", help="Print only the JSON report on stdout.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+BATCH = typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")
+NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write ~/.cache/ccup.")
+
+
+@app.command("unlearn")
+def unlearn_command(
+    spec_file: Optional[Path] = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo; "
+                                        "default: the embedded ccup-tiny-fashion."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag, checkpoint path, or 'none'."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Classes to forget, comma-separated."),
+    retain: Optional[str] = typer.Option(None, "--retain", help="Classes to keep, comma-separated."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1)."),
+    method: Optional[str] = typer.Option(None, "--method", help="ccup (default) or nullspace."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
+                                            "photo, or a file."),
+    retain_templates: Optional[str] = typer.Option(None, "--retain-templates", help="Retain templates."),
+    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the dataset lies."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Images per class (seeded)."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow a dataset download."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
+    device: str = DEVICE,
+    batch_size: int = BATCH,
+    json_out: bool = JSON,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    no_cache: bool = NO_CACHE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+    debug: bool = DEBUG,
+) -> None:
+    """Fold a forgetting projection into the image tower and write a patched checkpoint."""
+    _quiet_libraries(verbose)
+    with _boundary(debug):
+        from . import report as rep
+        from .pipeline import RunOptions, run_unlearn
+        from .spec import build_spec, read_spec_file
+
+        file_values = read_spec_file(spec_file) if spec_file is not None else {}
+        flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
+                 "alpha": alpha, "method": method, "templates": templates, "retain_templates": retain_templates,
+                 "eval": eval_name, "data_root": data_root, "eval_limit": eval_limit, "download": download}
+        spec = build_spec(file_values, flags)
+        with _progress(not (json_out or quiet)) as progress:
+            options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
+                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
+            report = run_unlearn(spec, options)
+        if json_out:
+            sys.stdout.write(rep.dumps(report))
+            return
+        if not quiet:
+            for warning in report.get("warnings", []):
+                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            stdout.print(rep.summary_table(report))
+            if "metrics" in report:
+                ds = report["dataset"]
+                stdout.print(rep.metrics_table(report["metrics"], f"{ds['name']} ({ds['n_images']} images)"))
+            if out is None:
+                stdout.print("[dim]no --out given: nothing was written[/]")
+
+
+@app.command("eval")
+def eval_command(
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag, checkpoint path, folder, or 'none'."),
+    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    eval_split: str = typer.Option("test", "--eval-split"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Images per class (seeded)."),
+    download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
+    templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
+    max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) above this."),
+    min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) below this."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here."),
+    device: str = DEVICE,
+    batch_size: int = BATCH,
+    json_out: bool = JSON,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out report."),
+    no_cache: bool = NO_CACHE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+    debug: bool = DEBUG,
+) -> None:
+    """Zero-shot accuracy of a model, with thresholds for CI (exit 1 when one fails)."""
+    _quiet_libraries(verbose)
+    failures: list[str] = []
+    with _boundary(debug):
+        from . import report as rep
+        from .pipeline import EvalRequest, RunOptions, run_eval
+
+        req = EvalRequest(model=model, pretrained=pretrained, eval=eval_name, data_root=data_root,
+                          eval_split=eval_split, eval_limit=eval_limit, download=download,
+                          forget=_csv(forget) or [], templates=templates, max_forget_acc=max_forget_acc,
+                          min_retain_acc=min_retain_acc)
+        with _progress(not (json_out or quiet)) as progress:
+            options = RunOptions(device=device, batch_size=batch_size, overwrite=overwrite,
+                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
+            report, failures = run_eval(req, options, out)
+        if json_out:
+            sys.stdout.write(rep.dumps(report))
+        elif not quiet:
+            ds = report["dataset"]
+            stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
+                                                              f"({ds['n_images']} images)"))
+    for failure in failures:
+        stderr.print(f"[bold red]threshold failed:[/] {failure}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the architectures open_clip knows, the embedded one first."""
+    from .models import EMBEDDED_MODEL, builtin_model_names
+
+    names = builtin_model_names()
+    stdout.print(f"{EMBEDDED_MODEL} (embedded, default)")
+    for name in names:
+        if name != EMBEDDED_MODEL:
+            stdout.print(name, highlight=False)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print ccup's version."""
+    from .report import ccup_version
+
+    stdout.print(ccup_version())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Evaluation datasets and their readable class names.
+
+A dataset is opened by name from a registry of small loader functions, or as an
+ImageFolder path. Every loader returns an ``EvalDataset``: class names, labels, and a way
+to get each image as a PIL image (the model's own open_clip transform is applied later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+from .idx import load_idx_split
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+ASSETS = Path(__file__).resolve().parent / "assets"
+MINI_NAME = "fashion-mnist-mini"
+MINI_FILE = ASSETS / MINI_NAME / "fashion-mnist-mini.npz"
+DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LIMIT_SEED = 0
+
+
+@lru_cache(maxsize=1)
+def _classname_presets() -> dict[str, list[str]]:
+    return json.loads((PRESETS / "classnames.json").read_text(encoding="utf-8"))
+
+
+def preset_classnames(name: str) -> list[str] | None:
+    """A copy of a dataset's readable class names, or None if none is shipped."""
+    if name == MINI_NAME:
+        name = "fashion-mnist"
+    if name == "imagenet":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    names = _classname_presets().get(name)
+    return list(names) if names is not None else None
+
+
+def generic_vocabulary() -> list[str]:
+    """The default retain vocabulary when no dataset is given: ImageNet-1k class names."""
+    return preset_classnames("imagenet") or []
+
+
+@dataclass
+class EvalDataset:
+    """Images and labels of one evaluation split; images load lazily as PIL images."""
+
+    name: str
+    split: str
+    classnames: list[str]
+    labels: np.ndarray  # [n] int64
+    item_ids: list[str]  # one stable id per image (a path, or file#index)
+    load_image: Callable[[int], Image.Image] = field(repr=False)
+    content_id: str = ""  # identifies the bytes behind item_ids (file hashes, sizes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        found = np.bincount(self.labels, minlength=len(self.classnames))
+        return {c: int(n) for c, n in zip(self.classnames, found)}
+
+    def file_list_sha256(self) -> str:
+        h = hashlib.sha256()
+        for item, label in zip(self.item_ids, self.labels.tolist()):
+            h.update(f"{item}\t{label}\n".encode())
+        return h.hexdigest()
+
+    def identity(self) -> str:
+        """What the feature cache keys a dataset on: name, split, file list and content."""
+        return hashlib.sha256(f"{self.name}|{self.split}|{self.file_list_sha256()}|{self.content_id}".encode()).hexdigest()
+
+    def subset(self, indices: np.ndarray) -> EvalDataset:
+        indices = np.asarray(indices, dtype=np.int64)
+        parent = self.load_image
+        return EvalDataset(self.name, self.split, self.classnames, self.labels[indices],
+                           [self.item_ids[i] for i in indices], lambda i: parent(int(indices[i])), self.content_id)
+
+    def limit_per_class(self, limit: int, seed: int = LIMIT_SEED) -> EvalDataset:
+        """At most ``limit`` images per class, chosen by a seeded shuffle, in original order."""
+        rng = np.random.default_rng(seed)
+        keep = []
+        for c in range(len(self.classnames)):
+            idx = np.flatnonzero(self.labels == c)
+            keep.append(np.sort(rng.permutation(idx)[:limit]))
+        return self.subset(np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64))
+
+
+def _array_dataset(name, split, classnames, images: np.ndarray, labels: np.ndarray, source: str) -> EvalDataset:
+    content = hashlib.sha256(images.tobytes()).hexdigest()[:16] + hashlib.sha256(labels.tobytes()).hexdigest()[:16]
+    return EvalDataset(name, split, classnames, labels.astype(np.int64),
+                       [f"{source}#{i}" for i in range(len(labels))],
+                       lambda i: Image.fromarray(images[i]), content)
+
+
+# --- loaders -------------------------------------------------------------------------------
+
+
+def _mini(root: str | None, split: str, download: bool) -> EvalDataset:
+    with np.load(MINI_FILE) as z:
+        images, labels = z["images"], z["labels"]
+    return _array_dataset(MINI_NAME, "test", preset_classnames("fashion-mnist"), images, labels, MINI_FILE.name)
+
+
+def _idx_dataset(name: str, default_root: str | None, torchvision_cls: str):
+    def load(root: str | None, split: str, download: bool) -> EvalDataset:
+        root = root or default_root
+        if root is None and not download:
+            raise DatasetError(f"{name} needs --data-root", f"point it at the idx files, or pass --download")
+        root_path = Path(root or Path.home() / ".cache" / "ccup" / "datasets")
+        try:
+            images, labels = load_idx_split(root_path, split)
+        except DatasetError:
+            if not download:
+                raise
+            import torchvision
+
+            getattr(torchvision.datasets, torchvision_cls)(str(root_path), train=split == "train", download=True)
+            images, labels = load_idx_split(root_path, split)
+        return _array_dataset(name, split, preset_classnames(name), images, labels, f"{name}-{split}")
+
+    return load
+
+
+def _torchvision(name: str, cls_name: str, split_kw: Callable[[str], dict], classnames_of=None):
+    def load(root: str | None, split: str, download: bool) -> EvalDataset:
+        import torchvision
+
+        if root is None:
+            raise DatasetError(f"{name} needs --data-root", "point it at the dataset folder, or add --download")
+        try:
+            ds = getattr(torchvision.datasets, cls_name)(root, download=download, **split_kw(split))
+        except (RuntimeError, FileNotFoundError, OSError) as err:
+            hint = "check --data-root" if download else f"add --download to fetch {name} into {root}"
+            raise DatasetError(f"{name} is not under {root} ({str(err).splitlines()[0]})", hint) from err
+        classnames = preset_classnames(name) or classnames_of(ds)
+        labels = np.asarray(_labels_of(ds), dtype=np.int64)
+
+        def image(i: int) -> Image.Image:
+            img = ds[i][0]
+            return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+        return EvalDataset(name, split, classnames, labels, [f"{name}-{split}#{i}" for i in range(len(labels))],
+                           image, f"{len(labels)}")
+
+    return load
+
+
+def _labels_of(ds) -> list[int]:
+    for attr in ("targets", "labels", "_labels", "y"):
+        if hasattr(ds, attr):
+            return list(getattr(ds, attr))
+    return [ds[i][1] for i in range(len(ds))]
+
+
+def _clean(names) -> list[str]:
+    return [str(n).replace("_", " ").strip().lower() for n in names]
+
+
+def _imagenet(root: str | None, split: str, download: bool) -> EvalDataset:
+    if root is None:
+        raise DatasetError("imagenet needs --data-root", "point it at the val folder (one sub-folder per wnid)")
+    folder = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
+    ds = image_folder(folder, name="imagenet")
+    names = preset_classnames("imagenet")
+    if len(ds.classnames) != len(names):
+        raise DatasetError(f"imagenet at {folder} has {len(ds.classnames)} class folders, not 1000",
+                           "point --data-root at the full val split")
+    ds.classnames = names
+    return ds
+
+
+DATASETS: dict[str, Callable[[str | None, str, bool], EvalDataset]] = {
+    MINI_NAME: _mini,
+    "fashion-mnist": _idx_dataset("fashion-mnist", DEBIAN_FASHION_ROOT, "FashionMNIST"),
+    "mnist": _idx_dataset("mnist", None, "MNIST"),
+    "cifar10": _torchvision("cifar10", "CIFAR10", lambda s: {"train": s == "train"}),
+    "cifar100": _torchvision("cifar100", "CIFAR100", lambda s: {"train": s == "train"}),
+    "stl10": _torchvision("stl10", "STL10", lambda s: {"split": s}),
+    "flowers102": _torchvision("flowers102", "Flowers102", lambda s: {"split": s},
+                               lambda ds: [f"flower {i}" for i in range(102)]),
+    "oxford-pets": _torchvision("oxford-pets", "OxfordIIITPet", lambda s: {"split": "test" if s == "test" else "trainval"},
+                                lambda ds: _clean(ds.classes)),
+    "food101": _torchvision("food101", "Food101", lambda s: {"split": s}, lambda ds: _clean(ds.classes)),
+    "caltech101": _torchvision("caltech101", "Caltech101", lambda s: {}, lambda ds: _clean(ds.categories)),
+    "imagenet": _imagenet,
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def image_folder(path: Path, name: str | None = None) -> EvalDataset:
+    """One sub-folder per class; ``classnames.txt`` (``folder<TAB>name`` or one name per line) renames."""
+    if not path.is_dir():
+        raise DatasetError(f"dataset folder {path} does not exist", "check the --eval path")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"dataset folder {path} has no class sub-folders",
+                           "lay it out as one sub-folder of images per class")
+    classnames = [f.name for f in folders]
+    mapping_file = path / "classnames.txt"
+    if mapping_file.is_file():
+        lines = [ln.strip() for ln in mapping_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if all("\t" in ln for ln in lines):
+            mapping = dict(ln.split("\t", 1) for ln in lines)
+            classnames = [mapping.get(f.name, f.name) for f in folders]
+        elif len(lines) == len(folders):
+            classnames = lines
+        else:
+            raise DatasetError(f"{mapping_file} has {len(lines)} names for {len(folders)} class folders",
+                               "write one name per folder, in sorted folder order, or folder<TAB>name lines")
+    files, labels = [], []
+    for label, folder in enumerate(folders):
+        for f in sorted(folder.rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise DatasetError(f"dataset folder {path} holds no images", "put .png or .jpg files in its class folders")
+    sizes = hashlib.sha256("".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
+
+    def load(i: int) -> Image.Image:
+        with Image.open(files[i]) as img:
+            img.load()
+            return img
+
+    return EvalDataset(name or path.name, "folder", classnames, np.asarray(labels, dtype=np.int64),
+                       [str(f.relative_to(path)) for f in files], load, sizes)
+
+
+def dataset_classnames(name: str) -> list[str] | None:
+    """Class names known without touching images: presets, or an ImageFolder's sub-folders."""
+    names = preset_classnames(name)
+    if names is not None:
+        return names
+    if Path(name).is_dir():
+        return image_folder(Path(name)).classnames
+    return None
+
+
+def open_dataset(name: str, data_root: str | None = None, split: str = "test", download: bool = False,
+                 limit: int | None = None) -> EvalDataset:
+    """Open an evaluation dataset by registry name or ImageFolder path, optionally capped per class."""
+    if name in DATASETS:
+        ds = DATASETS[name](data_root, split, download)
+    elif Path(name).exists():
+        ds = image_folder(Path(name))
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(name, dataset_names(), n=2)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"use one of {', '.join(dataset_names())} or a folder"
+        raise DatasetError(f'unknown dataset "{name}"', hint)
+    if len(ds) == 0:
+        raise DatasetError(f"dataset {name} ({split}) is empty", "check --data-root and --eval-split")
+    if limit is not None:
+        ds = ds.limit_per_class(limit)
+    return ds

@@ -1,0 +1,371 @@
+"""Load open_clip models from every source through one checked path.
+
+Sources: a built-in name with a tag (``openai``), a local ``.safetensors``/``.pt``/``.bin``
+file, ``hf-hub:org/repo``, ``local-dir:PATH`` (or a folder given as ``pretrained``), a
+config JSON registered with ``open_clip.add_model_config``, the embedded
+``ccup-tiny-fashion``, and ``none`` for deliberate random init.
+
+Every route ends the same way: an architecture built by open_clip with the source's own
+preprocessing, then weights read by ccup with clear errors (corrupt file, code-running
+pickle, wrong architecture), then ``load_state_dict``. The state dict read from the file
+is kept as it was, so the patched checkpoint differs from it only at the fold site.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import difflib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import sha256_file
+from .errors import CheckpointError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED_MODEL = "ccup-tiny-fashion"
+EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+NETWORK_PROBE_SECONDS = 5.0
+_PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model in eval mode with what ccup needs to know about where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    preprocess: Any  # open_clip's eval transform for this source
+    model_name: str  # the name open_clip knows the architecture by (or a local-dir:/hf-hub: id)
+    pretrained: str | None  # tag, path, or None for random init
+    model_cfg: dict
+    preprocess_cfg: dict
+    checkpoint_path: Path | None
+    checkpoint_sha256: str | None
+    source_state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @property
+    def cache_id(self) -> str | None:
+        """What identifies these weights for caches; None for random init (never cached)."""
+        return self.checkpoint_sha256
+
+
+def register_embedded() -> None:
+    """Make ``ccup-tiny-fashion`` a name open_clip knows (architecture only)."""
+    import open_clip
+
+    cfg_file = ASSETS / "model_configs" / f"{EMBEDDED_MODEL}.json"
+    if cfg_file.is_file() and EMBEDDED_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(cfg_file)
+
+
+# --- reading checkpoints ---------------------------------------------------------------------
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, with a one-line error for every way it can be bad.
+
+    Pickles (``.pt``/``.bin``) are read with ``weights_only=True``: one that tries to run
+    code is refused.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"pretrained file {path} does not exist", "check the path given to --pretrained")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]})",
+                                  "re-download or re-export it") from err
+    else:
+        import pickle
+
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            reason = str(err).splitlines()[0] if str(err) else "unsupported content"
+            if "weights_only" in str(err) or "global" in str(err).lower():
+                raise CheckpointError(
+                    f"refused to load {path}: the pickle tries to run code or load non-tensor objects",
+                    "convert it to .safetensors in a trusted environment",
+                ) from err
+            raise CheckpointError(f"checkpoint {path} is corrupt ({reason})", "re-download or re-export it") from err
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]})",
+                                  "re-download or re-export it") from err
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors", "pass an open_clip checkpoint file")
+    if next(iter(state)).startswith("module."):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _check_architecture(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise CheckpointError(
+                f"{path} does not fit {name}: tensor {key} {tuple(tensor.shape)} is missing from the checkpoint",
+                "pass the --model the checkpoint was trained as",
+            )
+        got = state[key]
+        if tuple(got.shape) != tuple(tensor.shape) and got.numel() != tensor.numel():
+            raise CheckpointError(
+                f"{path} does not fit {name}: tensor {key} has shape {tuple(got.shape)} in the checkpoint, "
+                f"{tuple(tensor.shape)} in the model",
+                "pass the --model the checkpoint was trained as",
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise CheckpointError(f"{path} does not fit {name}: unexpected tensor {extra[0]}",
+                              "pass the --model the checkpoint was trained as")
+
+
+def _load_weights(model: torch.nn.Module, path: Path, name: str) -> dict[str, torch.Tensor]:
+    state = read_state_dict(path)
+    if set(state) != set(model.state_dict()):
+        # third-party layouts (OpenAI JIT, big_vision, ...) go through open_clip's converters
+        try:
+            import open_clip
+
+            open_clip.load_checkpoint(model, str(path))
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        except Exception:  # noqa: BLE001 - fall through to a precise mismatch message
+            pass
+    _check_architecture(model, state, path, name)
+    fitted = {}
+    for key, tensor in model.state_dict().items():
+        fitted[key] = state[key].reshape(tensor.shape) if state[key].shape != tensor.shape else state[key]
+    model.load_state_dict(fitted, strict=True)
+    return state
+
+
+# --- network ---------------------------------------------------------------------------------
+
+
+def _network_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
+    def probe() -> bool:
+        with socket.create_connection((host, port), timeout=NETWORK_PROBE_SECONDS):
+            return True
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(probe).result(timeout=NETWORK_PROBE_SECONDS + 1)
+    except Exception:  # noqa: BLE001 - DNS failure, refusal, timeout all mean "no network"
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _download(what: str, fetch):
+    """Run ``fetch`` (an open_clip download) so that it fails fast where no network answers."""
+    online = _network_reachable()
+    if not online:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # a cached file still loads; a missing one fails at once
+    try:
+        return fetch()
+    except Exception as err:  # noqa: BLE001
+        if not online:
+            raise CheckpointError(
+                f"{what} needs a download and no network answers",
+                "download the weights where a network exists and pass the file with --pretrained PATH",
+            ) from err
+        raise CheckpointError(f"could not download {what}: {str(err).splitlines()[0]}",
+                              "check the name, or pass a local file with --pretrained PATH") from err
+
+
+# --- resolving a source ----------------------------------------------------------------------
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else "run `ccup models` to list them"
+
+
+def _checkpoint_in_dir(folder: Path) -> Path | None:
+    for name in _PREFERRED_IN_DIR:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    return found[0] if found else None
+
+
+def read_local_dir_config(folder: Path) -> dict:
+    cfg_path = folder / "open_clip_config.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist", "check the local-dir: path")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} has no open_clip_config.json", "pass a folder written by ccup or open_clip")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{cfg_path} is not valid JSON (line {err.lineno})", "repair or re-export it") from err
+    if "model_cfg" not in cfg:
+        raise CheckpointError(f"{cfg_path} has no model_cfg", "write it as {\"model_cfg\": ..., \"preprocess_cfg\": ...}")
+    return cfg
+
+
+def builtin_model_names() -> list[str]:
+    import open_clip
+
+    register_embedded()
+    return open_clip.list_models()
+
+
+def canonical_tag(model_name: str) -> str | None:
+    """``openai`` where open_clip has it for this architecture, else the first tag it lists."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if not tags:
+        return None
+    return "openai" if "openai" in tags else tags[0]
+
+
+def load_model(model_name: str | None = None, pretrained: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Resolve ``(model_name, pretrained)`` as open_clip names them and load the model.
+
+    ``model_name`` None means the embedded ``ccup-tiny-fashion``. ``pretrained`` None means
+    the architecture's canonical tag; ``"none"`` means random init on purpose (seeded).
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    register_embedded()
+    name = model_name or EMBEDDED_MODEL
+    if name == EMBEDDED_MODEL and pretrained is None:
+        name = LOCAL_DIR + str(EMBEDDED_DIR)
+    if pretrained is not None and pretrained != "none" and Path(pretrained).is_dir():
+        name, pretrained = LOCAL_DIR + pretrained, None  # an output folder of ccup, or any local-dir
+
+    checkpoint: Path | None = None
+    preprocess_cfg = dict(PreprocessCfg().__dict__)
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR):])
+        local_cfg = read_local_dir_config(folder)
+        model_cfg = local_cfg["model_cfg"]
+        preprocess_cfg = merge_preprocess_dict(preprocess_cfg, local_cfg.get("preprocess_cfg", {}))
+        checkpoint = _checkpoint_in_dir(folder)
+        if checkpoint is None:
+            raise CheckpointError(f"{folder} holds no checkpoint file", "write model.safetensors beside its config")
+        arch_name, pretrained_desc = name, str(checkpoint)
+    elif name.startswith(HF_HUB):
+        model_id = name[len(HF_HUB):]
+        from open_clip.factory import _get_hf_config
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        cfg = _download(name, lambda: _get_hf_config(model_id))
+        model_cfg = cfg["model_cfg"]
+        preprocess_cfg = merge_preprocess_dict(preprocess_cfg, cfg.get("preprocess_cfg", {}))
+        checkpoint = Path(_download(name, lambda: download_pretrained_from_hf(model_id)))
+        arch_name, pretrained_desc = name, name
+    else:
+        if name.endswith(".json") and Path(name).is_file():
+            open_clip.add_model_config(name)
+            name = Path(name).stem
+        known = open_clip.list_models()
+        if name not in known:
+            raise CheckpointError(f'unknown model "{name}"', _suggest(name, known))
+        model_cfg = open_clip.get_model_config(name)
+        if pretrained is None:
+            pretrained = canonical_tag(name)
+            if pretrained is None:
+                raise CheckpointError(
+                    f"{name} has no pretrained tag in open_clip",
+                    "pass --pretrained PATH to a checkpoint, or --pretrained none for random weights",
+                )
+        arch_name, pretrained_desc = name, pretrained
+        if pretrained == "none":
+            pretrained_desc = None
+        elif open_clip.get_pretrained_cfg(name, pretrained):
+            tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+            preprocess_cfg = merge_preprocess_dict(preprocess_cfg, tag_cfg)
+            checkpoint = Path(_download(f"{name} pretrained={pretrained}",
+                                        lambda: open_clip.download_pretrained(tag_cfg)))
+        elif Path(pretrained).suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained or Path(pretrained).exists():
+            checkpoint = Path(pretrained)
+            if not checkpoint.is_file():
+                raise CheckpointError(f"pretrained file {checkpoint} does not exist",
+                                      "check the path given to --pretrained")
+            sibling = checkpoint.parent / "open_clip_config.json"
+            if sibling.is_file():  # a ccup output folder: keep the source's preprocessing
+                preprocess_cfg = merge_preprocess_dict(
+                    preprocess_cfg, read_local_dir_config(checkpoint.parent).get("preprocess_cfg", {}))
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise CheckpointError(
+                f'"{pretrained}" is neither a pretrained tag of {name} nor a file',
+                f"use one of {', '.join(tags)} or a checkpoint path" if tags else "pass a checkpoint path",
+            )
+
+    if pretrained == "none":
+        torch.manual_seed(0)  # random init on purpose: deterministic, so reruns give the same file
+    try:
+        if arch_name.startswith(HF_HUB):
+            model = _model_from_cfg(model_cfg, preprocess_cfg)
+        else:
+            # size always follows the built tower; the rest is the source's preprocessing
+            pp = {k: v for k, v in preprocess_cfg.items() if k != "size"}
+            model = open_clip.create_model(arch_name, pretrained=None, load_weights=False, force_preprocess_cfg=pp)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"open_clip could not build {arch_name}: {str(err).splitlines()[0]}",
+                              "check the model config") from err
+    source_state: dict[str, torch.Tensor] = {}
+    sha = None
+    if checkpoint is not None:
+        source_state = _load_weights(model, checkpoint, arch_name)
+        sha = sha256_file(checkpoint)
+    else:
+        source_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model = model.to(device).eval()
+    from open_clip import get_model_preprocess_cfg
+    from open_clip.transform import image_transform_v2
+
+    final_pp = get_model_preprocess_cfg(model)
+    transform = image_transform_v2(PreprocessCfg(**final_pp), is_train=False)
+    tokenizer = open_clip.get_tokenizer(arch_name)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, preprocess=transform, model_name=arch_name, pretrained=pretrained_desc,
+        model_cfg=model_cfg, preprocess_cfg=_jsonable(final_pp), checkpoint_path=checkpoint,
+        checkpoint_sha256=sha, source_state_dict=source_state,
+    )
+
+
+def _model_from_cfg(model_cfg: dict, preprocess_cfg: dict) -> torch.nn.Module:
+    import copy
+
+    import open_clip
+    from open_clip.model import set_model_preprocess_cfg
+
+    cfg = copy.deepcopy(model_cfg)
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    model = cls(**cfg)
+    pp = dict(preprocess_cfg)
+    pp["size"] = getattr(model.visual, "image_size", pp.get("size"))
+    set_model_preprocess_cfg(model, pp)
+    return model
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,356 @@
+"""The jobs behind ``ccup unlearn`` and ``ccup eval``: validate, load, compute, write, report.
+
+Nothing here prints or exits; progress goes through a callback and problems are raised as
+``CcupError``. The CLI renders what these functions return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import report as rep
+from .api import default_retain, embed_classes, unlearn
+from .atomic import atomic_dir, atomic_path, sha256_file
+from .data import MINI_NAME, EvalDataset, open_dataset
+from .errors import OutputError, SpecError
+from .evaluate import delta, encode_pre_projection, feature_cache_key, metrics_for
+from .fold import FoldSite, locate_fold_site, site_tensors
+from .models import EMBEDDED_MODEL, LoadedModel, load_model
+from .spec import UnlearnSpec, check_classes_in
+from .text import load_templates
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunOptions:
+    """How to run (never what to do): device, batch size, output, caches."""
+
+    device: str = "auto"
+    batch_size: int = 256
+    out: Path | None = None
+    overwrite: bool = False
+    use_cache: bool = True
+    argv: list[str] | None = None
+    progress: Progress | None = field(default=None, repr=False)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f'device: "{device}" was asked for but no CUDA device is available', "use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SpecError(f'device: "{device}" is not one of auto, cpu, cuda', "pass --device auto, cpu or cuda")
+    return device
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Block:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = round(timer.seconds.get(phase, 0.0) + time.perf_counter() - self.start, 4)
+
+        return _Block()
+
+
+def default_eval(model: str | None, eval_name: str | None) -> str | None:
+    """The embedded model evaluates on the embedded subset unless told otherwise."""
+    if eval_name is None and (model is None or model == EMBEDDED_MODEL):
+        return MINI_NAME
+    return eval_name
+
+
+def open_eval_dataset(spec_eval: str, data_root, split, download, limit) -> EvalDataset:
+    return open_dataset(spec_eval, data_root=data_root, split=split, download=download, limit=limit)
+
+
+def _canonical_names(names: list[str], classnames: list[str]) -> list[str]:
+    lookup = {c.lower(): c for c in classnames}
+    return [lookup.get(n.lower(), n) for n in names]
+
+
+def _check_output_folder(out: Path, overwrite: bool, pretrained: str | None, model: str | None) -> None:
+    out = out.absolute()
+    inputs = [Path(p).absolute() for p in (pretrained, (model or "").removeprefix("local-dir:")) if p]
+    for inp in inputs:
+        if inp.exists() and (inp == out or out in inp.parents):
+            raise OutputError(f"--out {out} would overwrite the input {inp}", "choose another --out folder")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
+
+
+def _dataset_report(ds: EvalDataset) -> dict:
+    return {"name": ds.name, "split": ds.split, "n_images": len(ds), "images_per_class": ds.counts(),
+            "file_list_sha256": ds.file_list_sha256()}
+
+
+def _model_report(loaded: LoadedModel) -> dict:
+    return {"name": loaded.model_name, "pretrained": loaded.pretrained,
+            "checkpoint": str(loaded.checkpoint_path) if loaded.checkpoint_path else None}
+
+
+def _encode_dataset(loaded: LoadedModel, site: FoldSite, ds: EvalDataset, options: RunOptions, device: str):
+    key = feature_cache_key(loaded.cache_id, site, ds, loaded.preprocess) if options.use_cache else None
+    step = None
+    if options.progress is not None:
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            options.progress("encoding images", done[0], len(ds))
+
+    return encode_pre_projection(loaded.model, site, ds, loaded.preprocess, options.batch_size, device, step, key)
+
+
+def _text_progress(options: RunOptions) -> Progress | None:
+    return options.progress
+
+
+def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
+    """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
+    timer = _Timer()
+    device = resolve_device(options.device)
+    spec_eval = default_eval(spec.model, spec.eval)
+    if spec_eval != spec.eval:
+        spec = spec.model_copy(update={"eval": spec_eval})
+    # --- validate at the door: templates, dataset classes, output folder ---
+    templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
+    dataset = None
+    if spec.eval:
+        with timer("open_dataset"):
+            dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit)
+        check_classes_in(spec, dataset.classnames, dataset.name)
+        spec = spec.model_copy(update={
+            "forget": _canonical_names(spec.forget, dataset.classnames),
+            "retain": _canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+    if options.out is not None:
+        _check_output_folder(options.out, options.overwrite, spec.pretrained, spec.model)
+
+    with timer("load_model"):
+        loaded = load_model(spec.model, spec.pretrained, device)
+    cache_id = loaded.cache_id if options.use_cache else None
+    retain = spec.retain if spec.retain is not None else default_retain(
+        spec.forget, dataset.classnames if dataset else None)
+    site = locate_fold_site(loaded.model)
+    original = {k: loaded.source_state_dict[k] for k in site.keys} if set(site.keys) <= set(
+        loaded.source_state_dict) else site_tensors(loaded.model, site)
+
+    with timer("text_and_solve"):
+        result = unlearn(
+            loaded.model, loaded.tokenizer, spec.forget, retain, alpha=spec.alpha, method=spec.method,
+            templates=templates, retain_templates=retain_templates, lambda_retain=spec.lambda_retain,
+            lambda_identity=spec.lambda_identity, energy=spec.energy, inplace=True,
+            retain_warn_cosine=spec.retain_warn_cosine, original_tensors=original, cache_id=cache_id,
+            model_name=loaded.model_name, progress=_text_progress(options), device=device,
+        )
+
+    report = rep.new_report("unlearn", options.argv)
+    resolved = spec.model_copy(update={"retain": retain}) if spec.retain is None else spec
+    report["spec"] = resolved.model_dump(mode="json")
+    report["spec_sha256"] = resolved.sha256()
+    report["model"] = _model_report(loaded)
+    report["preprocess_cfg"] = loaded.preprocess_cfg
+    report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
+                                       "sha256": loaded.checkpoint_sha256}}
+    proj = result.projector
+    report["projector"] = {
+        "method": proj.method, "alpha": proj.alpha, "rank": proj.rank, "params": proj.params,
+        "singular_values_of_I_minus_W": proj.singular_values, "fold_site": site.path,
+        "fold_keys": list(site.keys), "dim": int(proj.W.shape[0]),
+    }
+    report["text"] = {
+        "forget_classes": len(spec.forget), "retain_classes": len(retain),
+        "forget_templates": len(templates), "retain_templates": len(retain_templates),
+        "embeddings": result.embedding_mode,
+        "cache_hit": {"forget": result.forget.cache_hit, "retain": result.retain.cache_hit},
+        "fast_path": _fast_text(loaded),
+    }
+    report["text_side"] = result.text_side()
+    report["warnings"] = [
+        f'retain class "{c["retain"]}" is close to forget class "{c["forget"]}" (cosine {c["cosine"]:.3f}); '
+        "keeping it works against forgetting" for c in result.close_retain]
+
+    if dataset is not None:
+        with timer("encode_images"):
+            pre, hit = _encode_dataset(loaded, site, dataset, options, device)
+        with timer("eval_text"):
+            classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
+                                       loaded.model_name).per_class
+        with timer("metrics"):
+            before = metrics_for(site, original, pre, classifier.to(pre.device), dataset, spec.forget)
+            after = metrics_for(site, result.folded_tensors, pre, classifier.to(pre.device), dataset, spec.forget)
+        report["dataset"] = _dataset_report(dataset)
+        report["dataset"]["feature_cache_hit"] = hit
+        report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
+
+    if options.out is not None:
+        with timer("write"):
+            _write_unlearn_outputs(options.out, options.overwrite, loaded, result, resolved, report)
+    report["timings"] = timer.seconds
+    report["environment"] = rep.environment(device)
+    if options.out is not None:  # the report inside the folder carries the final timings too
+        rep.write_report(Path(options.out) / "report.json", report)
+    return report
+
+
+def _fast_text(loaded: LoadedModel) -> bool:
+    from .text import supports_fast_text
+
+    return supports_fast_text(loaded.model)
+
+
+def patched_state_dict(loaded: LoadedModel, folded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The source state dict with only the fold-site tensors replaced, ready for safetensors."""
+    state, seen = {}, set()
+    for key, tensor in loaded.source_state_dict.items():
+        t = folded.get(key, tensor).detach().cpu().contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if ptr in seen:  # safetensors refuses shared storage; .pt checkpoints may have it
+            t = t.clone()
+        seen.add(ptr)
+        state[key] = t
+    return state
+
+
+def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, result, spec: UnlearnSpec,
+                           report: dict) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out).absolute()
+    metadata = {
+        "format": "pt", "ccup_version": report["ccup_version"], "method": result.projector.method,
+        "alpha": repr(float(result.projector.alpha)), "forget": json.dumps(spec.forget),
+        "spec_sha256": report["spec_sha256"], "source_sha256": loaded.checkpoint_sha256 or "random-init",
+        "fold_site": result.site.path, "model": loaded.model_name,
+    }
+    with atomic_dir(out, overwrite) as tmp:
+        ckpt = tmp / "model.safetensors"
+        try:
+            save_file(patched_state_dict(loaded, result.folded_tensors), str(ckpt), metadata=metadata)
+        except OSError as err:
+            from .atomic import _os_error_to_output_error
+
+            raise _os_error_to_output_error(err, out / "model.safetensors") from err
+        config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": loaded.preprocess_cfg}
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+        report["outputs"] = {
+            "folder": str(out),
+            "checkpoint": {"path": str(out / "model.safetensors"), "sha256": sha256_file(ckpt)},
+            "open_clip_config": {"path": str(out / "open_clip_config.json"),
+                                 "sha256": sha256_file(tmp / "open_clip_config.json")},
+            "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
+        }
+        rep.write_report(tmp / "report.json", report)
+
+
+# --- ccup eval --------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRequest:
+    model: str | None = None
+    pretrained: str | None = None
+    eval: str | None = None
+    data_root: str | None = None
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    download: bool = False
+    forget: list[str] = field(default_factory=list)
+    templates: str = "openai"
+    max_forget_acc: float | None = None
+    min_retain_acc: float | None = None
+
+
+def validate_eval_request(req: EvalRequest) -> None:
+    problems = []
+    for name in ("max_forget_acc", "min_retain_acc"):
+        value = getattr(req, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
+    if req.max_forget_acc is not None and not req.forget:
+        problems.append("max-forget-acc: needs --forget to know which classes to check")
+    if req.eval_limit is not None and req.eval_limit <= 0:
+        problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
+    if problems:
+        raise SpecError(problems)
+
+
+def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
+    """One message per threshold that does not hold, saying by how much."""
+    failures = []
+    forget_top1 = metrics["forget"]["top1"]
+    if req.max_forget_acc is not None and forget_top1 is not None and forget_top1 > req.max_forget_acc:
+        failures.append(f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {req.max_forget_acc:.4f} "
+                        f"by {forget_top1 - req.max_forget_acc:.4f}")
+    retain_top1 = metrics["retain"]["top1"]
+    if req.min_retain_acc is not None and retain_top1 is not None and retain_top1 < req.min_retain_acc:
+        failures.append(f"retain top-1 {retain_top1:.4f} is below --min-retain-acc {req.min_retain_acc:.4f} "
+                        f"by {req.min_retain_acc - retain_top1:.4f}")
+    return failures
+
+
+def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = None) -> tuple[dict, list[str]]:
+    """Zero-shot evaluation of one model. Returns (report, failed thresholds)."""
+    validate_eval_request(req)
+    timer = _Timer()
+    device = resolve_device(options.device)
+    eval_name = default_eval(req.model, req.eval)
+    if eval_name is None:
+        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
+    if report_path is not None and report_path.exists() and not options.overwrite:
+        raise OutputError(f"report {report_path} already exists", "pass --overwrite or choose another --out")
+    templates = load_templates(req.templates)
+    with timer("open_dataset"):
+        dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit)
+    probe = UnlearnSpec.model_construct(forget=req.forget, retain=None)
+    check_classes_in(probe, dataset.classnames, dataset.name)
+    forget = _canonical_names(req.forget, dataset.classnames)
+    with timer("load_model"):
+        loaded = load_model(req.model, req.pretrained, device)
+    site = locate_fold_site(loaded.model)
+    cache_id = loaded.cache_id if options.use_cache else None
+    with timer("encode_images"):
+        pre, hit = _encode_dataset(loaded, site, dataset, options, device)
+    with timer("eval_text"):
+        classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
+                                   loaded.model_name).per_class
+    with timer("metrics"):
+        before = metrics_for(site, site_tensors(loaded.model, site), pre, classifier, dataset, forget)
+    report = rep.new_report("eval", options.argv)
+    report["request"] = {**req.__dict__, "eval": eval_name, "forget": forget}
+    report["model"] = _model_report(loaded)
+    report["preprocess_cfg"] = loaded.preprocess_cfg
+    report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
+                                       "sha256": loaded.checkpoint_sha256}}
+    report["dataset"] = {**_dataset_report(dataset), "feature_cache_hit": hit}
+    report["metrics"] = {"before": before}
+    failures = threshold_failures(req, before)
+    report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
+                            "passed": not failures, "failures": failures}
+    report["timings"] = timer.seconds
+    report["environment"] = rep.environment(device)
+    if report_path is not None:
+        report_path = report_path.absolute()
+        if not report_path.parent.is_dir():
+            raise OutputError(f"folder {report_path.parent} does not exist", "create it or choose another --out")
+        rep.write_report(report_path, report)
+    return report, failures
+
+

@@ -1,0 +1,129 @@
+"""The JSON report (versioned, hashed, strict JSON) and the rich tables people read."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text_atomic
+
+SCHEMA_VERSION = 1
+
+
+def ccup_version() -> str:
+    try:
+        return metadata.version("ccup")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def environment(device: str) -> dict:
+    import open_clip
+    import torch
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "open_clip": open_clip.__version__,
+           "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def new_report(command: str, argv: list[str] | None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "ccup_version": ccup_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "argv": list(argv if argv is not None else sys.argv),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN and inf become null: the report stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(report: dict) -> str:
+    return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    write_text_atomic(path, dumps(report))
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}"
+
+
+ROWS = (
+    ("forget", "top1", "forget top-1 (lower is better)"),
+    ("retain", "top1", "retain top-1, all classes"),
+    ("retain_only", "top1", "retain top-1, retain classes only"),
+    ("overall", "top1", "overall top-1"),
+    ("retain", "mean_per_class_recall", "retain mean per-class recall"),
+)
+
+
+def metrics_table(metrics: dict, title: str):
+    """Before / after / delta (points) for forget, retain and overall accuracy."""
+    from rich.table import Table
+
+    before, after, change = metrics.get("before", {}), metrics.get("after"), metrics.get("delta")
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("before %", justify="right")
+    if after is not None:
+        table.add_column("after %", justify="right")
+        table.add_column("Δ points", justify="right")
+    for split, key, label in ROWS:
+        if before.get(split, {}).get("n", 0) == 0:
+            continue
+        row = [label, _pct(before[split].get(key))]
+        if after is not None:
+            row += [_pct(after[split].get(key)), _signed(change[split].get(key))]
+        table.add_row(*row)
+    if before.get("forget", {}).get("mean_true_class_rank") is not None:
+        row = ["forget true-class mean rank", f"{before['forget']['mean_true_class_rank']:.2f}"]
+        if after is not None:
+            r = after["forget"]["mean_true_class_rank"]
+            row += [f"{r:.2f}", f"{r - before['forget']['mean_true_class_rank']:+.2f}"]
+        table.add_row(*row)
+    return table
+
+
+def summary_table(report: dict):
+    """The projector and outputs of an unlearn run, without images."""
+    from rich.table import Table
+
+    proj = report["projector"]
+    table = Table(title="ccup unlearn", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    spec = report["spec"]
+    table.add_row("model", f"{report['model']['name']} ({report['model']['pretrained'] or 'random init'})")
+    table.add_row("forget", ", ".join(spec["forget"]))
+    table.add_row("retain", f"{report['text']['retain_classes']} classes")
+    table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")
+    table.add_row("rank of I − W", str(proj["rank"]))
+    table.add_row("fold site", proj["fold_site"])
+    if report.get("outputs"):
+        table.add_row("written", str(report["outputs"]["folder"]))
+    return table

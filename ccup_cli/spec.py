@@ -1,0 +1,179 @@
+"""The YAML spec: what to unlearn (model, classes, method, strength, templates, eval data).
+
+How to run it (device, batch size, output folder, verbosity) stays in flags. A flag
+overrides the same field of the spec. Everything is checked once, before any model is
+loaded, and every problem is reported at once with its field path::
+
+    forget[2]: "dgo" is not a class of cifar10; did you mean "dog"?
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import SpecError
+from .projector import DEFAULT_ENERGY, DEFAULT_LAMBDA_IDENTITY, DEFAULT_LAMBDA_RETAIN
+
+DEFAULT_FORGET_TEMPLATES = "openai"
+DEFAULT_RETAIN_TEMPLATES = "simple"
+DEFAULT_RETAIN_WARN_COSINE = 0.9
+
+
+class UnlearnSpec(BaseModel):
+    """A resolved ``ccup unlearn`` spec. Field docs double as the README's spec reference."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(None, description="open_clip name, local-dir:PATH, hf-hub:org/repo or a config .json; "
+                                                 "omitted: the embedded ccup-tiny-fashion")
+    pretrained: str | None = Field(None, description="tag, checkpoint path, output folder, or 'none' for random init")
+    forget: list[str] = Field(default_factory=list, description="class names to forget")
+    retain: list[str] | None = Field(None, description="class names to keep; default: the eval dataset's other "
+                                                        "classes, else ImageNet-1k names less the forget classes")
+    alpha: float = Field(1.0, description="strength in [0, 1]; 0 is the original model")
+    method: Literal["ccup", "nullspace"] = "ccup"
+    templates: str = Field(DEFAULT_FORGET_TEMPLATES, description="templates for forget classes and evaluation")
+    retain_templates: str = Field(DEFAULT_RETAIN_TEMPLATES, description="templates for retain classes")
+    lambda_retain: float = Field(DEFAULT_LAMBDA_RETAIN, ge=0)
+    lambda_identity: float = Field(DEFAULT_LAMBDA_IDENTITY, ge=0)
+    energy: float = Field(DEFAULT_ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
+    retain_warn_cosine: float = Field(DEFAULT_RETAIN_WARN_COSINE, ge=-1, le=1,
+                                      description="warn about retain classes this close to a forget class")
+    eval: str | None = Field(None, description="dataset name, ImageFolder path, or fashion-mnist-mini")
+    data_root: str | None = None
+    eval_split: str = "test"
+    eval_limit: int | None = Field(None, gt=0, description="images per class, stratified and seeded")
+    download: bool = False
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_in_range(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{value} is outside [0, 1]; 0 keeps the model, 1 forgets fully")
+        return value
+
+    @field_validator("forget", "retain")
+    @classmethod
+    def _clean_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return [str(v).strip() for v in value]
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+SPEC_FIELDS = tuple(UnlearnSpec.model_fields)
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML spec file, with syntax errors reported with their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise SpecError(f"{path}: YAML {problem}{where}", "fix the YAML syntax") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of keys to values", "see configs/ for examples")
+    return data
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    return value
+
+
+def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> UnlearnSpec:
+    """Merge flags over the spec file and validate the whole spec, reporting all problems.
+
+    ``overrides`` holds only the flags that were given (None means not given).
+    """
+    merged = dict(file_values)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("forget", "retain"):
+        if key in merged:
+            merged[key] = _split_csv(merged[key])
+    problems = []
+    for key in list(merged):
+        if key not in SPEC_FIELDS:
+            close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; known keys: {', '.join(SPEC_FIELDS)}"
+            problems.append(f'{key}: unknown key{hint}')
+            merged.pop(key)
+    try:
+        spec = UnlearnSpec(**merged)
+    except ValidationError as err:
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{_field_path(e['loc'])}: {msg}")
+        raise SpecError(problems) from None
+    problems += semantic_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def semantic_problems(spec: UnlearnSpec) -> list[str]:
+    """Checks across fields: empty, duplicate and overlapping class lists."""
+    problems = []
+    if not spec.forget:
+        problems.append("forget: the list is empty; name at least one class, e.g. --forget cat,dog")
+    for field in ("forget", "retain"):
+        names = getattr(spec, field) or []
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if not name:
+                problems.append(f"{field}[{i}]: empty class name; remove it")
+            elif name.lower() in seen:
+                problems.append(f'{field}[{i}]: "{name}" is listed twice (also {field}[{seen[name.lower()]}]); '
+                                "remove the duplicate")
+            else:
+                seen[name.lower()] = i
+    forget_lower = {n.lower() for n in spec.forget}
+    for i, name in enumerate(spec.retain or []):
+        if name.lower() in forget_lower:
+            problems.append(f'retain[{i}]: "{name}" is also in forget; a class cannot be forgotten and kept')
+    return problems
+
+
+def check_classes_in(spec: UnlearnSpec, classnames: list[str], dataset: str) -> None:
+    """Forget and retain classes must be classes of the evaluation dataset."""
+    problems = []
+    lowered = {c.lower(): c for c in classnames}
+    for field in ("forget", "retain"):
+        for i, name in enumerate(getattr(spec, field) or []):
+            if name.lower() not in lowered:
+                close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
+                hint = ("; did you mean " + ", ".join(f'"{lowered[c]}"' for c in close) + "?") if close else \
+                    f"; its classes are {', '.join(classnames[:12])}{'...' if len(classnames) > 12 else ''}"
+                problems.append(f'{field}[{i}]: "{name}" is not a class of {dataset}{hint}')
+    if problems:
+        raise SpecError(problems)

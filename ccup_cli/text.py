@@ -1,0 +1,248 @@
+"""Prompt templates, fast exact text encoding, and the on-disk text-embedding cache.
+
+The fast path: a causal text tower pooled at the EOT token cannot let positions after
+the EOT token influence it, so running the tower on only the first ``L`` positions, where
+``L`` is one past the last EOT position in the batch, gives the same features as the full
+``context_length`` run. Prompts are also sorted by length so that each batch is cut as
+short as its own prompts allow. Towers where this does not hold fall back to
+``model.encode_text``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SpecError
+
+# --- templates ---------------------------------------------------------------------------
+
+
+def _open_clip_templates(name: str) -> list[str]:
+    from open_clip import zero_shot_metadata as meta
+
+    source = {"openai": meta.OPENAI_IMAGENET_TEMPLATES, "simple": meta.SIMPLE_IMAGENET_TEMPLATES}[name]
+    # open_clip stores templates as lambdas; turn them into "{}" format strings
+    return [template("{}") for template in source]
+
+
+_TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {
+    "openai": lambda: _open_clip_templates("openai"),
+    "simple": lambda: _open_clip_templates("simple"),
+    "photo": lambda: ["a photo of a {}."],
+}
+
+
+def template_set_names() -> list[str]:
+    return sorted(_TEMPLATE_SETS)
+
+
+def load_templates(name_or_file: str) -> list[str]:
+    """Return a fresh list of ``"{}"`` templates: a named set, or a file with one per line."""
+    if name_or_file in _TEMPLATE_SETS:
+        return list(_TEMPLATE_SETS[name_or_file]())
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise SpecError(
+            f'templates: "{name_or_file}" is neither a template set ({", ".join(template_set_names())}) '
+            "nor a file",
+            "name a set or give a text file with one template per line",
+        )
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    templates = [line for line in lines if line and not line.startswith("#")]
+    if not templates:
+        raise SpecError(f"templates: {path} holds no template", "write one template per line")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise SpecError(
+            f'templates: {path}: template "{bad[0]}" has no "{{}}" placeholder',
+            'mark where the class name goes with "{}"',
+        )
+    return templates
+
+
+def fill(template: str, classname: str) -> str:
+    return template.replace("{}", classname)
+
+
+def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Class-major prompt list: all templates of class 0, then class 1, ..."""
+    return [fill(t, c) for c in classnames for t in templates]
+
+
+# --- fast exact encoding -------------------------------------------------------------------
+
+
+@dataclass
+class _CausalTextTower:
+    token_embedding: nn.Module
+    positional_embedding: torch.Tensor
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: nn.Module | torch.Tensor | None
+    attn_mask: torch.Tensor
+    pool_type: str
+    eos_id: int | None
+
+
+def _causal_tower(model: nn.Module) -> _CausalTextTower | None:
+    """The pieces of a causal, EOT-pooled text tower, or None where the fast path is not exact."""
+    from open_clip.transformer import TextTransformer
+
+    owner = None
+    if all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+        owner, pool_type, eos_id = model, getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None)
+    elif isinstance(getattr(model, "text", None), TextTransformer):
+        text = model.text
+        if text.cls_emb is not None or getattr(text, "use_pad_mask", False):
+            return None
+        owner, pool_type, eos_id = text, text.pool_type, getattr(text, "eos_id", None)
+    if owner is None or getattr(owner, "attn_mask", None) is None:
+        return None
+    if pool_type not in ("argmax", "eos") or (pool_type == "eos" and eos_id is None):
+        return None
+    return _CausalTextTower(
+        owner.token_embedding, owner.positional_embedding, owner.transformer, owner.ln_final,
+        getattr(owner, "text_projection", None), owner.attn_mask, pool_type, eos_id,
+    )
+
+
+def supports_fast_text(model: nn.Module) -> bool:
+    return _causal_tower(model) is not None
+
+
+def _pool_positions(tokens: torch.Tensor, tower: _CausalTextTower) -> torch.Tensor:
+    if tower.pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == tower.eos_id).int().argmax(dim=-1)
+
+
+def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Text features ``[n, d]`` for token ids ``[n, context_length]``, keeping autograd.
+
+    Runs the causal tower on only as many positions as the batch's last pooled token
+    needs; equal to ``model.encode_text(tokens)`` up to float rounding.
+    """
+    tower = _causal_tower(model)
+    if tower is None:
+        return model.encode_text(tokens)
+    pool_at = _pool_positions(tokens, tower)
+    length = int(pool_at.max().item()) + 1
+    cut = tokens[:, :length]
+    cast_dtype = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else None
+    x = tower.token_embedding(cut)
+    if cast_dtype is not None:
+        x = x.to(cast_dtype)
+    x = x + tower.positional_embedding[:length].to(x.dtype)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    x = tower.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), pool_at]
+    if tower.text_projection is not None:
+        if isinstance(tower.text_projection, nn.Linear):
+            x = tower.text_projection(x)
+        else:
+            x = x @ tower.text_projection
+    return x
+
+
+def encode_prompts(
+    model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    prompts: Sequence[str],
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Unnormalised text features ``[n, d]`` (float32, on the model's device) for ``prompts``.
+
+    Equal to ``model.encode_text(tokenizer(prompts))`` within 1e-4. Prompts are encoded
+    in batches sorted by token length, then put back in the given order. ``progress`` is
+    called with the number of prompts done after each batch.
+    """
+    if len(prompts) == 0:
+        raise ValueError("encode_prompts needs at least one prompt")
+    device = next(model.parameters()).device
+    tokens = tokenizer(list(prompts))
+    tower = _causal_tower(model)
+    # sorting by pooled position lets each batch be cut as short as its own prompts allow
+    order = torch.argsort(_pool_positions(tokens, tower), stable=True) if tower else torch.arange(len(prompts))
+    out: torch.Tensor | None = None
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            idx = order[start : start + batch_size]
+            feats = encode_tokens(model, tokens[idx].to(device)).float()
+            if out is None:
+                out = torch.empty(len(prompts), feats.shape[-1], dtype=torch.float32, device=feats.device)
+            out[idx.to(feats.device)] = feats
+            if progress is not None:
+                progress(len(idx))
+    assert out is not None
+    return out
+
+
+def class_embeddings(features: torch.Tensor, n_classes: int, n_templates: int) -> torch.Tensor:
+    """Zero-shot class embeddings ``[n_classes, d]`` from class-major prompt features.
+
+    The usual recipe: normalise each template embedding, average per class, renormalise.
+    """
+    per_template = F.normalize(features.float(), dim=-1).reshape(n_classes, n_templates, -1)
+    return F.normalize(per_template.mean(dim=1), dim=-1)
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup"))
+
+
+def text_cache_key(checkpoint_sha256: str, model_name: str, prompts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"checkpoint": checkpoint_sha256, "model": model_name}).encode())
+    for p in prompts:
+        h.update(p.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def cached_encode_prompts(
+    model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    prompts: Sequence[str],
+    cache_key: str | None,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """``encode_prompts`` through the on-disk cache. Returns (features, cache_hit).
+
+    ``cache_key`` None disables the cache (in-memory models, random init, ``--no-cache``).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .atomic import atomic_path
+
+    path = cache_root() / "text" / f"{cache_key}.safetensors" if cache_key else None
+    if path is not None and path.is_file():
+        try:
+            feats = load_file(str(path))["features"]
+            if feats.shape[0] == len(prompts):
+                if progress is not None:
+                    progress(len(prompts))
+                return feats.to(next(model.parameters()).device), True
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            pass
+    feats = encode_prompts(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"features": feats.detach().cpu().contiguous()}, str(tmp))
+        except OSError:
+            pass  # the cache is an optimisation; a read-only home must not fail the run
+    return feats, False

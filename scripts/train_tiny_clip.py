@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Train ``ccup-tiny-fashion``, the small CLIP that ccup ships as its embedded default.
+
+    python scripts/train_tiny_clip.py --data-root /usr/share/datasets/fashion-mnist
+
+A standard open_clip ViT/text-transformer config, trained contrastively on the
+Fashion-MNIST train split (less a seeded 5,000-image validation split that is kept for
+tuning ccup's λ defaults) with captions drawn from templates x synonyms. Part of the
+template and synonym vocabulary is held out of training and used only to measure
+zero-shot generalisation. Images are fed through exactly the preprocessing written in
+the shipped ``open_clip_config.json`` (identity resize at 28 px, grayscale to RGB,
+the config's mean and std), so ``local-dir:`` users reproduce the numbers.
+
+Writes ``ccup_cli/assets/ccup-tiny-fashion/`` (config, fp16 safetensors weights,
+training log) and the registry JSON ``ccup_cli/assets/model_configs/ccup-tiny-fashion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ccup_cli.idx import load_idx_split  # noqa: E402
+from ccup_cli.text import build_prompts, class_embeddings, encode_prompts, encode_tokens  # noqa: E402
+
+MODEL_NAME = "ccup-tiny-fashion"
+CLASSNAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+MODEL_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 28, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 3, "mlp_ratio": 2.0},
+}
+# Fashion-MNIST train-split pixel statistics; 28 px in, so the resize is the identity
+PREPROCESS_CFG = {
+    "size": 28, "mode": "RGB", "mean": [0.2860, 0.2860, 0.2860], "std": [0.3530, 0.3530, 0.3530],
+    "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0,
+}
+
+# Synonyms per class: the first list trains, the second is held out for generalisation.
+SYNONYMS = {
+    "t-shirt": (["t-shirt", "tee", "tee shirt", "short sleeve top"], ["t shirt", "short-sleeved tee"]),
+    "trouser": (["trousers", "pants", "slacks", "jeans"], ["trouser", "long pants"]),
+    "pullover": (["pullover", "sweater", "jumper", "knit sweater"], ["knitted pullover", "wool sweater"]),
+    "dress": (["dress", "gown", "frock", "sundress"], ["long dress", "summer dress"]),
+    "coat": (["coat", "jacket", "overcoat", "parka"], ["winter coat", "rain jacket"]),
+    "sandal": (["sandal", "sandals", "flip flop", "open shoe"], ["strappy sandal", "beach sandal"]),
+    "shirt": (["shirt", "button-up shirt", "blouse", "dress shirt"], ["collared shirt", "button down shirt"]),
+    "sneaker": (["sneaker", "trainer", "running shoe", "sports shoe"], ["athletic sneaker", "tennis shoe"]),
+    "bag": (["bag", "handbag", "purse", "tote"], ["shoulder bag", "leather handbag"]),
+    "ankle boot": (["ankle boot", "boot", "bootie", "short boot"], ["chelsea boot", "leather boots"]),
+}
+# Training templates: open_clip's 80 OpenAI ImageNet templates plus a few for product images.
+EXTRA_TRAIN_TEMPLATES = [
+    "a photo of a {}.", "a grayscale photo of a {}.", "a product photo of a {}.", "a {}.", "{}",
+    "a small image of a {}.", "a picture of a {}.", "an item of clothing: a {}.",
+]
+# Held out of training entirely.
+HELDOUT_TEMPLATES = [
+    "a catalogue image showing a {}.", "this is a {}.", "someone's {}.", "a {} for sale.",
+    "an online shop picture of a {}.", "a thumbnail of a {}.",
+]
+
+VALIDATION_SIZE = 5000
+
+
+def train_templates() -> list[str]:
+    from ccup_cli.text import load_templates
+
+    return load_templates("openai") + EXTRA_TRAIN_TEMPLATES
+
+
+def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) split of the Fashion-MNIST train set's indices."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[VALIDATION_SIZE:]), np.sort(perm[:VALIDATION_SIZE])
+
+
+def to_model_input(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``[n, 28, 28]`` uint8 -> ``[n, 3, 28, 28]`` float, exactly PREPROCESS_CFG's transform."""
+    x = torch.as_tensor(images_uint8).float().div(255.0)
+    mean, std = PREPROCESS_CFG["mean"][0], PREPROCESS_CFG["std"][0]
+    return ((x - mean) / std).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def zero_shot_accuracy(model, tokenizer, images, labels, templates, synonyms_of) -> float:
+    """Top-1 with class embeddings averaged over templates x the given synonyms of each class."""
+    model.eval()
+    with torch.inference_mode():
+        class_vecs = []
+        for c in CLASSNAMES:
+            prompts = build_prompts(synonyms_of(c), templates)
+            feats = encode_prompts(model, tokenizer, prompts)
+            class_vecs.append(class_embeddings(feats, 1, len(prompts))[0])
+        text = torch.stack(class_vecs)
+        correct = 0
+        for start in range(0, len(images), 1000):
+            img = F.normalize(model.encode_image(to_model_input(images[start : start + 1000])), dim=-1)
+            correct += (img @ text.T).argmax(-1).eq(torch.as_tensor(labels[start : start + 1000])).sum().item()
+    return correct / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--out", default=str(ROOT / "ccup_cli" / "assets"))
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop early (smoke tests)")
+    args = parser.parse_args()
+
+    import open_clip
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    images, labels = load_idx_split(args.data_root, "train")
+    test_images, test_labels = load_idx_split(args.data_root, "test")
+    train_idx, _ = split_indices(len(images), args.seed)
+    images, labels = images[train_idx], labels[train_idx]
+
+    model = open_clip.CLIP(**MODEL_CFG).to(device)
+    tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
+    templates = train_templates()
+    # every training caption, tokenised once: [class][synonym x template] -> token ids
+    caption_tokens = [tokenizer(build_prompts(SYNONYMS[c][0], templates)) for c in CLASSNAMES]
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                              lr=args.lr, betas=(0.9, 0.98))
+    steps_per_epoch = len(images) // args.batch_size
+    total = steps_per_epoch * args.epochs if not args.max_steps else args.max_steps
+    warmup = min(300, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    images_t = torch.as_tensor(images)
+    labels_t = torch.as_tensor(labels)
+    log = []
+    step, t0 = 0, time.time()
+    gen = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(images_t), generator=gen)
+        for b in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
+            x = images_t[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None], x.flip(-1), x)
+            y = labels_t[idx]
+            choice = torch.randint(0, 10**9, (len(idx),), generator=gen)
+            tokens = torch.stack([caption_tokens[c][k % len(caption_tokens[c])] for c, k in zip(y.tolist(), choice.tolist())])
+            for group in optim.param_groups:
+                group["lr"] = lr_at(step)
+            img = F.normalize(model.encode_image(to_model_input(x).to(device)), dim=-1)
+            txt = F.normalize(encode_tokens(model, tokens.to(device)), dim=-1)
+            logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+            # several captions in a batch describe the same class: all of them are positives
+            same = (y[:, None] == y[None, :]).float().to(device)
+            target = same / same.sum(1, keepdim=True)
+            loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                          + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            step += 1
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step}/{total} loss {loss.item():.4f} "
+                      f"scale {model.logit_scale.exp().item():.1f} {time.time() - t0:.0f}s", flush=True)
+        if step >= total:
+            break
+        acc = zero_shot_accuracy(model, tokenizer, test_images[:2000], test_labels[:2000], ["a photo of a {}."],
+                                 lambda c: [c])
+        log.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 4), "zs_top1_test2k_photo": acc,
+                    "seconds": round(time.time() - t0, 1)})
+        print(log[-1], flush=True)
+
+    model.eval()
+    default_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, templates[:80], lambda c: [c])
+    heldout_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, HELDOUT_TEMPLATES,
+                                     lambda c: SYNONYMS[c][1])
+    summary = {
+        "seed": args.seed, "epochs": args.epochs, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
+        "device": device, "train_seconds": round(time.time() - t0, 1), "train_images": len(images),
+        "test_top1_openai_templates": default_acc, "test_top1_heldout_templates_and_synonyms": heldout_acc,
+        "epochs_log": log,
+    }
+    print(json.dumps(summary, indent=1))
+
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    model_dir = out / MODEL_NAME
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (out / "model_configs").mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(model_dir / "open_clip_model.safetensors"), metadata={"format": "pt", "name": MODEL_NAME})
+    (model_dir / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
+    (out / "model_configs" / f"{MODEL_NAME}.json").write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
+    (model_dir / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
