@@ -37,7 +37,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _os_error_to_output_error(err: OSError, target: Path) -> OutputError:
+def os_error_to_output_error(err: OSError, target: Path) -> OutputError:
     if err.errno == errno.ENOSPC:
         return OutputError(f"no space left to write {target}", "free some disk space or choose another --out")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -53,14 +53,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as err:
-        raise _os_error_to_output_error(err, target) from err
+        raise os_error_to_output_error(err, target) from err
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)
     except OSError as err:
-        raise _os_error_to_output_error(err, target) from err
+        raise os_error_to_output_error(err, target) from err
     finally:  # KeyboardInterrupt and every other failure land here too
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -87,7 +87,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as err:
-        raise _os_error_to_output_error(err, target) from err
+        raise os_error_to_output_error(err, target) from err
     try:
         yield tmp
         old = None
@@ -98,7 +98,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
-        raise _os_error_to_output_error(err, target) from err
+        raise os_error_to_output_error(err, target) from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -216,21 +216,14 @@ def _fast_text(loaded: LoadedModel) -> bool:
 
 
 def patched_state_dict(loaded: LoadedModel, folded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The source state dict with only the fold-site tensors replaced, ready for safetensors."""
-    state, seen = {}, set()
-    for key, tensor in loaded.source_state_dict.items():
-        t = folded.get(key, tensor).detach().cpu().contiguous()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if ptr in seen:  # safetensors refuses shared storage; .pt checkpoints may have it
-            t = t.clone()
-        seen.add(ptr)
-        state[key] = t
-    return state
+    """The source state dict with only the fold-site tensors replaced."""
+    return {key: folded.get(key, tensor) for key, tensor in loaded.source_state_dict.items()}
 
 
 def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, result, spec: UnlearnSpec,
                            report: dict) -> None:
-    from safetensors.torch import save_file
+    from .atomic import os_error_to_output_error
+    from .checkpoint import save_safetensors
 
     out = Path(out).absolute()
     metadata = {
@@ -240,19 +233,17 @@ def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, resu
         "fold_site": result.site.path, "model": loaded.model_name,
     }
     with atomic_dir(out, overwrite) as tmp:
-        ckpt = tmp / "model.safetensors"
         try:
-            save_file(patched_state_dict(loaded, result.folded_tensors), str(ckpt), metadata=metadata)
+            ckpt_sha = save_safetensors(patched_state_dict(loaded, result.folded_tensors), tmp / "model.safetensors",
+                                        metadata)
+            config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": loaded.preprocess_cfg}
+            (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
         except OSError as err:
-            from .atomic import _os_error_to_output_error
-
-            raise _os_error_to_output_error(err, out / "model.safetensors") from err
-        config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": loaded.preprocess_cfg}
-        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+            raise os_error_to_output_error(err, out) from err
         report["outputs"] = {
             "folder": str(out),
-            "checkpoint": {"path": str(out / "model.safetensors"), "sha256": sha256_file(ckpt)},
+            "checkpoint": {"path": str(out / "model.safetensors"), "sha256": ckpt_sha},
             "open_clip_config": {"path": str(out / "open_clip_config.json"),
                                  "sha256": sha256_file(tmp / "open_clip_config.json")},
             "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},

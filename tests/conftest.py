@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny open_clip models registered by name, random weights saved to files,
+PNG ImageFolders made on the fly, and a private ccup cache. No network, no downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY_VIT = "ccup-test-vit"
+TINY_RN = "ccup-test-rn"
+TINY_CONFIGS = {
+    TINY_VIT: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
+    TINY_RN: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+}
+FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_environment(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("ccup-cache")
+    hf = tmp_path_factory.mktemp("hf-home")
+    old = {k: os.environ.get(k) for k in ("CCUP_CACHE_DIR", "HF_HOME")}
+    os.environ["CCUP_CACHE_DIR"] = str(cache)
+    os.environ["HF_HOME"] = str(hf)
+    yield
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Register the tiny architectures with open_clip; returns the config folder."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("model-configs")
+    for name, cfg in TINY_CONFIGS.items():
+        (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder)
+    return folder
+
+
+def save_random(name: str, path: Path, seed: int = 0) -> Path:
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_file(tiny_models, tmp_path_factory) -> Path:
+    return save_random(TINY_VIT, tmp_path_factory.mktemp("weights") / "tiny-vit.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_file(tiny_models, tmp_path_factory) -> Path:
+    return save_random(TINY_RN, tmp_path_factory.mktemp("weights") / "tiny-rn.safetensors")
+
+
+def make_image_folder(root: Path, classes: list[str], per_class: int = 3, size: int = 40, seed: int = 0) -> Path:
+    """One sub-folder of random PNGs per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("fashion-folder") / "fashion", FASHION, per_class=3)
