@@ -170,19 +170,49 @@ def _network_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
         pool.shutdown(wait=False)
 
 
-def _download(what: str, fetch):
-    """Run ``fetch`` (an open_clip download) so that it fails fast where no network answers."""
-    online = _network_reachable()
-    if not online:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # a cached file still loads; a missing one fails at once
+def _hub_cached(model_id: str, filenames: list[str]) -> str | None:
+    """A file of a Hugging Face repo already in the local cache, without any network call."""
     try:
-        return fetch()
-    except Exception as err:  # noqa: BLE001
-        if not online:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in filenames:
+        found = try_to_load_from_cache(model_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+_HUB_WEIGHT_NAMES = ["open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "open_clip_model.bin"]
+
+
+def _tag_cached(tag_cfg: dict) -> str | None:
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    model_id, filename = os.path.split(hub)
+    names = [filename, filename.replace(".bin", ".safetensors")] if filename else _HUB_WEIGHT_NAMES
+    return _hub_cached(model_id, names)
+
+
+def _download(what: str, fetch, cached):
+    """``cached()`` where no network answers (fails at once if it finds nothing), else ``fetch()``.
+
+    open_clip's own download retries for about 40 s without a network; this answers in
+    about ``NETWORK_PROBE_SECONDS``.
+    """
+    if not _network_reachable():
+        found = cached()
+        if found is None:
             raise CheckpointError(
                 f"{what} needs a download and no network answers",
                 "download the weights where a network exists and pass the file with --pretrained PATH",
-            ) from err
+            )
+        return found
+    try:
+        return fetch()
+    except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"could not download {what}: {str(err).splitlines()[0]}",
                               "check the name, or pass a local file with --pretrained PATH") from err
 
@@ -270,10 +300,15 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
         from open_clip.factory import _get_hf_config
         from open_clip.pretrained import download_pretrained_from_hf
 
-        cfg = _download(name, lambda: _get_hf_config(model_id))
+        def cached_cfg():
+            found = _hub_cached(model_id, ["open_clip_config.json"])
+            return json.loads(Path(found).read_text()) if found else None
+
+        cfg = _download(name, lambda: _get_hf_config(model_id), cached_cfg)
         model_cfg = cfg["model_cfg"]
         preprocess_cfg = merge_preprocess_dict(preprocess_cfg, cfg.get("preprocess_cfg", {}))
-        checkpoint = Path(_download(name, lambda: download_pretrained_from_hf(model_id)))
+        checkpoint = Path(_download(name, lambda: download_pretrained_from_hf(model_id),
+                                    lambda: _hub_cached(model_id, _HUB_WEIGHT_NAMES)))
         arch_name, pretrained_desc = name, name
     else:
         if name.endswith(".json") and Path(name).is_file():
@@ -296,8 +331,12 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
         elif open_clip.get_pretrained_cfg(name, pretrained):
             tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
             preprocess_cfg = merge_preprocess_dict(preprocess_cfg, tag_cfg)
-            checkpoint = Path(_download(f"{name} pretrained={pretrained}",
-                                        lambda: open_clip.download_pretrained(tag_cfg)))
+            if "file" in tag_cfg:  # a tag registered with a local file needs no network
+                checkpoint = Path(tag_cfg["file"])
+            else:
+                checkpoint = Path(_download(f"{name} pretrained={pretrained}",
+                                            lambda: open_clip.download_pretrained(tag_cfg),
+                                            lambda: _tag_cached(tag_cfg)))
         elif Path(pretrained).suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained or Path(pretrained).exists():
             checkpoint = Path(pretrained)
             if not checkpoint.is_file():

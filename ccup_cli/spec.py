@@ -128,26 +128,30 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
             hint = f'; did you mean "{close[0]}"?' if close else f"; known keys: {', '.join(SPEC_FIELDS)}"
             problems.append(f'{key}: unknown key{hint}')
             merged.pop(key)
+    spec = None
     try:
         spec = UnlearnSpec(**merged)
     except ValidationError as err:
         for e in err.errors():
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{_field_path(e['loc'])}: {msg}")
-        raise SpecError(problems) from None
-    problems += semantic_problems(spec)
-    if problems:
+    problems += semantic_problems(merged.get("forget"), merged.get("retain"))
+    if problems or spec is None:
         raise SpecError(problems)
     return spec
 
 
-def semantic_problems(spec: UnlearnSpec) -> list[str]:
-    """Checks across fields: empty, duplicate and overlapping class lists."""
+def _names(value: Any) -> list[str]:
+    return [str(v).strip() for v in value] if isinstance(value, list) else []
+
+
+def semantic_problems(forget: Any, retain: Any) -> list[str]:
+    """Checks across fields: empty, duplicate and overlapping class lists (raw values)."""
     problems = []
-    if not spec.forget:
+    lists = {"forget": _names(forget), "retain": _names(retain)}
+    if not lists["forget"] and (forget is None or isinstance(forget, list)):
         problems.append("forget: the list is empty; name at least one class, e.g. --forget cat,dog")
-    for field in ("forget", "retain"):
-        names = getattr(spec, field) or []
+    for field, names in lists.items():
         seen: dict[str, int] = {}
         for i, name in enumerate(names):
             if not name:
@@ -157,8 +161,8 @@ def semantic_problems(spec: UnlearnSpec) -> list[str]:
                                 "remove the duplicate")
             else:
                 seen[name.lower()] = i
-    forget_lower = {n.lower() for n in spec.forget}
-    for i, name in enumerate(spec.retain or []):
+    forget_lower = {n.lower() for n in lists["forget"]}
+    for i, name in enumerate(lists["retain"]):
         if name.lower() in forget_lower:
             problems.append(f'retain[{i}]: "{name}" is also in forget; a class cannot be forgotten and kept')
     return problems

@@ -1,0 +1,248 @@
+"""``ccup unlearn`` end to end, and every bad input: exit 2, one line, nothing left behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pickle
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from ccup_cli.cli import app
+
+from .conftest import TINY_VIT
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_bad_input(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture()
+def base(tiny_vit_file, fashion_folder):
+    """Flags of a valid run on the tiny ViT and a PNG ImageFolder of the ten Fashion-MNIST classes."""
+    return ["unlearn", "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder,
+            "--templates", "photo", "--retain-templates", "photo"]
+
+
+def test_unlearn_end_to_end_json(base, tmp_path):
+    out = tmp_path / "out"
+    result = run(*base, "--forget", "sandal,sneaker", "--alpha", "0.9", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["schema_version"] == 1
+    assert report["spec"]["alpha"] == 0.9
+    assert report["spec"]["forget"] == ["sandal", "sneaker"]
+    assert len(report["spec"]["retain"]) == 8  # the dataset's other classes
+    assert set(report["metrics"]) == {"before", "after", "delta"}
+    assert report["metrics"]["before"]["forget"]["n"] == 6
+    assert leftovers(out) == ["model.safetensors", "open_clip_config.json", "report.json", "spec.yaml"]
+    assert json.loads((out / "report.json").read_text())["outputs"]["checkpoint"]["sha256"] == \
+        report["outputs"]["checkpoint"]["sha256"]
+
+
+def test_unlearn_table_output_and_spec_file_with_flag_override(base, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("forget: [sandal]\nalpha: 0.2\nmethod: nullspace\n")
+    result = run(*base[:1], spec, *base[1:], "--alpha", "1.0")
+    assert result.exit_code == 0, result.output
+    assert "forget top-1" in result.stdout
+    assert "nullspace / 1.0" in result.stdout
+    assert "nothing was written" in result.stdout
+
+
+def test_overwrite_replaces_an_existing_output(base, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = run(*base, "--forget", "bag", "--out", out, "--overwrite", "-q")
+    assert result.exit_code == 0, result.output
+    assert "old.txt" not in leftovers(out)
+
+
+# --- bad input: one test each ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1"])
+def test_alpha_outside_range(base, tmp_path, alpha):
+    assert_bad_input(run(*base, "--forget", "bag", "--alpha", alpha, "--out", tmp_path / "o"), "alpha", "[0, 1]")
+    assert leftovers(tmp_path) == []
+
+
+def test_empty_forget_list(base, tmp_path):
+    assert_bad_input(run(*base, "--forget", ",", "--out", tmp_path / "o"), "forget", "empty")
+    assert leftovers(tmp_path) == []
+
+
+def test_class_in_forget_and_retain(base, tmp_path):
+    assert_bad_input(run(*base, "--forget", "bag", "--retain", "coat,bag", "--out", tmp_path / "o"),
+                     "retain[1]", "also in forget")
+
+
+def test_duplicate_classes(base, tmp_path):
+    assert_bad_input(run(*base, "--forget", "bag,coat,bag", "--out", tmp_path / "o"), "forget[2]", "twice")
+
+
+def test_forget_class_not_in_dataset_suggests_close_match(base, tmp_path):
+    assert_bad_input(run(*base, "--forget", "sandle", "--out", tmp_path / "o"),
+                     'forget[0]: "sandle" is not a class of', 'did you mean "sandal"')
+
+
+def test_unknown_model_name_suggests_close_ones(tmp_path):
+    assert_bad_input(run("unlearn", "--model", "ViT-B-23", "--forget", "cat", "--out", tmp_path / "o"),
+                     'unknown model "ViT-B-23"', "ViT-B-32")
+
+
+def test_missing_pretrained_file(tiny_models, tmp_path):
+    assert_bad_input(run("unlearn", "--model", TINY_VIT, "--pretrained", tmp_path / "nope.safetensors",
+                         "--forget", "cat", "--out", tmp_path / "o"), "does not exist")
+    assert leftovers(tmp_path) == []
+
+
+def test_corrupt_or_truncated_checkpoint(tiny_vit_file, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(tiny_vit_file.read_bytes()[:5000])
+    assert_bad_input(run("unlearn", "--model", TINY_VIT, "--pretrained", bad, "--forget", "cat",
+                         "--out", tmp_path / "o"), "corrupt or truncated")
+    assert leftovers(tmp_path) == ["bad.safetensors"]
+
+
+def test_checkpoint_of_another_architecture_names_the_tensor(tiny_rn_file, tmp_path):
+    result = run("unlearn", "--model", TINY_VIT, "--pretrained", tiny_rn_file, "--forget", "cat",
+                 "--out", tmp_path / "o")
+    assert_bad_input(result, "does not fit ccup-test-vit", "tensor ")
+
+
+def test_yaml_syntax_error_names_its_line(base, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("forget: [sandal\nalpha: 1\n")
+    assert_bad_input(run(*base[:1], spec, *base[1:]), "line ")
+
+
+def test_unknown_spec_key_is_an_error_with_suggestion(base, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("forget: [sandal]\nalhpa: 0.5\n")
+    assert_bad_input(run(*base[:1], spec, *base[1:]), 'alhpa: unknown key; did you mean "alpha"')
+
+
+def test_all_spec_problems_are_reported_at_once(base, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("forget: [sandal, sandal]\nalpha: 3\nalhpa: 0.5\n")
+    result = run(*base[:1], spec, *base[1:])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert any(line.startswith("error: alhpa") for line in lines)
+    assert any(line.startswith("error: alpha") for line in lines)
+    assert any(line.startswith("error: forget[1]") for line in lines)
+
+
+def test_existing_out_without_overwrite(base, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_bad_input(run(*base, "--forget", "bag", "--out", out), "already exists", "--overwrite")
+    assert leftovers(out) == ["keep.txt"]
+
+
+def test_out_pointing_at_the_input_checkpoint(base, tiny_vit_file, tmp_path):
+    args = list(base)
+    args[args.index("--pretrained") + 1] = tiny_vit_file
+    assert_bad_input(run(*args, "--forget", "bag", "--out", tiny_vit_file.parent, "--overwrite"),
+                     "would overwrite the input")
+    assert tiny_vit_file.exists()
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EACCES, "no permission")])
+def test_no_space_or_no_permission_leaves_nothing(base, tmp_path, monkeypatch, code, words):
+    import ccup_cli.checkpoint as checkpoint
+
+    def failing_save(tensors, path, metadata):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(code, "simulated")
+
+    monkeypatch.setattr(checkpoint, "save_safetensors", failing_save)
+    assert_bad_input(run(*base, "--forget", "bag", "--out", tmp_path / "o"), words)
+    assert leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_the_write_leaves_no_partial_file(base, tmp_path, monkeypatch):
+    import ccup_cli.checkpoint as checkpoint
+
+    def interrupted_save(tensors, path, metadata):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_safetensors", interrupted_save)
+    result = run(*base, "--forget", "bag", "--out", tmp_path / "o")
+    assert result.exit_code == 130
+    assert leftovers(tmp_path) == []
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (open, ("/tmp/ccup-pwned", "w"))
+
+
+def test_pickle_that_runs_code_is_refused(tiny_models, tmp_path):
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"visual.proj": _RunsCode()}, f)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "fine.pt")  # torch's format itself is accepted
+    assert_bad_input(run("unlearn", "--model", TINY_VIT, "--pretrained", evil, "--forget", "cat",
+                         "--out", tmp_path / "o"), "refused")
+    import os
+
+    assert not os.path.exists("/tmp/ccup-pwned")
+
+
+def test_pt_checkpoint_loads_with_weights_only(tiny_vit_file, tmp_path, fashion_folder):
+    import torch
+    from safetensors.torch import load_file
+
+    pt = tmp_path / "model.pt"
+    torch.save(load_file(str(tiny_vit_file)), pt)
+    result = run("unlearn", "--model", TINY_VIT, "--pretrained", pt, "--forget", "bag", "--eval", fashion_folder,
+                 "--templates", "photo", "--retain-templates", "photo", "--out", tmp_path / "o", "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_tag_that_needs_the_network_fails_fast_with_a_fix(tmp_path):
+    start = time.monotonic()
+    result = run("unlearn", "--model", "RN50", "--pretrained", "openai", "--forget", "cat", "--out", tmp_path / "o")
+    elapsed = time.monotonic() - start
+    assert_bad_input(result, "no network", "--pretrained PATH")
+    assert elapsed < 15, f"took {elapsed:.1f}s; the limit users were promised is 15 s"
+
+
+def test_unexpected_error_exits_1_with_debug_hint(base, tmp_path, monkeypatch):
+    import ccup_cli.pipeline as pipeline
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(pipeline, "run_unlearn", boom)
+    result = run(*base, "--forget", "bag")
+    assert result.exit_code == 1
+    assert "--debug" in result.stderr
+    assert "Traceback" not in result.output
