@@ -255,8 +255,8 @@ def open_dataset(name: str, data_root: str | None = None, split: str = "test", d
     """Open an evaluation dataset by registry name or ImageFolder path, optionally capped per class."""
     if name in DATASETS:
         ds = DATASETS[name](data_root, split, download)
-    elif Path(name).exists():
-        ds = image_folder(Path(name))
+    elif Path(name).exists() or "/" in name or name.startswith((".", "~")):
+        ds = image_folder(Path(name).expanduser())
     else:
         import difflib
 
