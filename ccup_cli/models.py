@@ -51,6 +51,7 @@ class LoadedModel:
     preprocess_cfg: dict
     checkpoint_path: Path | None
     checkpoint_sha256: str | None
+    display_name: str = ""  # what people read: "ccup-tiny-fashion" rather than its local-dir path
     source_state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
@@ -279,10 +280,12 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
 
     register_embedded()
     name = model_name or EMBEDDED_MODEL
+    display = name
     if name == EMBEDDED_MODEL and pretrained is None:
         name = LOCAL_DIR + str(EMBEDDED_DIR)
     if pretrained is not None and pretrained != "none" and Path(pretrained).is_dir():
         name, pretrained = LOCAL_DIR + pretrained, None  # an output folder of ccup, or any local-dir
+        display = name
 
     checkpoint: Path | None = None
     preprocess_cfg = dict(PreprocessCfg().__dict__)
@@ -318,6 +321,9 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
         if name not in known:
             raise CheckpointError(f'unknown model "{name}"', _suggest(name, known))
         model_cfg = open_clip.get_model_config(name)
+        if name == EMBEDDED_MODEL:  # its preprocessing lives in its local-dir config
+            preprocess_cfg = merge_preprocess_dict(
+                preprocess_cfg, read_local_dir_config(EMBEDDED_DIR).get("preprocess_cfg", {}))
         if pretrained is None:
             pretrained = canonical_tag(name)
             if pretrained is None:
@@ -382,7 +388,7 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
     return LoadedModel(
         model=model, tokenizer=tokenizer, preprocess=transform, model_name=arch_name, pretrained=pretrained_desc,
         model_cfg=model_cfg, preprocess_cfg=_jsonable(final_pp), checkpoint_path=checkpoint,
-        checkpoint_sha256=sha, source_state_dict=source_state,
+        checkpoint_sha256=sha, source_state_dict=source_state, display_name=display,
     )
 
 

@@ -101,7 +101,8 @@ def _dataset_report(ds: EvalDataset) -> dict:
 
 
 def _model_report(loaded: LoadedModel) -> dict:
-    return {"name": loaded.model_name, "pretrained": loaded.pretrained,
+    return {"name": loaded.display_name or loaded.model_name, "open_clip_name": loaded.model_name,
+            "pretrained": loaded.pretrained,
             "checkpoint": str(loaded.checkpoint_path) if loaded.checkpoint_path else None}
 
 

@@ -118,7 +118,9 @@ def summary_table(report: dict):
     table.add_column(style="bold")
     table.add_column()
     spec = report["spec"]
-    table.add_row("model", f"{report['model']['name']} ({report['model']['pretrained'] or 'random init'})")
+    source = report["model"]["pretrained"] or "random init"
+    table.add_row("model", report["model"]["name"] if report["model"]["name"] == "ccup-tiny-fashion" and
+                  source.endswith("open_clip_model.safetensors") else f"{report['model']['name']} ({source})")
     table.add_row("forget", ", ".join(spec["forget"]))
     table.add_row("retain", f"{report['text']['retain_classes']} classes")
     table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")

@@ -49,10 +49,11 @@ PREPROCESS_CFG = {
     "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0,
 }
 
-# Synonyms per class: the first list trains, the second is held out for generalisation.
+# Synonyms per class: the first list trains (its first entry is the class name itself),
+# the second is held out for generalisation.
 SYNONYMS = {
     "t-shirt": (["t-shirt", "tee", "tee shirt", "short sleeve top"], ["t shirt", "short-sleeved tee"]),
-    "trouser": (["trousers", "pants", "slacks", "jeans"], ["trouser", "long pants"]),
+    "trouser": (["trouser", "trousers", "pants", "slacks"], ["long pants", "pair of trousers"]),
     "pullover": (["pullover", "sweater", "jumper", "knit sweater"], ["knitted pullover", "wool sweater"]),
     "dress": (["dress", "gown", "frock", "sundress"], ["long dress", "summer dress"]),
     "coat": (["coat", "jacket", "overcoat", "parka"], ["winter coat", "rain jacket"]),
@@ -74,6 +75,7 @@ HELDOUT_TEMPLATES = [
 ]
 
 VALIDATION_SIZE = 5000
+CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather than a synonym
 
 
 def train_templates() -> list[str]:
@@ -90,7 +92,7 @@ def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def to_model_input(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``[n, 28, 28]`` uint8 -> ``[n, 3, 28, 28]`` float, exactly PREPROCESS_CFG's transform."""
-    x = torch.as_tensor(images_uint8).float().div(255.0)
+    x = torch.as_tensor(np.asarray(images_uint8)).float().div(255.0)
     mean, std = PREPROCESS_CFG["mean"][0], PREPROCESS_CFG["std"][0]
     return ((x - mean) / std).unsqueeze(1).expand(-1, 3, -1, -1)
 
@@ -173,8 +175,14 @@ def main() -> None:
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None], x.flip(-1), x)
             y = labels_t[idx]
+            # half the captions name the class itself (keeps its embedding at the class centre),
+            # the rest draw any synonym; the template is always drawn at random
             choice = torch.randint(0, 10**9, (len(idx),), generator=gen)
-            tokens = torch.stack([caption_tokens[c][k % len(caption_tokens[c])] for c, k in zip(y.tolist(), choice.tolist())])
+            canonical = torch.rand(len(idx), generator=gen) < CANONICAL_SHARE
+            n_t = len(templates)
+            tokens = torch.stack([
+                caption_tokens[c][(k % n_t) if canon else (k % len(caption_tokens[c]))]
+                for c, k, canon in zip(y.tolist(), choice.tolist(), canonical.tolist())])
             for group in optim.param_groups:
                 group["lr"] = lr_at(step)
             img = F.normalize(model.encode_image(to_model_input(x).to(device)), dim=-1)
