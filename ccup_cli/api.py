@@ -115,6 +115,44 @@ def close_retain_classes(forget: TextEmbeddings, retain: TextEmbeddings, thresho
     return sorted(found, key=lambda d: -d["cosine"])
 
 
+def embed_forget_and_retain(
+    model: nn.Module,
+    tokenizer,
+    forget: Sequence[str],
+    retain: Sequence[str],
+    forget_templates: Sequence[str],
+    retain_templates: Sequence[str],
+    cache_id: str | None = None,
+    model_name: str = "",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[TextEmbeddings, TextEmbeddings]:
+    """Text embeddings of both sides; an empty retain list gives empty ``[0, d]`` tensors."""
+
+    def phase(name: str, total: int):
+        if progress is None:
+            return None
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            progress(name, done[0], total)
+
+        return step
+
+    was_training = model.training
+    model.eval()
+    forget_emb = embed_classes(model, tokenizer, forget, forget_templates, cache_id, model_name,
+                               phase("forget prompts", len(forget) * len(forget_templates)))
+    if retain:
+        retain_emb = embed_classes(model, tokenizer, retain, retain_templates, cache_id, model_name,
+                                   phase("retain prompts", len(retain) * len(retain_templates)))
+    else:
+        empty = torch.empty(0, forget_emb.per_class.shape[1])
+        retain_emb = TextEmbeddings([], list(retain_templates), empty, empty)
+    model.train(was_training)
+    return forget_emb, retain_emb
+
+
 def unlearn(
     model: nn.Module,
     tokenizer,
@@ -134,6 +172,7 @@ def unlearn(
     model_name: str = "",
     progress: Callable[[str, int, int], None] | None = None,
     device: str | torch.device | None = None,
+    embeddings: tuple[TextEmbeddings, TextEmbeddings] | None = None,
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
 
@@ -142,7 +181,8 @@ def unlearn(
     ``"{}"`` strings. CCUP uses per-template embeddings on both sides; nullspace uses the
     forget classes' template-averaged embeddings. ``original_tensors`` lets a caller pass the
     fold-site tensors as stored in the checkpoint (their dtype is kept). ``progress(phase,
-    done, total)`` reports text encoding. Returns an ``UnlearnResult``.
+    done, total)`` reports text encoding. ``embeddings`` passes (forget, retain) embeddings
+    already computed with ``embed_classes``. Returns an ``UnlearnResult``.
     """
     forget = list(forget)
     if not forget:
@@ -151,28 +191,11 @@ def unlearn(
     site = locate_fold_site(model)
     forget_templates, keep_templates = _templates(templates), _templates(retain_templates)
 
-    def phase(name: str, total: int):
-        if progress is None:
-            return None
-        done = [0]
-
-        def step(n: int) -> None:
-            done[0] += n
-            progress(name, done[0], total)
-
-        return step
-
-    was_training = model.training
-    model.eval()
-    forget_emb = embed_classes(model, tokenizer, forget, forget_templates, cache_id, model_name,
-                               phase("forget prompts", len(forget) * len(forget_templates)))
-    retain_emb = (
-        embed_classes(model, tokenizer, retain, keep_templates, cache_id, model_name,
-                      phase("retain prompts", len(retain) * len(keep_templates)))
-        if retain else TextEmbeddings([], keep_templates, torch.empty(0, forget_emb.per_class.shape[1]),
-                                      torch.empty(0, forget_emb.per_class.shape[1]))
-    )
-    model.train(was_training)
+    if embeddings is not None:
+        forget_emb, retain_emb = embeddings
+    else:
+        forget_emb, retain_emb = embed_forget_and_retain(
+            model, tokenizer, forget, retain, forget_templates, keep_templates, cache_id, model_name, progress)
     if method == "nullspace":
         forget_input, mode = forget_emb.per_class, {"forget": "per-class (template average)", "retain": "unused"}
     else:

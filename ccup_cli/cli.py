@@ -107,7 +107,9 @@ def unlearn_command(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag, checkpoint path, or 'none'."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Classes to forget, comma-separated."),
     retain: Optional[str] = typer.Option(None, "--retain", help="Classes to keep, comma-separated."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'."),
+    max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc",
+                                                   help="With --alpha auto: the forget top-1 to reach."),
     method: Optional[str] = typer.Option(None, "--method", help="ccup (default) or nullspace."),
     templates: Optional[str] = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
                                             "photo, or a file."),
@@ -135,7 +137,7 @@ def unlearn_command(
 
         file_values = read_spec_file(spec_file) if spec_file is not None else {}
         flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
-                 "alpha": alpha, "method": method, "templates": templates, "retain_templates": retain_templates,
+                 "alpha": alpha, "max_forget_acc": max_forget_acc, "method": method, "templates": templates, "retain_templates": retain_templates,
                  "eval": eval_name, "data_root": data_root, "eval_limit": eval_limit, "download": download}
         spec = build_spec(file_values, flags)
         with _progress(not (json_out or quiet)) as progress:
@@ -204,6 +206,63 @@ def eval_command(
         stderr.print(f"[bold red]threshold failed:[/] {failure}", highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("sweep")
+def sweep_command(
+    spec_file: Optional[Path] = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it."),
+    alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),
+    methods: str = typer.Option("ccup,nullspace", "--methods", help="Methods to compare."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained"),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Classes to forget, comma-separated."),
+    retain: Optional[str] = typer.Option(None, "--retain", help="Classes to keep, comma-separated."),
+    templates: Optional[str] = typer.Option(None, "--templates"),
+    retain_templates: Optional[str] = typer.Option(None, "--retain-templates"),
+    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: sweep.jsonl, tradeoff.png, report.json."),
+    device: str = DEVICE,
+    batch_size: int = BATCH,
+    json_out: bool = JSON,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    no_cache: bool = NO_CACHE,
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
+    debug: bool = DEBUG,
+) -> None:
+    """Evaluate every strength of every method from one pass over the images."""
+    _quiet_libraries(verbose)
+    with _boundary(debug):
+        from . import report as rep
+        from .errors import SpecError
+        from .pipeline import RunOptions, run_sweep_job
+        from .spec import build_spec, read_spec_file
+        from .sweep import parse_alphas
+
+        try:
+            alpha_list = parse_alphas(alphas)
+        except ValueError as err:
+            raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
+        file_values = read_spec_file(spec_file) if spec_file is not None else {}
+        file_values.pop("alpha", None)
+        flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
+                 "templates": templates, "retain_templates": retain_templates, "eval": eval_name,
+                 "data_root": data_root, "eval_limit": eval_limit}
+        spec = build_spec(file_values, flags)
+        with _progress(not (json_out or quiet)) as progress:
+            options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
+                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
+            report = run_sweep_job(spec, alpha_list, _csv(methods) or [], options)
+        rows = report.pop("rows")
+        if json_out:
+            sys.stdout.write(rep.dumps(report))
+        elif not quiet:
+            for warning in report.get("warnings", []):
+                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            stdout.print(rep.sweep_table(rows, f"sweep: forget {', '.join(report['spec']['forget'])}"))
+            stdout.print(f"written: {report['outputs']['folder']}")
 
 
 @app.command("models")

@@ -88,14 +88,14 @@ def _split_metrics(logits: torch.Tensor, labels: torch.Tensor, candidates: list[
     correct = pred.eq(target)
     top5 = None
     if len(candidates) >= 5:
-        top5 = float(sub.topk(5, dim=1).indices.eq(target[:, None]).any(dim=1).float().mean())
+        top5 = float(sub.topk(5, dim=1).indices.eq(target[:, None]).any(dim=1).double().mean())
     per_class = {}
     for c in sorted(set(int(y) for y in labels)):
         mask = labels == c
-        per_class[classnames[c]] = float(correct[mask].float().mean())
+        per_class[classnames[c]] = float(correct[mask].double().mean())
     return {
         "n": int(len(labels)),
-        "top1": float(correct.float().mean()),
+        "top1": float(correct.double().mean()),
         "top5": top5,
         "mean_per_class_recall": float(np.mean(list(per_class.values()))),
         "per_class": per_class,
@@ -133,8 +133,8 @@ def zero_shot_metrics(
     if forget_ids and bool(is_forget.any()):
         fl, fy = logits[is_forget], labels_t[is_forget]
         true_logit = fl.gather(1, fy[:, None])
-        metrics["forget"]["mean_true_class_prob"] = float(fl.softmax(dim=1).gather(1, fy[:, None]).mean())
-        metrics["forget"]["mean_true_class_rank"] = float((fl > true_logit).sum(dim=1).add(1).float().mean())
+        metrics["forget"]["mean_true_class_prob"] = float(fl.double().softmax(dim=1).gather(1, fy[:, None]).mean())
+        metrics["forget"]["mean_true_class_rank"] = float((fl > true_logit).sum(dim=1).add(1).double().mean())
     else:
         metrics["forget"]["mean_true_class_prob"] = None
         metrics["forget"]["mean_true_class_rank"] = None

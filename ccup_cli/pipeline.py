@@ -16,17 +16,22 @@ from pathlib import Path
 import torch
 
 from . import report as rep
-from .api import default_retain, embed_classes, unlearn
+from .api import default_retain, embed_classes, embed_forget_and_retain, unlearn
 from .atomic import atomic_dir, atomic_path, sha256_file
 from .data import MINI_NAME, EvalDataset, open_dataset
-from .errors import OutputError, SpecError
+from .errors import CcupError, OutputError, SpecError
 from .evaluate import delta, encode_pre_projection, feature_cache_key, metrics_for
 from .fold import FoldSite, locate_fold_site, site_tensors
 from .models import EMBEDDED_MODEL, LoadedModel, load_model
 from .spec import UnlearnSpec, check_classes_in
+from .sweep import SweepInputs, plot_tradeoff, run_sweep, smallest_alpha_meeting
 from .text import load_templates
 
 Progress = Callable[[str, int, int], None]
+
+
+class ThresholdNotReachable(CcupError):
+    """``--alpha auto`` found no strength that meets the forget target."""
 
 
 @dataclass
@@ -123,15 +128,31 @@ def _text_progress(options: RunOptions) -> Progress | None:
     return options.progress
 
 
-def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
-    """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
-    timer = _Timer()
-    device = resolve_device(options.device)
+@dataclass
+class _Prepared:
+    """Everything validated and computed once, before any strength is chosen."""
+
+    spec: UnlearnSpec
+    loaded: LoadedModel
+    dataset: EvalDataset | None
+    retain: list[str]
+    templates: list[str]
+    retain_templates: list[str]
+    site: FoldSite
+    original: dict[str, torch.Tensor]
+    cache_id: str | None
+    embeddings: tuple
+    sweep_inputs: SweepInputs | None
+
+
+def _prepare(spec: UnlearnSpec, options: RunOptions, timer: _Timer, device: str, need_eval: bool) -> _Prepared:
     spec_eval = default_eval(spec.model, spec.eval)
     if spec_eval != spec.eval:
         spec = spec.model_copy(update={"eval": spec_eval})
     # --- validate at the door: templates, dataset classes, output folder ---
     templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
+    if need_eval and not spec.eval:
+        raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None
     if spec.eval:
         with timer("open_dataset"):
@@ -151,14 +172,59 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     site = locate_fold_site(loaded.model)
     original = {k: loaded.source_state_dict[k] for k in site.keys} if set(site.keys) <= set(
         loaded.source_state_dict) else site_tensors(loaded.model, site)
+    with timer("text"):
+        embeddings = embed_forget_and_retain(loaded.model, loaded.tokenizer, spec.forget, retain, templates,
+                                             retain_templates, cache_id, loaded.model_name, options.progress)
+    sweep_inputs = None
+    if dataset is not None:
+        with timer("encode_images"):
+            pre, hit = _encode_dataset(loaded, site, dataset, options, device)
+        with timer("eval_text"):
+            classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
+                                       loaded.model_name).per_class.to(pre.device)
+        sweep_inputs = SweepInputs(site, original, pre, classifier, dataset, *embeddings, feature_cache_hit=hit)
+    return _Prepared(spec, loaded, dataset, retain, templates, retain_templates, site, original, cache_id,
+                     embeddings, sweep_inputs)
 
-    with timer("text_and_solve"):
+
+AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
+
+
+def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
+    """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
+    timer = _Timer()
+    device = resolve_device(options.device)
+    prep = _prepare(spec, options, timer, device, need_eval=spec.alpha == "auto")
+    spec, loaded, site, dataset, retain = prep.spec, prep.loaded, prep.site, prep.dataset, prep.retain
+    templates, retain_templates = prep.templates, prep.retain_templates
+
+    auto = None
+    alpha = spec.alpha
+    if alpha == "auto":
+        with timer("auto_alpha"):
+            rows = run_sweep(prep.sweep_inputs, [spec.method], AUTO_ALPHAS, spec.forget, spec.lambda_retain,
+                             spec.lambda_identity, spec.energy)
+        chosen = smallest_alpha_meeting(rows, spec.method, spec.max_forget_acc)
+        curve = [{"alpha": r["alpha"], "forget_top1": r["metrics"]["forget"]["top1"],
+                  "retain_top1": r["metrics"]["retain"]["top1"],
+                  "retain_only_top1": r["metrics"]["retain_only"]["top1"]} for r in rows]
+        if chosen is None:
+            best = min(curve, key=lambda c: c["forget_top1"])
+            raise ThresholdNotReachable(
+                f"no alpha in [0, 1] brings forget top-1 to {spec.max_forget_acc} with method {spec.method} "
+                f"(best: {best['forget_top1']:.4f} at alpha {best['alpha']})",
+                "raise --max-forget-acc, or change lambda_retain / the retain set")
+        alpha = chosen["alpha"]
+        auto = {"target_max_forget_acc": spec.max_forget_acc, "chosen_alpha": alpha, "grid": AUTO_ALPHAS,
+                "curve": curve}
+
+    with timer("solve_and_fold"):
         result = unlearn(
-            loaded.model, loaded.tokenizer, spec.forget, retain, alpha=spec.alpha, method=spec.method,
+            loaded.model, loaded.tokenizer, spec.forget, retain, alpha=alpha, method=spec.method,
             templates=templates, retain_templates=retain_templates, lambda_retain=spec.lambda_retain,
             lambda_identity=spec.lambda_identity, energy=spec.energy, inplace=True,
-            retain_warn_cosine=spec.retain_warn_cosine, original_tensors=original, cache_id=cache_id,
-            model_name=loaded.model_name, progress=_text_progress(options), device=device,
+            retain_warn_cosine=spec.retain_warn_cosine, original_tensors=prep.original, cache_id=prep.cache_id,
+            model_name=loaded.model_name, device=device, embeddings=prep.embeddings,
         )
 
     report = rep.new_report("unlearn", options.argv)
@@ -175,6 +241,8 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
         "singular_values_of_I_minus_W": proj.singular_values, "fold_site": site.path,
         "fold_keys": list(site.keys), "dim": int(proj.W.shape[0]),
     }
+    if auto is not None:
+        report["auto_alpha"] = auto
     report["text"] = {
         "forget_classes": len(spec.forget), "retain_classes": len(retain),
         "forget_templates": len(templates), "retain_templates": len(retain_templates),
@@ -187,17 +255,15 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
         f'retain class "{c["retain"]}" is close to forget class "{c["forget"]}" (cosine {c["cosine"]:.3f}); '
         "keeping it works against forgetting" for c in result.close_retain]
 
-    if dataset is not None:
-        with timer("encode_images"):
-            pre, hit = _encode_dataset(loaded, site, dataset, options, device)
-        with timer("eval_text"):
-            classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
-                                       loaded.model_name).per_class
+    if prep.sweep_inputs is not None:
+        inputs = prep.sweep_inputs
         with timer("metrics"):
-            before = metrics_for(site, original, pre, classifier.to(pre.device), dataset, spec.forget)
-            after = metrics_for(site, result.folded_tensors, pre, classifier.to(pre.device), dataset, spec.forget)
+            before = metrics_for(site, prep.original, inputs.pre_projection_features, inputs.classifier, dataset,
+                                 spec.forget)
+            after = metrics_for(site, result.folded_tensors, inputs.pre_projection_features, inputs.classifier,
+                                dataset, spec.forget)
         report["dataset"] = _dataset_report(dataset)
-        report["dataset"]["feature_cache_hit"] = hit
+        report["dataset"]["feature_cache_hit"] = inputs.feature_cache_hit
         report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
 
     if options.out is not None:
@@ -346,3 +412,59 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     return report, failures
 
 
+
+
+# --- ccup sweep -------------------------------------------------------------------------------
+
+
+def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], options: RunOptions) -> dict:
+    """Evaluate every method at every strength from one pass over the images.
+
+    Writes ``sweep.jsonl`` (one line per method and α, with the report's metric fields),
+    ``tradeoff.png`` (when matplotlib is installed), ``spec.yaml`` and ``report.json``.
+    """
+    problems = [f"alphas[{i}]: {a} is outside [0, 1]" for i, a in enumerate(alphas) if not 0 <= a <= 1]
+    problems += [f'methods[{i}]: unknown method "{m}"; use ccup or nullspace'
+                 for i, m in enumerate(methods) if m not in ("ccup", "nullspace")]
+    if not alphas:
+        problems.append("alphas: the list is empty; e.g. --alphas 0,0.1,...,1")
+    if problems:
+        raise SpecError(problems)
+    if options.out is None:
+        raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
+    timer = _Timer()
+    device = resolve_device(options.device)
+    prep = _prepare(spec.model_copy(update={"alpha": 1.0}), options, timer, device, need_eval=True)
+    with timer("sweep"):
+        rows = run_sweep(prep.sweep_inputs, methods, alphas, prep.spec.forget, spec.lambda_retain,
+                         spec.lambda_identity, spec.energy)
+    report = rep.new_report("sweep", options.argv)
+    resolved = prep.spec.model_copy(update={"retain": prep.retain})
+    report["spec"] = resolved.model_dump(mode="json")
+    report["spec_sha256"] = resolved.sha256()
+    report["model"] = _model_report(prep.loaded)
+    report["inputs"] = {"checkpoint": {"path": str(prep.loaded.checkpoint_path) if prep.loaded.checkpoint_path
+                                       else None, "sha256": prep.loaded.checkpoint_sha256}}
+    report["dataset"] = {**_dataset_report(prep.dataset), "feature_cache_hit": prep.sweep_inputs.feature_cache_hit}
+    report["sweep"] = {"methods": methods, "alphas": alphas, "rows": len(rows)}
+    out = Path(options.out).absolute()
+    with timer("write"), atomic_dir(out, options.overwrite) as tmp:
+        (tmp / "sweep.jsonl").write_text("".join(rep.dumps_line(
+            {"method": r["method"], "alpha": r["alpha"], "params": r["params"], "metrics": r["metrics"]})
+            for r in rows), encoding="utf-8")
+        (tmp / "spec.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
+        try:
+            plot_tradeoff(rows, tmp / "tradeoff.png", f"{report['model']['name']} on {prep.dataset.name}: "
+                                                       f"forget {', '.join(prep.spec.forget)}")
+            report["plot"] = str(out / "tradeoff.png")
+        except ImportError:
+            report["plot"] = None
+            report.setdefault("warnings", []).append(
+                "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
+        report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
+                                                                 "sha256": sha256_file(tmp / "sweep.jsonl")}}
+        report["timings"] = timer.seconds
+        report["environment"] = rep.environment(device)
+        rep.write_report(tmp / "report.json", report)
+    report["rows"] = rows
+    return report

@@ -58,6 +58,11 @@ def dumps(report: dict) -> str:
     return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
 
 
+def dumps_line(record: dict) -> str:
+    """One compact strict-JSON line (for JSONL files)."""
+    return json.dumps(_finite(record), allow_nan=False, separators=(",", ":")) + "\n"
+
+
 def write_report(path: str | Path, report: dict) -> None:
     write_text_atomic(path, dumps(report))
 
@@ -128,4 +133,19 @@ def summary_table(report: dict):
     table.add_row("fold site", proj["fold_site"])
     if report.get("outputs"):
         table.add_row("written", str(report["outputs"]["folder"]))
+    return table
+
+
+def sweep_table(rows: list[dict], title: str):
+    """One row per (method, α): forget, retain and retain-only top-1."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("method", "α", "forget top-1 %", "retain top-1 %", "retain-only top-1 %", "forget mean rank"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        m = r["metrics"]
+        rank = m["forget"].get("mean_true_class_rank")
+        table.add_row(r["method"], f"{r['alpha']:g}", _pct(m["forget"]["top1"]), _pct(m["retain"]["top1"]),
+                      _pct(m["retain_only"]["top1"]), "—" if rank is None else f"{rank:.2f}")
     return table

@@ -37,7 +37,9 @@ class UnlearnSpec(BaseModel):
     forget: list[str] = Field(default_factory=list, description="class names to forget")
     retain: list[str] | None = Field(None, description="class names to keep; default: the eval dataset's other "
                                                         "classes, else ImageNet-1k names less the forget classes")
-    alpha: float = Field(1.0, description="strength in [0, 1]; 0 is the original model")
+    alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
+                                                           "picks the smallest meeting max_forget_acc")
+    max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
     method: Literal["ccup", "nullspace"] = "ccup"
     templates: str = Field(DEFAULT_FORGET_TEMPLATES, description="templates for forget classes and evaluation")
     retain_templates: str = Field(DEFAULT_RETAIN_TEMPLATES, description="templates for retain classes")
@@ -52,9 +54,15 @@ class UnlearnSpec(BaseModel):
     eval_limit: int | None = Field(None, gt=0, description="images per class, stratified and seeded")
     download: bool = False
 
-    @field_validator("alpha")
+    @field_validator("alpha", mode="before")
     @classmethod
-    def _alpha_in_range(cls, value: float) -> float:
+    def _alpha_in_range(cls, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number in [0, 1] or 'auto'") from None
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{value} is outside [0, 1]; 0 keeps the model, 1 forgets fully")
         return value
@@ -136,6 +144,8 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{_field_path(e['loc'])}: {msg}")
     problems += semantic_problems(merged.get("forget"), merged.get("retain"))
+    if spec is not None and spec.alpha == "auto" and spec.max_forget_acc is None:
+        problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05)")
     if problems or spec is None:
         raise SpecError(problems)
     return spec
