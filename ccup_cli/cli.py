@@ -110,7 +110,7 @@ def unlearn_command(
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'."),
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc",
                                                    help="With --alpha auto: the forget top-1 to reach."),
-    method: Optional[str] = typer.Option(None, "--method", help="ccup (default) or nullspace."),
+    method: Optional[str] = typer.Option(None, "--method", help="ccup (default), nullspace, or finetune (the gradient baseline; needs the train split)."),
     templates: Optional[str] = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
                                             "photo, or a file."),
     retain_templates: Optional[str] = typer.Option(None, "--retain-templates", help="Retain templates."),

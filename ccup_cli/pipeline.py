@@ -194,9 +194,12 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
     timer = _Timer()
     device = resolve_device(options.device)
-    prep = _prepare(spec, options, timer, device, need_eval=spec.alpha == "auto")
+    prep = _prepare(spec, options, timer, device, need_eval=spec.alpha == "auto" or spec.method == "finetune")
     spec, loaded, site, dataset, retain = prep.spec, prep.loaded, prep.site, prep.dataset, prep.retain
     templates, retain_templates = prep.templates, prep.retain_templates
+
+    if spec.method == "finetune":
+        return _run_finetune(prep, options, timer, device)
 
     auto = None
     alpha = spec.alpha
@@ -268,10 +271,70 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
 
     if options.out is not None:
         with timer("write"):
-            _write_unlearn_outputs(options.out, options.overwrite, loaded, result, resolved, report)
+            _write_unlearn_outputs(options.out, options.overwrite, loaded, result.folded_tensors,
+                                   {"alpha": repr(float(proj.alpha)), "fold_site": site.path}, resolved, report)
     report["timings"] = timer.seconds
     report["environment"] = rep.environment(device)
     if options.out is not None:  # the report inside the folder carries the final timings too
+        rep.write_report(Path(options.out) / "report.json", report)
+    return report
+
+
+def _train_dataset(spec: UnlearnSpec) -> EvalDataset:
+    """The train split of the evaluation dataset (the mini subset's is Fashion-MNIST's train split)."""
+    name = "fashion-mnist" if spec.eval == MINI_NAME else spec.eval
+    return open_eval_dataset(name, spec.data_root, spec.finetune_train_split, spec.download, None)
+
+
+def _run_finetune(prep: _Prepared, options: RunOptions, timer: _Timer, device: str) -> dict:
+    """``method: finetune``: the gradient baseline, evaluated by re-encoding the images after training."""
+    from .finetune import finetune_unlearn
+
+    spec, loaded, site, dataset, inputs = prep.spec, prep.loaded, prep.site, prep.dataset, prep.sweep_inputs
+    with timer("open_train_split"):
+        train = _train_dataset(spec)
+    forget_ids = [dataset.classnames.index(f) for f in spec.forget]
+    before = metrics_for(site, prep.original, inputs.pre_projection_features, inputs.classifier, dataset,
+                         spec.forget)
+    target = spec.max_forget_acc if spec.max_forget_acc is not None else 0.0
+    torch.manual_seed(spec.finetune_seed)
+    with timer("finetune"):
+        ft = finetune_unlearn(loaded.model, loaded.preprocess, train, inputs.classifier, forget_ids,
+                              steps=spec.finetune_steps, lr=spec.finetune_lr, batch_size=spec.finetune_batch_size,
+                              target_forget_acc=target, seed=spec.finetune_seed, device=device,
+                              progress=options.progress)
+    with timer("encode_images_after"):  # the tower itself changed: the cached features do not apply
+        pre_after, _ = _encode_dataset(loaded, site, dataset, RunOptions(**{**options.__dict__, "use_cache": False}),
+                                       device)
+    state = loaded.model.state_dict()
+    replaced = {k: state[k].detach().cpu() for k in ft.trained_keys}
+    after = metrics_for(site, {k: state[k] for k in site.keys}, pre_after, inputs.classifier, dataset, spec.forget)
+    report = rep.new_report("unlearn", options.argv)
+    resolved = spec.model_copy(update={"retain": prep.retain}) if spec.retain is None else spec
+    report["spec"] = resolved.model_dump(mode="json")
+    report["spec_sha256"] = resolved.sha256()
+    report["model"] = _model_report(loaded)
+    report["preprocess_cfg"] = loaded.preprocess_cfg
+    report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
+                                       "sha256": loaded.checkpoint_sha256},
+                        "train_split": {"name": train.name, "split": train.split, "n_images": len(train)}}
+    report["finetune"] = {"steps": ft.steps, "step_budget": spec.finetune_steps, "lr": spec.finetune_lr,
+                          "batch_size": spec.finetune_batch_size, "images_seen": ft.images_seen,
+                          "stopped_early": ft.stopped_early, "target_forget_acc": target,
+                          "trained_tensors": ft.trained_keys, "history": ft.history}
+    report["projector"] = {"method": "finetune", "alpha": None, "rank": None, "fold_site": site.path,
+                           "fold_keys": ft.trained_keys}
+    report["text"] = {"forget_classes": len(spec.forget), "retain_classes": len(prep.retain)}
+    report["warnings"] = []
+    report["dataset"] = {**_dataset_report(dataset), "feature_cache_hit": inputs.feature_cache_hit}
+    report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
+    if options.out is not None:
+        with timer("write"):
+            _write_unlearn_outputs(options.out, options.overwrite, loaded, replaced,
+                                   {"steps": str(ft.steps), "lr": repr(spec.finetune_lr)}, resolved, report)
+    report["timings"] = timer.seconds
+    report["environment"] = rep.environment(device)
+    if options.out is not None:
         rep.write_report(Path(options.out) / "report.json", report)
     return report
 
@@ -283,25 +346,26 @@ def _fast_text(loaded: LoadedModel) -> bool:
 
 
 def patched_state_dict(loaded: LoadedModel, folded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The source state dict with only the fold-site tensors replaced."""
-    return {key: folded.get(key, tensor) for key, tensor in loaded.source_state_dict.items()}
+    """The source state dict with only the given tensors replaced, each kept in the source's dtype."""
+    return {key: folded[key].to(tensor.dtype) if key in folded else tensor
+            for key, tensor in loaded.source_state_dict.items()}
 
 
-def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, result, spec: UnlearnSpec,
-                           report: dict) -> None:
+def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, replaced: dict[str, torch.Tensor],
+                           method_metadata: dict[str, str], spec: UnlearnSpec, report: dict) -> None:
+    """model.safetensors (source state dict, ``replaced`` tensors swapped in), config, spec, report."""
     from .atomic import os_error_to_output_error
     from .checkpoint import save_safetensors
 
     out = Path(out).absolute()
     metadata = {
-        "format": "pt", "ccup_version": report["ccup_version"], "method": result.projector.method,
-        "alpha": repr(float(result.projector.alpha)), "forget": json.dumps(spec.forget),
-        "spec_sha256": report["spec_sha256"], "source_sha256": loaded.checkpoint_sha256 or "random-init",
-        "fold_site": result.site.path, "model": loaded.model_name,
+        "format": "pt", "ccup_version": report["ccup_version"], "method": spec.method,
+        "forget": json.dumps(spec.forget), "spec_sha256": report["spec_sha256"],
+        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": loaded.model_name, **method_metadata,
     }
     with atomic_dir(out, overwrite) as tmp:
         try:
-            ckpt_sha = save_safetensors(patched_state_dict(loaded, result.folded_tensors), tmp / "model.safetensors",
+            ckpt_sha = save_safetensors(patched_state_dict(loaded, replaced), tmp / "model.safetensors",
                                         metadata)
             config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": loaded.preprocess_cfg}
             (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -128,8 +128,12 @@ def summary_table(report: dict):
                   source.endswith("open_clip_model.safetensors") else f"{report['model']['name']} ({source})")
     table.add_row("forget", ", ".join(spec["forget"]))
     table.add_row("retain", f"{report['text']['retain_classes']} classes")
-    table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")
-    table.add_row("rank of I − W", str(proj["rank"]))
+    if proj["method"] == "finetune":
+        ft = report["finetune"]
+        table.add_row("method", f"finetune: {ft['steps']} of {ft['step_budget']} steps, {ft['images_seen']} images")
+    else:
+        table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")
+        table.add_row("rank of I − W", str(proj["rank"]))
     table.add_row("fold site", proj["fold_site"])
     if report.get("outputs"):
         table.add_row("written", str(report["outputs"]["folder"]))

@@ -40,7 +40,7 @@ class UnlearnSpec(BaseModel):
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
                                                            "picks the smallest meeting max_forget_acc")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
-    method: Literal["ccup", "nullspace"] = "ccup"
+    method: Literal["ccup", "nullspace", "finetune"] = "ccup"
     templates: str = Field(DEFAULT_FORGET_TEMPLATES, description="templates for forget classes and evaluation")
     retain_templates: str = Field(DEFAULT_RETAIN_TEMPLATES, description="templates for retain classes")
     lambda_retain: float = Field(DEFAULT_LAMBDA_RETAIN, ge=0)
@@ -48,6 +48,11 @@ class UnlearnSpec(BaseModel):
     energy: float = Field(DEFAULT_ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
     retain_warn_cosine: float = Field(DEFAULT_RETAIN_WARN_COSINE, ge=-1, le=1,
                                       description="warn about retain classes this close to a forget class")
+    finetune_steps: int = Field(300, gt=0, description="finetune: step budget (stops early at max_forget_acc)")
+    finetune_lr: float = Field(1e-4, gt=0, description="finetune: AdamW learning rate")
+    finetune_batch_size: int = Field(128, ge=2, description="finetune: images per step, half forget, half retain")
+    finetune_seed: int = 0
+    finetune_train_split: str = Field("train", description="finetune: split of the eval dataset to train on")
     eval: str | None = Field(None, description="dataset name, ImageFolder path, or fashion-mnist-mini")
     data_root: str | None = None
     eval_split: str = "test"
