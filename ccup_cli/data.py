@@ -116,7 +116,7 @@ def _idx_dataset(name: str, default_root: str | None, torchvision_cls: str):
     def load(root: str | None, split: str, download: bool) -> EvalDataset:
         root = root or default_root
         if root is None and not download:
-            raise DatasetError(f"{name} needs --data-root", f"point it at the idx files, or pass --download")
+            raise DatasetError(f"{name} needs --data-root", "point it at the idx files, or pass --download")
         root_path = Path(root or Path.home() / ".cache" / "ccup" / "datasets")
         try:
             images, labels = load_idx_split(root_path, split)

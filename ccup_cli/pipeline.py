@@ -7,7 +7,6 @@ Nothing here prints or exits; progress goes through a callback and problems are 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import torch
 
 from . import report as rep
 from .api import default_retain, embed_classes, embed_forget_and_retain, unlearn
-from .atomic import atomic_dir, atomic_path, sha256_file
+from .atomic import atomic_dir, sha256_file
 from .data import MINI_NAME, EvalDataset, open_dataset
 from .errors import CcupError, OutputError, SpecError
 from .evaluate import delta, encode_pre_projection, feature_cache_key, metrics_for
