@@ -162,8 +162,9 @@ def encode_prompts(
 ) -> torch.Tensor:
     """Unnormalised text features ``[n, d]`` (float32, on the model's device) for ``prompts``.
 
-    Equal to ``model.encode_text(tokenizer(prompts))`` within 1e-4. Prompts are encoded
-    in batches sorted by token length, then put back in the given order. ``progress`` is
+    Equal to ``model.encode_text(tokenizer(prompts))`` within 1e-4. Prompts of equal token
+    length are encoded together (at most ``batch_size`` a batch), then put back in the given
+    order. ``progress`` is
     called with the number of prompts done after each batch.
     """
     if len(prompts) == 0:
@@ -171,12 +172,23 @@ def encode_prompts(
     device = next(model.parameters()).device
     tokens = tokenizer(list(prompts))
     tower = _causal_tower(model)
-    # sorting by pooled position lets each batch be cut as short as its own prompts allow
-    order = torch.argsort(_pool_positions(tokens, tower), stable=True) if tower else torch.arange(len(prompts))
+    if tower is not None:
+        # prompts of equal length are batched together, so no batch is cut longer than its prompts need
+        lengths = _pool_positions(tokens, tower)
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        batches, start = [], 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and stop - start < batch_size and sorted_lengths[stop] == sorted_lengths[start]:
+                stop += 1
+            batches.append(order[start:stop])
+            start = stop
+    else:
+        batches = list(torch.arange(len(prompts)).split(batch_size))
     out: torch.Tensor | None = None
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batches:
             feats = encode_tokens(model, tokens[idx].to(device)).float()
             if out is None:
                 out = torch.empty(len(prompts), feats.shape[-1], dtype=torch.float32, device=feats.device)
