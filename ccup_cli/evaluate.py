@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from .data import EvalDataset
 from .fold import FoldSite, identity_projection, project
-from .text import cache_root
 
 LOGIT_SCALE = 100.0
 
@@ -42,37 +41,23 @@ def encode_pre_projection(
 
     Images go through ``transform`` (open_clip's own eval transform for the model).
     """
-    from safetensors.torch import load_file, save_file
+    from .cache import cached_tensor
 
-    from .atomic import atomic_path
-
-    path = cache_root() / "features" / f"{cache_key}.safetensors" if cache_key else None
-    if path is not None and path.is_file():
-        try:
-            feats = load_file(str(path))["features"]
-            if feats.shape[0] == len(dataset):
+    def encode() -> torch.Tensor:
+        chunks = []
+        with torch.inference_mode(), identity_projection(model, site):
+            for start in range(0, len(dataset), batch_size):
+                stop = min(start + batch_size, len(dataset))
+                batch = torch.stack([transform(dataset.load_image(i)) for i in range(start, stop)]).to(device)
+                chunks.append(model.encode_image(batch).float().cpu())
                 if progress is not None:
-                    progress(len(dataset))
-                return feats, True
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed
-            pass
-    chunks = []
-    with torch.inference_mode(), identity_projection(model, site):
-        for start in range(0, len(dataset), batch_size):
-            stop = min(start + batch_size, len(dataset))
-            batch = torch.stack([transform(dataset.load_image(i)) for i in range(start, stop)]).to(device)
-            chunks.append(model.encode_image(batch).float().cpu())
-            if progress is not None:
-                progress(stop - start)
-    feats = torch.cat(chunks)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({"features": feats.contiguous()}, str(tmp))
-        except OSError:
-            pass
-    return feats, False
+                    progress(stop - start)
+        return torch.cat(chunks)
+
+    feats, hit = cached_tensor("features", cache_key, len(dataset), encode)
+    if hit and progress is not None:
+        progress(len(dataset))
+    return feats, hit
 
 
 def _split_metrics(logits: torch.Tensor, labels: torch.Tensor, candidates: list[int], classnames: Sequence[str]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,10 +210,6 @@ def class_embeddings(features: torch.Tensor, n_classes: int, n_templates: int) -
 # --- cache ---------------------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup"))
-
-
 def text_cache_key(checkpoint_sha256: str, model_name: str, prompts: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"checkpoint": checkpoint_sha256, "model": model_name}).encode())
@@ -235,26 +230,10 @@ def cached_encode_prompts(
 
     ``cache_key`` None disables the cache (in-memory models, random init, ``--no-cache``).
     """
-    from safetensors.torch import load_file, save_file
+    from .cache import cached_tensor
 
-    from .atomic import atomic_path
-
-    path = cache_root() / "text" / f"{cache_key}.safetensors" if cache_key else None
-    if path is not None and path.is_file():
-        try:
-            feats = load_file(str(path))["features"]
-            if feats.shape[0] == len(prompts):
-                if progress is not None:
-                    progress(len(prompts))
-                return feats.to(next(model.parameters()).device), True
-        except Exception:  # a corrupt cache entry is recomputed, never trusted
-            pass
-    feats = encode_prompts(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({"features": feats.detach().cpu().contiguous()}, str(tmp))
-        except OSError:
-            pass  # the cache is an optimisation; a read-only home must not fail the run
-    return feats, False
+    feats, hit = cached_tensor("text", cache_key, len(prompts),
+                               lambda: encode_prompts(model, tokenizer, prompts, batch_size, progress))
+    if hit and progress is not None:
+        progress(len(prompts))
+    return feats.to(next(model.parameters()).device), hit
