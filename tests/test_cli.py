@@ -235,6 +235,11 @@ def test_tag_that_needs_the_network_fails_fast_with_a_fix(tmp_path):
     assert elapsed < 15, f"took {elapsed:.1f}s; the limit users were promised is 15 s"
 
 
+def test_hf_hub_model_offline_fails_fast_with_a_fix(tmp_path):
+    result = run("unlearn", "--model", "hf-hub:someone/some-clip", "--forget", "cat", "--out", tmp_path / "o")
+    assert_bad_input(result, "hf-hub:someone/some-clip needs a download", "--pretrained PATH")
+
+
 def test_unexpected_error_exits_1_with_debug_hint(base, tmp_path, monkeypatch):
     import ccup_cli.pipeline as pipeline
 
