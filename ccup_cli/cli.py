@@ -186,7 +186,8 @@ def eval_command(
     failures: list[str] = []
     with _boundary(debug):
         from . import report as rep
-        from .pipeline import EvalRequest, RunOptions, run_eval
+        from .eval_job import EvalRequest, run_eval
+        from .pipeline import RunOptions
 
         req = EvalRequest(model=model, pretrained=pretrained, eval=eval_name, data_root=data_root,
                           eval_split=eval_split, eval_limit=eval_limit, download=download,

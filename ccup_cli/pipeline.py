@@ -1,4 +1,4 @@
-"""The jobs behind ``ccup unlearn`` and ``ccup eval``: validate, load, compute, write, report.
+"""The jobs behind ``ccup unlearn`` and ``ccup sweep``: validate, load, compute, write, report.
 
 Nothing here prints or exits; progress goes through a callback and problems are raised as
 ``CcupError``. The CLI renders what these functions return.
@@ -56,7 +56,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class _Timer:
+class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
@@ -80,11 +80,7 @@ def default_eval(model: str | None, eval_name: str | None) -> str | None:
     return eval_name
 
 
-def open_eval_dataset(spec_eval: str, data_root, split, download, limit) -> EvalDataset:
-    return open_dataset(spec_eval, data_root=data_root, split=split, download=download, limit=limit)
-
-
-def _canonical_names(names: list[str], classnames: list[str]) -> list[str]:
+def canonical_names(names: list[str], classnames: list[str]) -> list[str]:
     lookup = {c.lower(): c for c in classnames}
     return [lookup.get(n.lower(), n) for n in names]
 
@@ -99,18 +95,18 @@ def _check_output_folder(out: Path, overwrite: bool, pretrained: str | None, mod
         raise OutputError(f"output folder {out} already exists", "pass --overwrite or choose another --out")
 
 
-def _dataset_report(ds: EvalDataset) -> dict:
+def dataset_report(ds: EvalDataset) -> dict:
     return {"name": ds.name, "split": ds.split, "n_images": len(ds), "images_per_class": ds.counts(),
             "file_list_sha256": ds.file_list_sha256()}
 
 
-def _model_report(loaded: LoadedModel) -> dict:
+def model_report(loaded: LoadedModel) -> dict:
     return {"name": loaded.display_name or loaded.model_name, "open_clip_name": loaded.model_name,
             "pretrained": loaded.pretrained,
             "checkpoint": str(loaded.checkpoint_path) if loaded.checkpoint_path else None}
 
 
-def _encode_dataset(loaded: LoadedModel, site: FoldSite, ds: EvalDataset, options: RunOptions, device: str):
+def encode_dataset(loaded: LoadedModel, site: FoldSite, ds: EvalDataset, options: RunOptions, device: str):
     key = feature_cache_key(loaded.cache_id, site, ds, loaded.preprocess) if options.use_cache else None
     step = None
     if options.progress is not None:
@@ -121,10 +117,6 @@ def _encode_dataset(loaded: LoadedModel, site: FoldSite, ds: EvalDataset, option
             options.progress("encoding images", done[0], len(ds))
 
     return encode_pre_projection(loaded.model, site, ds, loaded.preprocess, options.batch_size, device, step, key)
-
-
-def _text_progress(options: RunOptions) -> Progress | None:
-    return options.progress
 
 
 @dataclass
@@ -144,7 +136,7 @@ class _Prepared:
     sweep_inputs: SweepInputs | None
 
 
-def _prepare(spec: UnlearnSpec, options: RunOptions, timer: _Timer, device: str, need_eval: bool) -> _Prepared:
+def _prepare(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, device: str, need_eval: bool) -> _Prepared:
     spec_eval = default_eval(spec.model, spec.eval)
     if spec_eval != spec.eval:
         spec = spec.model_copy(update={"eval": spec_eval})
@@ -155,11 +147,11 @@ def _prepare(spec: UnlearnSpec, options: RunOptions, timer: _Timer, device: str,
     dataset = None
     if spec.eval:
         with timer("open_dataset"):
-            dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit)
+            dataset = open_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit)
         check_classes_in(spec, dataset.classnames, dataset.name)
         spec = spec.model_copy(update={
-            "forget": _canonical_names(spec.forget, dataset.classnames),
-            "retain": _canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+            "forget": canonical_names(spec.forget, dataset.classnames),
+            "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
     if options.out is not None:
         _check_output_folder(options.out, options.overwrite, spec.pretrained, spec.model)
 
@@ -177,7 +169,7 @@ def _prepare(spec: UnlearnSpec, options: RunOptions, timer: _Timer, device: str,
     sweep_inputs = None
     if dataset is not None:
         with timer("encode_images"):
-            pre, hit = _encode_dataset(loaded, site, dataset, options, device)
+            pre, hit = encode_dataset(loaded, site, dataset, options, device)
         with timer("eval_text"):
             classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
                                        loaded.model_name).per_class.to(pre.device)
@@ -191,7 +183,7 @@ AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
 
 def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
-    timer = _Timer()
+    timer = PhaseTimer()
     device = resolve_device(options.device)
     prep = _prepare(spec, options, timer, device, need_eval=spec.alpha == "auto" or spec.method == "finetune")
     spec, loaded, site, dataset, retain = prep.spec, prep.loaded, prep.site, prep.dataset, prep.retain
@@ -233,7 +225,7 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     resolved = spec.model_copy(update={"retain": retain}) if spec.retain is None else spec
     report["spec"] = resolved.model_dump(mode="json")
     report["spec_sha256"] = resolved.sha256()
-    report["model"] = _model_report(loaded)
+    report["model"] = model_report(loaded)
     report["preprocess_cfg"] = loaded.preprocess_cfg
     report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
                                        "sha256": loaded.checkpoint_sha256}}
@@ -264,7 +256,7 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
                                  spec.forget)
             after = metrics_for(site, result.folded_tensors, inputs.pre_projection_features, inputs.classifier,
                                 dataset, spec.forget)
-        report["dataset"] = _dataset_report(dataset)
+        report["dataset"] = dataset_report(dataset)
         report["dataset"]["feature_cache_hit"] = inputs.feature_cache_hit
         report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
 
@@ -282,10 +274,10 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
 def _train_dataset(spec: UnlearnSpec) -> EvalDataset:
     """The train split of the evaluation dataset (the mini subset's is Fashion-MNIST's train split)."""
     name = "fashion-mnist" if spec.eval == MINI_NAME else spec.eval
-    return open_eval_dataset(name, spec.data_root, spec.finetune_train_split, spec.download, None)
+    return open_dataset(name, spec.data_root, spec.finetune_train_split, spec.download)
 
 
-def _run_finetune(prep: _Prepared, options: RunOptions, timer: _Timer, device: str) -> dict:
+def _run_finetune(prep: _Prepared, options: RunOptions, timer: PhaseTimer, device: str) -> dict:
     """``method: finetune``: the gradient baseline, evaluated by re-encoding the images after training."""
     from .finetune import finetune_unlearn
 
@@ -303,7 +295,7 @@ def _run_finetune(prep: _Prepared, options: RunOptions, timer: _Timer, device: s
                               target_forget_acc=target, seed=spec.finetune_seed, device=device,
                               progress=options.progress)
     with timer("encode_images_after"):  # the tower itself changed: the cached features do not apply
-        pre_after, _ = _encode_dataset(loaded, site, dataset, RunOptions(**{**options.__dict__, "use_cache": False}),
+        pre_after, _ = encode_dataset(loaded, site, dataset, RunOptions(**{**options.__dict__, "use_cache": False}),
                                        device)
     state = loaded.model.state_dict()
     replaced = {k: state[k].detach().cpu() for k in ft.trained_keys}
@@ -312,7 +304,7 @@ def _run_finetune(prep: _Prepared, options: RunOptions, timer: _Timer, device: s
     resolved = spec.model_copy(update={"retain": prep.retain}) if spec.retain is None else spec
     report["spec"] = resolved.model_dump(mode="json")
     report["spec_sha256"] = resolved.sha256()
-    report["model"] = _model_report(loaded)
+    report["model"] = model_report(loaded)
     report["preprocess_cfg"] = loaded.preprocess_cfg
     report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
                                        "sha256": loaded.checkpoint_sha256},
@@ -325,7 +317,7 @@ def _run_finetune(prep: _Prepared, options: RunOptions, timer: _Timer, device: s
                            "fold_keys": ft.trained_keys}
     report["text"] = {"forget_classes": len(spec.forget), "retain_classes": len(prep.retain)}
     report["warnings"] = []
-    report["dataset"] = {**_dataset_report(dataset), "feature_cache_hit": inputs.feature_cache_hit}
+    report["dataset"] = {**dataset_report(dataset), "feature_cache_hit": inputs.feature_cache_hit}
     report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
     if options.out is not None:
         with timer("write"):
@@ -381,102 +373,6 @@ def _write_unlearn_outputs(out: Path, overwrite: bool, loaded: LoadedModel, repl
         rep.write_report(tmp / "report.json", report)
 
 
-# --- ccup eval --------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalRequest:
-    model: str | None = None
-    pretrained: str | None = None
-    eval: str | None = None
-    data_root: str | None = None
-    eval_split: str = "test"
-    eval_limit: int | None = None
-    download: bool = False
-    forget: list[str] = field(default_factory=list)
-    templates: str = "openai"
-    max_forget_acc: float | None = None
-    min_retain_acc: float | None = None
-
-
-def validate_eval_request(req: EvalRequest) -> None:
-    problems = []
-    for name in ("max_forget_acc", "min_retain_acc"):
-        value = getattr(req, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
-    if req.max_forget_acc is not None and not req.forget:
-        problems.append("max-forget-acc: needs --forget to know which classes to check")
-    if req.eval_limit is not None and req.eval_limit <= 0:
-        problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
-    if problems:
-        raise SpecError(problems)
-
-
-def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
-    """One message per threshold that does not hold, saying by how much."""
-    failures = []
-    forget_top1 = metrics["forget"]["top1"]
-    if req.max_forget_acc is not None and forget_top1 is not None and forget_top1 > req.max_forget_acc:
-        failures.append(f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {req.max_forget_acc:.4f} "
-                        f"by {forget_top1 - req.max_forget_acc:.4f}")
-    retain_top1 = metrics["retain"]["top1"]
-    if req.min_retain_acc is not None and retain_top1 is not None and retain_top1 < req.min_retain_acc:
-        failures.append(f"retain top-1 {retain_top1:.4f} is below --min-retain-acc {req.min_retain_acc:.4f} "
-                        f"by {req.min_retain_acc - retain_top1:.4f}")
-    return failures
-
-
-def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = None) -> tuple[dict, list[str]]:
-    """Zero-shot evaluation of one model. Returns (report, failed thresholds)."""
-    validate_eval_request(req)
-    timer = _Timer()
-    device = resolve_device(options.device)
-    eval_name = default_eval(req.model, req.eval)
-    if eval_name is None:
-        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
-    if report_path is not None and report_path.exists() and not options.overwrite:
-        raise OutputError(f"report {report_path} already exists", "pass --overwrite or choose another --out")
-    templates = load_templates(req.templates)
-    with timer("open_dataset"):
-        dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit)
-    probe = UnlearnSpec.model_construct(forget=req.forget, retain=None)
-    check_classes_in(probe, dataset.classnames, dataset.name)
-    forget = _canonical_names(req.forget, dataset.classnames)
-    with timer("load_model"):
-        loaded = load_model(req.model, req.pretrained, device)
-    site = locate_fold_site(loaded.model)
-    cache_id = loaded.cache_id if options.use_cache else None
-    with timer("encode_images"):
-        pre, hit = _encode_dataset(loaded, site, dataset, options, device)
-    with timer("eval_text"):
-        classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
-                                   loaded.model_name).per_class
-    with timer("metrics"):
-        before = metrics_for(site, site_tensors(loaded.model, site), pre, classifier, dataset, forget)
-    report = rep.new_report("eval", options.argv)
-    report["request"] = {**req.__dict__, "eval": eval_name, "forget": forget}
-    report["model"] = _model_report(loaded)
-    report["preprocess_cfg"] = loaded.preprocess_cfg
-    report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
-                                       "sha256": loaded.checkpoint_sha256}}
-    report["dataset"] = {**_dataset_report(dataset), "feature_cache_hit": hit}
-    report["metrics"] = {"before": before}
-    failures = threshold_failures(req, before)
-    report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
-                            "passed": not failures, "failures": failures}
-    report["timings"] = timer.seconds
-    report["environment"] = rep.environment(device)
-    if report_path is not None:
-        report_path = report_path.absolute()
-        if not report_path.parent.is_dir():
-            raise OutputError(f"folder {report_path.parent} does not exist", "create it or choose another --out")
-        rep.write_report(report_path, report)
-    return report, failures
-
-
-
-
 # --- ccup sweep -------------------------------------------------------------------------------
 
 
@@ -495,7 +391,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
         raise SpecError(problems)
     if options.out is None:
         raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
-    timer = _Timer()
+    timer = PhaseTimer()
     device = resolve_device(options.device)
     prep = _prepare(spec.model_copy(update={"alpha": 1.0}), options, timer, device, need_eval=True)
     with timer("sweep"):
@@ -505,10 +401,10 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     resolved = prep.spec.model_copy(update={"retain": prep.retain})
     report["spec"] = resolved.model_dump(mode="json")
     report["spec_sha256"] = resolved.sha256()
-    report["model"] = _model_report(prep.loaded)
+    report["model"] = model_report(prep.loaded)
     report["inputs"] = {"checkpoint": {"path": str(prep.loaded.checkpoint_path) if prep.loaded.checkpoint_path
                                        else None, "sha256": prep.loaded.checkpoint_sha256}}
-    report["dataset"] = {**_dataset_report(prep.dataset), "feature_cache_hit": prep.sweep_inputs.feature_cache_hit}
+    report["dataset"] = {**dataset_report(prep.dataset), "feature_cache_hit": prep.sweep_inputs.feature_cache_hit}
     report["sweep"] = {"methods": methods, "alphas": alphas, "rows": len(rows)}
     out = Path(options.out).absolute()
     with timer("write"), atomic_dir(out, options.overwrite) as tmp:

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.pipeline import EvalRequest, RunOptions, run_eval, run_unlearn  # noqa: E402
+from ccup_cli.eval_job import EvalRequest, run_eval  # noqa: E402
+from ccup_cli.pipeline import RunOptions, run_unlearn  # noqa: E402
 from ccup_cli.spec import build_spec  # noqa: E402
 
 
