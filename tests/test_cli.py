@@ -235,6 +235,21 @@ def test_tag_that_needs_the_network_fails_fast_with_a_fix(tmp_path):
     assert elapsed < 15, f"took {elapsed:.1f}s; the limit users were promised is 15 s"
 
 
+def test_builtin_name_without_pretrained_takes_its_canonical_tag(tmp_path):
+    result = run("unlearn", "--model", "RN50", "--forget", "cat", "--out", tmp_path / "o")
+    assert_bad_input(result, "RN50 pretrained=openai needs a download")
+
+
+def test_never_silently_random_but_none_asks_for_it(tiny_models, fashion_folder, tmp_path):
+    assert_bad_input(run("unlearn", "--model", TINY_VIT, "--forget", "cat", "--out", tmp_path / "o"),
+                     "has no pretrained tag", "--pretrained none")
+    result = run("unlearn", "--model", TINY_VIT, "--pretrained", "none", "--forget", "bag", "--eval", fashion_folder,
+                 "--templates", "photo", "--retain-templates", "photo", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["pretrained"] is None and report["inputs"]["checkpoint"]["sha256"] is None
+
+
 def test_hf_hub_model_offline_fails_fast_with_a_fix(tmp_path):
     result = run("unlearn", "--model", "hf-hub:someone/some-clip", "--forget", "cat", "--out", tmp_path / "o")
     assert_bad_input(result, "hf-hub:someone/some-clip needs a download", "--pretrained PATH")
