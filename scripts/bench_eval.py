@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost of ``ccup unlearn --eval X`` against a plain ``ccup eval --eval X``.
+"""Cost of ``ccup unlearn --eval X`` and ``ccup sweep`` against a plain ``ccup eval --eval X``.
 
     python scripts/bench_eval.py [--eval fashion-mnist] [--repeats 3]
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchdoc import write_section  # noqa: E402
 
 from ccup_cli.eval_job import EvalRequest, run_eval  # noqa: E402
-from ccup_cli.pipeline import RunOptions, run_unlearn  # noqa: E402
+from ccup_cli.pipeline import RunOptions, run_sweep_job, run_unlearn  # noqa: E402
 from ccup_cli.spec import build_spec  # noqa: E402
 
 
@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     options = RunOptions(device="cpu", use_cache=False)
     forget = ["sandal", "sneaker"]
-    t_eval, t_unlearn, phases = [], [], {}
+    t_eval, t_unlearn, t_sweep, phases = [], [], [], {}
+    alphas = [k / 10 for k in range(11)]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             t0 = time.perf_counter()
@@ -52,12 +53,18 @@ def main() -> None:
             unlearn_report = run_unlearn(spec, out)
             t_unlearn.append(time.perf_counter() - t0)
             phases = unlearn_report["timings"]
-    e, u = statistics.median(t_eval), statistics.median(t_unlearn)
+            sweep_out = RunOptions(device="cpu", use_cache=False, out=Path(tmp) / f"sweep{i}")
+            t0 = time.perf_counter()
+            run_sweep_job(spec, alphas, ["ccup", "nullspace"], sweep_out)
+            t_sweep.append(time.perf_counter() - t0)
+    e, u, sw = statistics.median(t_eval), statistics.median(t_unlearn), statistics.median(t_sweep)
     body = f"""| job (embedded model, {args.eval}, {n_images} images, caches off) | median of {args.repeats} |
 |---|---|
 | `ccup eval` | {e:.2f} s |
 | `ccup unlearn --eval` (forget sandal,sneaker; writes the checkpoint) | {u:.2f} s |
 | **ratio unlearn / eval** (target ≤ 1.25) | **{u / e:.2f}** |
+| `ccup sweep` (11 strengths × ccup, nullspace; JSONL + plot) | {sw:.2f} s |
+| **ratio sweep / eval** (target ≤ 1.3) | **{sw / e:.2f}** |
 
 Phases of the last unlearn run (s): {", ".join(f"{k} {v:.2f}" for k, v in phases.items())}."""
     print(body)
