@@ -31,6 +31,7 @@ from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
 from ccup_cli.finetune import finetune_unlearn  # noqa: E402
 from ccup_cli.fold import locate_fold_site, site_tensors  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
+from ccup_cli.projector import DEFAULT_ENERGY, DEFAULT_LAMBDA_IDENTITY, DEFAULT_LAMBDA_RETAIN  # noqa: E402
 from ccup_cli.sweep import SweepInputs, run_sweep  # noqa: E402
 from ccup_cli.text import load_templates  # noqa: E402
 
@@ -69,7 +70,7 @@ def main() -> None:
         emb = embed_forget_and_retain(loaded.model, loaded.tokenizer, forget, retain, forget_t, retain_t)
         inputs = SweepInputs(site, original, pre, classifier, test, *emb)
         sweeps["+".join(forget)] = run_sweep(inputs, ["ccup", "nullspace"], [i / 10 for i in range(11)], forget,
-                                             1.0, 0.01, 0.99)
+                                             DEFAULT_LAMBDA_RETAIN, DEFAULT_LAMBDA_IDENTITY, DEFAULT_ENERGY)
         if args.finetune_steps > 0:
             model = copy.deepcopy(loaded.model)
             forget_ids = [test.classnames.index(f) for f in forget]
@@ -116,7 +117,8 @@ def main() -> None:
         plot_note = ""
     body = "\n".join(lines) + (
         f"\n\nFull Fashion-MNIST test split ({len(test)} images), embedded ccup-tiny-fashion, α = 1 for CCUP "
-        f"(λ_r = 1, λ_i = 0.01) and nullspace (energy 0.99). Fine-tuning: budget {args.finetune_steps} steps of "
+        f"(defaults: λ_r = {DEFAULT_LAMBDA_RETAIN:g}, λ_i = {DEFAULT_LAMBDA_IDENTITY:g}) and nullspace "
+        f"(energy {DEFAULT_ENERGY:g}). Fine-tuning: budget {args.finetune_steps} steps of "
         "128 train images (half forget, half retain), AdamW lr 1e-4, last block + ln_post + proj, early stop at "
         "≤ 2 % forget top-1 on 100 held-out train images; images used counts every image it encoded.") + plot_note
     print(body)
