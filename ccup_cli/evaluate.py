@@ -66,18 +66,20 @@ def _split_metrics(logits: torch.Tensor, labels: torch.Tensor, candidates: list[
         return {"n": 0, "top1": None, "top5": None, "mean_per_class_recall": None, "per_class": {}}
     cand = torch.as_tensor(candidates)
     sub = logits[:, cand]
-    # map true labels into candidate positions
-    position = {c: i for i, c in enumerate(candidates)}
-    target = torch.as_tensor([position[int(y)] for y in labels])
+    # map true labels to their positions among the candidates
+    position = torch.full((int(max(candidates)) + 1,), -1, dtype=torch.long)
+    position[cand] = torch.arange(len(candidates))
+    target = position[labels]
     pred = sub.argmax(dim=1)
     correct = pred.eq(target)
     top5 = None
     if len(candidates) >= 5:
         top5 = float(sub.topk(5, dim=1).indices.eq(target[:, None]).any(dim=1).double().mean())
     per_class = {}
-    for c in sorted(set(int(y) for y in labels)):
-        mask = labels == c
-        per_class[classnames[c]] = float(correct[mask].double().mean())
+    hits = torch.bincount(labels, weights=correct.double(), minlength=len(classnames))
+    counts = torch.bincount(labels, minlength=len(classnames))
+    for c in torch.nonzero(counts).flatten().tolist():
+        per_class[classnames[c]] = float(hits[c] / counts[c])
     return {
         "n": int(len(labels)),
         "top1": float(correct.double().mean()),
