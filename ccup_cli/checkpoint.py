@@ -3,13 +3,15 @@
 The ``safetensors`` library writes ``__metadata__`` in hash-map order, so two runs with the
 same inputs can differ in their header bytes. This writer emits the same format with sorted
 keys, streams tensor bytes straight to the file (no second copy of the state dict in memory)
-and returns the file's sha256 computed on the way.
+and returns the file's sha256, computed on a second thread while the bytes are written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from pathlib import Path
 
 import torch
@@ -37,12 +39,27 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     blob += b" " * (-len(blob) % 8)
     digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        for chunk in (len(blob).to_bytes(8, "little"), blob):
-            f.write(chunk)
+    # hashing runs on a second thread (hashlib releases the GIL), overlapping the file writes;
+    # tensor bytes go out as zero-copy memoryviews
+    pending: queue.Queue = queue.Queue(maxsize=16)
+
+    def hash_worker() -> None:
+        while (chunk := pending.get()) is not None:
             digest.update(chunk)
-        for key in order:
-            data = tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            f.write(data)
-            digest.update(data)
+
+    worker = threading.Thread(target=hash_worker, daemon=True)
+    worker.start()
+    try:
+        with open(path, "wb") as f:
+            for chunk in (len(blob).to_bytes(8, "little"), blob):
+                f.write(chunk)
+                pending.put(chunk)
+            for key in order:
+                flat = tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                view = memoryview(flat.numpy())
+                f.write(view)
+                pending.put(view)
+    finally:
+        pending.put(None)
+        worker.join()
     return digest.hexdigest()
