@@ -100,9 +100,14 @@ def test_local_dir_loading_reproduces_ccup_eval(demo_report):
 
 def test_package_install_ships_the_assets(tmp_path):
     """`pip install .` (not editable) into a fresh folder carries every asset."""
+    import shutil
+
+    source = tmp_path / "src"  # build from a copy: setuptools leaves build/ and *.egg-info behind
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo-out",
+                                                                "__pycache__", ".pytest_cache", ".ruff_cache"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-compile",
-                    "-q", "--target", str(target), str(ROOT)], check=True, capture_output=True)
+                    "-q", "--target", str(target), str(source)], check=True, capture_output=True)
     for needed in ("ccup_cli/assets/ccup-tiny-fashion/open_clip_model.safetensors",
                    "ccup_cli/assets/ccup-tiny-fashion/open_clip_config.json",
                    "ccup_cli/assets/ccup-tiny-fashion/MODEL_CARD.md",
