@@ -1,0 +1,56 @@
+"""The library entry point on an in-memory open_clip model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ccup_cli
+
+from .conftest import TINY_VIT
+
+
+@pytest.fixture()
+def tiny(tiny_models):
+    import open_clip
+
+    torch.manual_seed(2)
+    return open_clip.create_model(TINY_VIT, pretrained=None).eval(), open_clip.get_tokenizer(TINY_VIT)
+
+
+def test_unlearn_returns_a_patched_copy_whose_features_are_W_times_the_original(tiny):
+    model, tokenizer = tiny
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car", "tree"], alpha=0.7,
+                              templates="photo", retain_templates="photo")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before_state.items())  # source untouched
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        original = model.encode_image(images).double()
+        patched = result.model.encode_image(images).double()
+    assert torch.allclose(patched, original @ result.W.T, atol=1e-5)
+    assert result.site.path == "visual.proj"
+    assert result.projector.alpha == 0.7 and result.W.dtype == torch.float64
+    assert result.embedding_mode == {"forget": "per-template", "retain": "per-template"}
+
+
+def test_inplace_patches_the_given_model(tiny):
+    model, tokenizer = tiny
+    proj_before = model.visual.proj.detach().clone()
+    result = ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo",
+                              retain_templates="photo", inplace=True)
+    assert result.model is model
+    assert not torch.equal(model.visual.proj, proj_before)
+
+
+def test_default_retain_is_imagenet_less_the_forget_classes(tiny):
+    model, tokenizer = tiny
+    result = ccup_cli.unlearn(model, tokenizer, forget=["goldfish"], method="nullspace", templates="photo",
+                              retain_templates="photo")
+    assert len(result.retain.classnames) == 999 and "goldfish" not in result.retain.classnames
+
+
+def test_encode_prompts_is_exported(tiny):
+    model, tokenizer = tiny
+    feats = ccup_cli.encode_prompts(model, tokenizer, ["a photo of a cat.", "a dog"])
+    assert feats.shape == (2, 32)
