@@ -269,11 +269,23 @@ def canonical_tag(model_name: str) -> str | None:
     return "openai" if "openai" in tags else tags[0]
 
 
-def load_model(model_name: str | None = None, pretrained: str | None = None, device: str = "cpu") -> LoadedModel:
-    """Resolve ``(model_name, pretrained)`` as open_clip names them and load the model.
+@dataclass
+class Source:
+    """Where a model comes from, resolved before anything is built or read."""
+
+    arch_name: str  # what open_clip builds: a registered name, local-dir:PATH or hf-hub:ID
+    display: str
+    model_cfg: dict
+    preprocess_cfg: dict
+    checkpoint: Path | None  # None: random init on purpose
+    pretrained_desc: str | None
+
+
+def resolve_source(model_name: str | None = None, pretrained: str | None = None) -> Source:
+    """Resolve ``(model_name, pretrained)`` as open_clip names them; downloads only where needed.
 
     ``model_name`` None means the embedded ``ccup-tiny-fashion``. ``pretrained`` None means
-    the architecture's canonical tag; ``"none"`` means random init on purpose (seeded).
+    the architecture's canonical tag; ``"none"`` means random init on purpose.
     """
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -358,37 +370,47 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
                 f'"{pretrained}" is neither a pretrained tag of {name} nor a file',
                 f"use one of {', '.join(tags)} or a checkpoint path" if tags else "pass a checkpoint path",
             )
+    return Source(arch_name, display, model_cfg, preprocess_cfg, checkpoint, pretrained_desc)
 
-    if pretrained == "none":
-        torch.manual_seed(0)  # random init on purpose: deterministic, so reruns give the same file
+
+def load_model(model_name: str | None = None, pretrained: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Resolve the source, build the architecture with the source's preprocessing, load the weights.
+
+    Random init (``pretrained="none"``) is seeded inside a forked RNG, so reruns give the same
+    weights and the caller's RNG state is left alone.
+    """
+    import open_clip
+    from open_clip import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    src = resolve_source(model_name, pretrained)
+    arch_name, model_cfg, checkpoint = src.arch_name, src.model_cfg, src.checkpoint
+    preprocess_cfg = src.preprocess_cfg
     try:
-        if arch_name.startswith(HF_HUB):
-            model = _model_from_cfg(model_cfg, preprocess_cfg)
-        else:
-            # size always follows the built tower; the rest is the source's preprocessing
-            pp = {k: v for k, v in preprocess_cfg.items() if k != "size"}
-            model = open_clip.create_model(arch_name, pretrained=None, load_weights=False, force_preprocess_cfg=pp)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random init (and any init before loading) is deterministic
+            if arch_name.startswith(HF_HUB):
+                model = _model_from_cfg(model_cfg, preprocess_cfg)
+            else:
+                # size always follows the built tower; the rest is the source's preprocessing
+                pp = {k: v for k, v in preprocess_cfg.items() if k != "size"}
+                model = open_clip.create_model(arch_name, pretrained=None, load_weights=False,
+                                               force_preprocess_cfg=pp)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"open_clip could not build {arch_name}: {str(err).splitlines()[0]}",
                               "check the model config") from err
-    source_state: dict[str, torch.Tensor] = {}
-    sha = None
     if checkpoint is not None:
-        source_state = _load_weights(model, checkpoint, arch_name)
-        sha = sha256_file(checkpoint)
+        source_state, sha = _load_weights(model, checkpoint, arch_name), sha256_file(checkpoint)
     else:
-        source_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        source_state, sha = {k: v.detach().clone() for k, v in model.state_dict().items()}, None
     model = model.to(device).eval()
-    from open_clip import get_model_preprocess_cfg
-    from open_clip.transform import image_transform_v2
-
     final_pp = get_model_preprocess_cfg(model)
     transform = image_transform_v2(PreprocessCfg(**final_pp), is_train=False)
     tokenizer = open_clip.get_tokenizer(arch_name)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, preprocess=transform, model_name=arch_name, pretrained=pretrained_desc,
+        model=model, tokenizer=tokenizer, preprocess=transform, model_name=arch_name, pretrained=src.pretrained_desc,
         model_cfg=model_cfg, preprocess_cfg=_jsonable(final_pp), checkpoint_path=checkpoint,
-        checkpoint_sha256=sha, source_state_dict=source_state, display_name=display,
+        checkpoint_sha256=sha, source_state_dict=source_state, display_name=src.display,
     )
 
 

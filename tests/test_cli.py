@@ -250,6 +250,28 @@ def test_never_silently_random_but_none_asks_for_it(tiny_models, fashion_folder,
     assert report["model"]["pretrained"] is None and report["inputs"]["checkpoint"]["sha256"] is None
 
 
+def test_custom_config_json_as_model(tmp_path, fashion_folder):
+    from .conftest import TINY_CONFIGS
+
+    cfg = tmp_path / "my-clip.json"
+    cfg.write_text(json.dumps(TINY_CONFIGS[TINY_VIT]))
+    result = run("unlearn", "--model", cfg, "--pretrained", "none", "--forget", "bag", "--eval", fashion_folder,
+                 "--templates", "photo", "--retain-templates", "photo", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["open_clip_name"] == "my-clip"
+
+
+def test_random_init_leaves_the_callers_rng_alone(tiny_models):
+    from ccup_cli.models import load_model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model(TINY_VIT, "none")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_hf_hub_model_offline_fails_fast_with_a_fix(tmp_path):
     result = run("unlearn", "--model", "hf-hub:someone/some-clip", "--forget", "cat", "--out", tmp_path / "o")
     assert_bad_input(result, "hf-hub:someone/some-clip needs a download", "--pretrained PATH")
