@@ -6,8 +6,8 @@ config JSON registered with ``open_clip.add_model_config``, the embedded
 ``ccup-tiny-fashion``, and ``none`` for deliberate random init.
 
 Every route ends the same way: an architecture built by open_clip with the source's own
-preprocessing, then weights read by ccup with clear errors (corrupt file, code-running
-pickle, wrong architecture), then ``load_state_dict``. The state dict read from the file
+preprocessing, then weights read by ``checkpoint.load_weights`` with clear errors (corrupt
+file, code-running pickle, wrong architecture), then ``load_state_dict``. The state dict read from the file
 is kept as it was, so the patched checkpoint differs from it only at the fold site.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .atomic import sha256_file
+from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
 from .errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -32,7 +33,6 @@ EMBEDDED_MODEL = "ccup-tiny-fashion"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 NETWORK_PROBE_SECONDS = 5.0
 _PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
@@ -67,91 +67,6 @@ def register_embedded() -> None:
     cfg_file = ASSETS / "model_configs" / f"{EMBEDDED_MODEL}.json"
     if cfg_file.is_file() and EMBEDDED_MODEL not in open_clip.list_models():
         open_clip.add_model_config(cfg_file)
-
-
-# --- reading checkpoints ---------------------------------------------------------------------
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, with a one-line error for every way it can be bad.
-
-    Pickles (``.pt``/``.bin``) are read with ``weights_only=True``: one that tries to run
-    code is refused.
-    """
-    if not path.is_file():
-        raise CheckpointError(f"pretrained file {path} does not exist", "check the path given to --pretrained")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]})",
-                                  "re-download or re-export it") from err
-    else:
-        import pickle
-
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            reason = str(err).splitlines()[0] if str(err) else "unsupported content"
-            if "weights_only" in str(err) or "global" in str(err).lower():
-                raise CheckpointError(
-                    f"refused to load {path}: the pickle tries to run code or load non-tensor objects",
-                    "convert it to .safetensors in a trusted environment",
-                ) from err
-            raise CheckpointError(f"checkpoint {path} is corrupt ({reason})", "re-download or re-export it") from err
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]})",
-                                  "re-download or re-export it") from err
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors", "pass an open_clip checkpoint file")
-    if next(iter(state)).startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _check_architecture(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise CheckpointError(
-                f"{path} does not fit {name}: tensor {key} {tuple(tensor.shape)} is missing from the checkpoint",
-                "pass the --model the checkpoint was trained as",
-            )
-        got = state[key]
-        if tuple(got.shape) != tuple(tensor.shape) and got.numel() != tensor.numel():
-            raise CheckpointError(
-                f"{path} does not fit {name}: tensor {key} has shape {tuple(got.shape)} in the checkpoint, "
-                f"{tuple(tensor.shape)} in the model",
-                "pass the --model the checkpoint was trained as",
-            )
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise CheckpointError(f"{path} does not fit {name}: unexpected tensor {extra[0]}",
-                              "pass the --model the checkpoint was trained as")
-
-
-def _load_weights(model: torch.nn.Module, path: Path, name: str) -> dict[str, torch.Tensor]:
-    state = read_state_dict(path)
-    if set(state) != set(model.state_dict()):
-        # third-party layouts (OpenAI JIT, big_vision, ...) go through open_clip's converters
-        try:
-            import open_clip
-
-            open_clip.load_checkpoint(model, str(path))
-            return {k: v.detach().clone() for k, v in model.state_dict().items()}
-        except Exception:  # noqa: BLE001 - fall through to a precise mismatch message
-            pass
-    _check_architecture(model, state, path, name)
-    fitted = {}
-    for key, tensor in model.state_dict().items():
-        fitted[key] = state[key].reshape(tensor.shape) if state[key].shape != tensor.shape else state[key]
-    model.load_state_dict(fitted, strict=True)
-    return state
 
 
 # --- network ---------------------------------------------------------------------------------
@@ -400,7 +315,7 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
         raise CheckpointError(f"open_clip could not build {arch_name}: {str(err).splitlines()[0]}",
                               "check the model config") from err
     if checkpoint is not None:
-        source_state, sha = _load_weights(model, checkpoint, arch_name), sha256_file(checkpoint)
+        source_state, sha = load_weights(model, checkpoint, arch_name), sha256_file(checkpoint)
     else:
         source_state, sha = {k: v.detach().clone() for k, v in model.state_dict().items()}, None
     model = model.to(device).eval()
