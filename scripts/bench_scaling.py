@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--big", default="ViT-B-32,ViT-L-14")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
-    lines = ["### Solve time (float64, CPU)", "", "| d | forget classes | forget prompts | solve (ms) |",
+    lines = ["### Projector time (float64, CPU)", "", "| d | forget classes | forget prompts | projector build (ms): covariances + solve + SVD of I − W |",
              "|---|---|---|---|"]
     for d in (512, 768, 1024, 1280):
         lines.append(f"| {d} | 2 | 160 | {1000 * solve_time(d, 2):.1f} |")
