@@ -97,26 +97,36 @@ JSON = typer.Option(False, "--json", help="Print only the JSON report on stdout.
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 BATCH = typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")
 NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write ~/.cache/ccup.")
+SPEC_FILE = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it.")
+MODEL = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo or a config .json; "
+                     "default: the embedded ccup-tiny-fashion.")
+PRETRAINED = typer.Option(None, "--pretrained", help="Tag, checkpoint path, output folder, or 'none'.")
+FORGET = typer.Option(None, "--forget", help="Classes to forget, comma-separated.")
+RETAIN = typer.Option(None, "--retain", help="Classes to keep, comma-separated.")
+TEMPLATES = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, photo, or a file.")
+RETAIN_TEMPLATES = typer.Option(None, "--retain-templates", help="Retain templates (same choices).")
+EVAL = typer.Option(None, "--eval", help="Dataset name or ImageFolder path.")
+DATA_ROOT = typer.Option(None, "--data-root", help="Where the dataset lies.")
+EVAL_LIMIT = typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")
 
 
 @app.command("unlearn")
 def unlearn_command(
-    spec_file: Optional[Path] = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo; "
-                                        "default: the embedded ccup-tiny-fashion."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag, checkpoint path, or 'none'."),
-    forget: Optional[str] = typer.Option(None, "--forget", help="Classes to forget, comma-separated."),
-    retain: Optional[str] = typer.Option(None, "--retain", help="Classes to keep, comma-separated."),
+    spec_file: Optional[Path] = SPEC_FILE,
+    model: Optional[str] = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    forget: Optional[str] = FORGET,
+    retain: Optional[str] = RETAIN,
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'."),
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc",
                                                    help="With --alpha auto: the forget top-1 to reach."),
-    method: Optional[str] = typer.Option(None, "--method", help="ccup (default), nullspace, or finetune (the gradient baseline; needs the train split)."),
-    templates: Optional[str] = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
-                                            "photo, or a file."),
-    retain_templates: Optional[str] = typer.Option(None, "--retain-templates", help="Retain templates."),
-    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the dataset lies."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Images per class (seeded)."),
+    method: Optional[str] = typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
+                                         "(the gradient baseline; needs the train split)."),
+    templates: Optional[str] = TEMPLATES,
+    retain_templates: Optional[str] = RETAIN_TEMPLATES,
+    eval_name: Optional[str] = EVAL,
+    data_root: Optional[str] = DATA_ROOT,
+    eval_limit: Optional[int] = EVAL_LIMIT,
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow a dataset download."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
     device: str = DEVICE,
@@ -160,12 +170,12 @@ def unlearn_command(
 
 @app.command("eval")
 def eval_command(
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag, checkpoint path, folder, or 'none'."),
-    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    model: Optional[str] = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    eval_name: Optional[str] = EVAL,
+    data_root: Optional[str] = DATA_ROOT,
     eval_split: str = typer.Option("test", "--eval-split"),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Images per class (seeded)."),
+    eval_limit: Optional[int] = EVAL_LIMIT,
     download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
     templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
@@ -211,18 +221,18 @@ def eval_command(
 
 @app.command("sweep")
 def sweep_command(
-    spec_file: Optional[Path] = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it."),
+    spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),
     methods: str = typer.Option("ccup,nullspace", "--methods", help="Methods to compare."),
-    model: Optional[str] = typer.Option(None, "--model"),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained"),
-    forget: Optional[str] = typer.Option(None, "--forget", help="Classes to forget, comma-separated."),
-    retain: Optional[str] = typer.Option(None, "--retain", help="Classes to keep, comma-separated."),
-    templates: Optional[str] = typer.Option(None, "--templates"),
-    retain_templates: Optional[str] = typer.Option(None, "--retain-templates"),
-    eval_name: Optional[str] = typer.Option(None, "--eval", help="Dataset name or ImageFolder path."),
-    data_root: Optional[str] = typer.Option(None, "--data-root"),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
+    model: Optional[str] = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    forget: Optional[str] = FORGET,
+    retain: Optional[str] = RETAIN,
+    templates: Optional[str] = TEMPLATES,
+    retain_templates: Optional[str] = RETAIN_TEMPLATES,
+    eval_name: Optional[str] = EVAL,
+    data_root: Optional[str] = DATA_ROOT,
+    eval_limit: Optional[int] = EVAL_LIMIT,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: sweep.jsonl, tradeoff.png, report.json."),
     device: str = DEVICE,
     batch_size: int = BATCH,
