@@ -108,6 +108,7 @@ RETAIN_TEMPLATES = typer.Option(None, "--retain-templates", help="Retain templat
 EVAL = typer.Option(None, "--eval", help="Dataset name or ImageFolder path.")
 DATA_ROOT = typer.Option(None, "--data-root", help="Where the dataset lies.")
 EVAL_LIMIT = typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")
+CLASSNAMES = typer.Option(None, "--classnames", help="File of class names, one per line in label order.")
 
 
 @app.command("unlearn")
@@ -127,6 +128,7 @@ def unlearn_command(
     eval_name: Optional[str] = EVAL,
     data_root: Optional[str] = DATA_ROOT,
     eval_limit: Optional[int] = EVAL_LIMIT,
+    classnames: Optional[str] = CLASSNAMES,
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow a dataset download."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
     device: str = DEVICE,
@@ -148,7 +150,8 @@ def unlearn_command(
         file_values = read_spec_file(spec_file) if spec_file is not None else {}
         flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
                  "alpha": alpha, "max_forget_acc": max_forget_acc, "method": method, "templates": templates, "retain_templates": retain_templates,
-                 "eval": eval_name, "data_root": data_root, "eval_limit": eval_limit, "download": download}
+                 "eval": eval_name, "data_root": data_root, "eval_limit": eval_limit, "download": download,
+                 "classnames": classnames}
         spec = build_spec(file_values, flags)
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
@@ -176,6 +179,7 @@ def eval_command(
     data_root: Optional[str] = DATA_ROOT,
     eval_split: str = typer.Option("test", "--eval-split"),
     eval_limit: Optional[int] = EVAL_LIMIT,
+    classnames: Optional[str] = CLASSNAMES,
     download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
     templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
@@ -201,7 +205,8 @@ def eval_command(
 
         req = EvalRequest(model=model, pretrained=pretrained, eval=eval_name, data_root=data_root,
                           eval_split=eval_split, eval_limit=eval_limit, download=download,
-                          forget=_csv(forget) or [], templates=templates, max_forget_acc=max_forget_acc,
+                          forget=_csv(forget) or [], templates=templates, classnames=classnames,
+                          max_forget_acc=max_forget_acc,
                           min_retain_acc=min_retain_acc)
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, overwrite=overwrite,
@@ -233,6 +238,7 @@ def sweep_command(
     eval_name: Optional[str] = EVAL,
     data_root: Optional[str] = DATA_ROOT,
     eval_limit: Optional[int] = EVAL_LIMIT,
+    classnames: Optional[str] = CLASSNAMES,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: sweep.jsonl, tradeoff.png, report.json."),
     device: str = DEVICE,
     batch_size: int = BATCH,
@@ -260,7 +266,7 @@ def sweep_command(
         file_values.pop("alpha", None)
         flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
                  "templates": templates, "retain_templates": retain_templates, "eval": eval_name,
-                 "data_root": data_root, "eval_limit": eval_limit}
+                 "data_root": data_root, "eval_limit": eval_limit, "classnames": classnames}
         spec = build_spec(file_values, flags)
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,

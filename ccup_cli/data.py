@@ -250,9 +250,24 @@ def dataset_classnames(name: str) -> list[str] | None:
     return None
 
 
+def read_classnames_file(path: str | Path, expected: int) -> list[str]:
+    """Class names from a file, one per line in label order; the count must match the dataset."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class-name file {path} does not exist", "check the --classnames path")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if len(names) != expected:
+        raise DatasetError(f"{path} has {len(names)} class names but the dataset has {expected} classes",
+                           "write one name per class, in label order")
+    return names
+
+
 def open_dataset(name: str, data_root: str | None = None, split: str = "test", download: bool = False,
-                 limit: int | None = None) -> EvalDataset:
-    """Open an evaluation dataset by registry name or ImageFolder path, optionally capped per class."""
+                 limit: int | None = None, classnames_file: str | None = None) -> EvalDataset:
+    """Open an evaluation dataset by registry name or ImageFolder path, optionally capped per class.
+
+    ``classnames_file`` replaces the dataset's class names (one per line, in label order).
+    """
     if name in DATASETS:
         ds = DATASETS[name](data_root, split, download)
     elif Path(name).exists() or "/" in name or name.startswith((".", "~")):
@@ -265,6 +280,8 @@ def open_dataset(name: str, data_root: str | None = None, split: str = "test", d
         raise DatasetError(f'unknown dataset "{name}"', hint)
     if len(ds) == 0:
         raise DatasetError(f"dataset {name} ({split}) is empty", "check --data-root and --eval-split")
+    if classnames_file is not None:
+        ds.classnames = read_classnames_file(classnames_file, len(ds.classnames))
     if limit is not None:
         ds = ds.limit_per_class(limit)
     return ds

@@ -37,6 +37,7 @@ class EvalRequest:
     download: bool = False
     forget: list[str] = field(default_factory=list)
     templates: str = "openai"
+    classnames: str | None = None
     max_forget_acc: float | None = None
     min_retain_acc: float | None = None
 
@@ -81,7 +82,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
         raise OutputError(f"report {report_path} already exists", "pass --overwrite or choose another --out")
     templates = load_templates(req.templates)
     with timer("open_dataset"):
-        dataset = open_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit)
+        dataset = open_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
+                               req.classnames)
     probe = UnlearnSpec.model_construct(forget=req.forget, retain=None)
     check_classes_in(probe, dataset.classnames, dataset.name)
     forget = canonical_names(req.forget, dataset.classnames)

@@ -147,7 +147,8 @@ def _prepare(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, device: 
     dataset = None
     if spec.eval:
         with timer("open_dataset"):
-            dataset = open_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit)
+            dataset = open_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit,
+                                   spec.classnames)
         check_classes_in(spec, dataset.classnames, dataset.name)
         spec = spec.model_copy(update={
             "forget": canonical_names(spec.forget, dataset.classnames),

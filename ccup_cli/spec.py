@@ -55,6 +55,7 @@ class UnlearnSpec(BaseModel):
     finetune_train_split: str = Field("train", description="finetune: split of the eval dataset to train on")
     eval: str | None = Field(None, description="dataset name, ImageFolder path, or fashion-mnist-mini")
     data_root: str | None = None
+    classnames: str | None = Field(None, description="file of class names, one per line in label order")
     eval_split: str = "test"
     eval_limit: int | None = Field(None, gt=0, description="images per class, stratified and seeded")
     download: bool = False

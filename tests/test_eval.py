@@ -236,3 +236,16 @@ def test_fewer_than_five_classes_give_null_top5(model_args, tmp_path):
 def test_dataset_errors_are_dataset_errors(tmp_path):
     with pytest.raises(DatasetError, match="unknown dataset"):
         open_dataset("cifar-10")
+
+
+def test_classnames_file_renames_a_named_dataset(model_args, fake_idx_root, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"garment {i}" for i in range(10)) + "\n")
+    report = eval_json(*model_args, "--eval", "fashion-mnist", "--data-root", fake_idx_root, "--classnames", names,
+                       "--forget", "garment 3")
+    assert report["dataset"]["images_per_class"]["garment 3"] == 4
+    assert list(report["metrics"]["before"]["forget"]["per_class"]) == ["garment 3"]
+    names.write_text("only\ntwo\n")
+    result = run("eval", *model_args, "--eval", "fashion-mnist", "--data-root", fake_idx_root, "--classnames", names)
+    assert result.exit_code == 2
+    assert "has 2 class names but the dataset has 10 classes" in result.stderr
