@@ -206,6 +206,14 @@ def resolve_source(model_name: str | None = None, pretrained: str | None = None)
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     register_embedded()
+    if model_name is None and pretrained not in (None, "none") and Path(pretrained).is_file() \
+            and (Path(pretrained).parent / "open_clip_config.json").is_file():
+        # a checkpoint inside an output folder: the folder's config says what it is
+        folder = Path(pretrained).parent
+        local_cfg = read_local_dir_config(folder)
+        preprocess_cfg = merge_preprocess_dict(dict(PreprocessCfg().__dict__), local_cfg.get("preprocess_cfg", {}))
+        return Source(LOCAL_DIR + str(folder), str(pretrained), local_cfg["model_cfg"], preprocess_cfg,
+                      Path(pretrained), str(pretrained))
     name = model_name or EMBEDDED_MODEL
     display = name
     if name == EMBEDDED_MODEL and pretrained is None:

@@ -190,6 +190,9 @@ def test_patched_model_evaluated_from_scratch_matches_metrics_after(model_args, 
     assert scratch["metrics"]["before"] == after
     folder = eval_json("--pretrained", out, "--eval", fashion_folder, "--forget", "sandal,sneaker", "--no-cache")
     assert folder["metrics"]["before"] == after
+    bare_file = eval_json("--pretrained", out / "model.safetensors", "--eval", fashion_folder, "--forget",
+                          "sandal,sneaker")  # no --model: the config beside the file says what it is
+    assert bare_file["metrics"]["before"] == after
     local_dir = eval_json("--model", f"local-dir:{out}", "--eval", fashion_folder, "--forget", "sandal,sneaker")
     assert local_dir["metrics"]["before"] == after
     assert local_dir["preprocess_cfg"] == folder["preprocess_cfg"]
