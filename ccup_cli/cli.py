@@ -84,6 +84,16 @@ def _progress(enabled: bool):
         yield update
 
 
+def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[str, ...] = ()):
+    """The spec file (if any) with the given flags over it, validated at once."""
+    from .spec import build_spec, read_spec_file
+
+    file_values = read_spec_file(spec_file) if spec_file is not None else {}
+    for key in ignore_file_keys:
+        file_values.pop(key, None)
+    return build_spec(file_values, flags)
+
+
 def _csv(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
@@ -145,14 +155,12 @@ def unlearn_command(
     with _boundary(debug):
         from . import report as rep
         from .pipeline import RunOptions, run_unlearn
-        from .spec import build_spec, read_spec_file
 
-        file_values = read_spec_file(spec_file) if spec_file is not None else {}
-        flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
-                 "alpha": alpha, "max_forget_acc": max_forget_acc, "method": method, "templates": templates, "retain_templates": retain_templates,
-                 "eval": eval_name, "data_root": data_root, "eval_limit": eval_limit, "download": download,
-                 "classnames": classnames}
-        spec = build_spec(file_values, flags)
+        spec = _spec_from(spec_file, {
+            "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "alpha": alpha,
+            "max_forget_acc": max_forget_acc, "method": method, "templates": templates,
+            "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
+            "eval_limit": eval_limit, "download": download, "classnames": classnames})
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
                                  use_cache=not no_cache, argv=sys.argv, progress=progress)
@@ -255,19 +263,16 @@ def sweep_command(
         from . import report as rep
         from .errors import SpecError
         from .pipeline import RunOptions, run_sweep_job
-        from .spec import build_spec, read_spec_file
         from .sweep import parse_alphas
 
         try:
             alpha_list = parse_alphas(alphas)
         except ValueError as err:
             raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
-        file_values = read_spec_file(spec_file) if spec_file is not None else {}
-        file_values.pop("alpha", None)
-        flags = {"model": model, "pretrained": pretrained, "forget": _csv(forget), "retain": _csv(retain),
-                 "templates": templates, "retain_templates": retain_templates, "eval": eval_name,
-                 "data_root": data_root, "eval_limit": eval_limit, "classnames": classnames}
-        spec = build_spec(file_values, flags)
+        spec = _spec_from(spec_file, {
+            "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "templates": templates,
+            "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
+            "eval_limit": eval_limit, "classnames": classnames}, ignore_file_keys=("alpha",))
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
                                  use_cache=not no_cache, argv=sys.argv, progress=progress)
