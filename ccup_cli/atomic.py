@@ -33,10 +33,6 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def os_error_to_output_error(err: OSError, target: Path) -> OutputError:
     if err.errno == errno.ENOSPC:
         return OutputError(f"no space left to write {target}", "free some disk space or choose another --out")

@@ -240,16 +240,6 @@ def image_folder(path: Path, name: str | None = None) -> EvalDataset:
                        [str(f.relative_to(path)) for f in files], load, sizes)
 
 
-def dataset_classnames(name: str) -> list[str] | None:
-    """Class names known without touching images: presets, or an ImageFolder's sub-folders."""
-    names = preset_classnames(name)
-    if names is not None:
-        return names
-    if Path(name).is_dir():
-        return image_folder(Path(name)).classnames
-    return None
-
-
 def read_classnames_file(path: str | Path, expected: int) -> list[str]:
     """Class names from a file, one per line in label order; the count must match the dataset."""
     path = Path(path)
