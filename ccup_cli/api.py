@@ -5,40 +5,27 @@
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     result = ccup_cli.unlearn(model, tokenizer, forget=["cat", "dog"], alpha=0.9)
     result.model  # a patched copy (or the same model with inplace=True)
+
+``unlearn`` encodes the prompts and calls ``apply_unlearning``, the lower-level step the jobs
+use with embeddings, fold-site tensors and a device of their own.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import generic_vocabulary
+from . import defaults
+from .embeddings import TextEmbeddings, close_retain_classes, default_retain, embed_forget_and_retain
 from .fold import FoldSite, fold, locate_fold_site, site_tensors
-from .projector import (
-    DEFAULT_ENERGY,
-    DEFAULT_LAMBDA_IDENTITY,
-    DEFAULT_LAMBDA_RETAIN,
-    Projector,
-    build_projector,
-)
-from .spec import DEFAULT_FORGET_TEMPLATES, DEFAULT_RETAIN_TEMPLATES, DEFAULT_RETAIN_WARN_COSINE
-from .text import build_prompts, cached_encode_prompts, class_embeddings, load_templates, text_cache_key
-
-
-@dataclass
-class TextEmbeddings:
-    """Per-template (``[k * n_templates, d]``) and per-class (``[k, d]``) normalised embeddings."""
-
-    classnames: list[str]
-    templates: list[str]
-    per_template: torch.Tensor
-    per_class: torch.Tensor
-    cache_hit: bool = False
+from .methods import build_projector, get_method
+from .projector import Projector
+from .templates import load_templates
 
 
 @dataclass
@@ -78,79 +65,33 @@ def _templates(value: str | Sequence[str]) -> list[str]:
     return load_templates(value) if isinstance(value, str) else list(value)
 
 
-def embed_classes(
+def apply_unlearning(
     model: nn.Module,
-    tokenizer,
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    cache_id: str | None = None,
-    model_name: str = "",
-    progress: Callable[[int], None] | None = None,
-    batch_size: int = 256,
-) -> TextEmbeddings:
-    """Encode every (class, template) prompt once; return per-template and per-class embeddings."""
-    prompts = build_prompts(classnames, templates)
-    key = text_cache_key(cache_id, model_name, prompts) if cache_id else None
-    feats, hit = cached_encode_prompts(model, tokenizer, prompts, key, batch_size=batch_size, progress=progress)
-    per_template = F.normalize(feats.float(), dim=-1)
-    per_class = class_embeddings(feats, len(classnames), len(templates))
-    return TextEmbeddings(list(classnames), list(templates), per_template, per_class, hit)
+    site: FoldSite,
+    original_tensors: dict[str, torch.Tensor],
+    forget: TextEmbeddings,
+    retain: TextEmbeddings,
+    method: str,
+    alpha: float,
+    params: dict,
+    inplace: bool = False,
+    retain_warn_cosine: float = defaults.RETAIN_WARN_COSINE,
+    device: str | torch.device | None = None,
+) -> UnlearnResult:
+    """Solve ``method`` on embeddings already computed and fold W into ``original_tensors``.
 
-
-def default_retain(forget: Sequence[str], dataset_classnames: Sequence[str] | None = None) -> list[str]:
-    """The eval dataset's other classes, else ImageNet-1k class names less the forget classes."""
-    pool = list(dataset_classnames) if dataset_classnames else generic_vocabulary()
-    lowered = {f.lower() for f in forget}
-    return [c for c in pool if c.lower() not in lowered]
-
-
-def close_retain_classes(forget: TextEmbeddings, retain: TextEmbeddings, threshold: float) -> list[dict]:
-    """Retain classes whose class embedding is within ``threshold`` cosine of a forget class."""
-    sims = retain.per_class @ forget.per_class.T  # [k_r, k_f]
-    best, where = sims.max(dim=1)
-    found = [
-        {"retain": retain.classnames[i], "forget": forget.classnames[int(where[i])], "cosine": float(best[i])}
-        for i in torch.nonzero(best > threshold).flatten().tolist()
-    ]
-    return sorted(found, key=lambda d: -d["cosine"])
-
-
-def embed_forget_and_retain(
-    model: nn.Module,
-    tokenizer,
-    forget: Sequence[str],
-    retain: Sequence[str],
-    forget_templates: Sequence[str],
-    retain_templates: Sequence[str],
-    cache_id: str | None = None,
-    model_name: str = "",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[TextEmbeddings, TextEmbeddings]:
-    """Text embeddings of both sides; an empty retain list gives empty ``[0, d]`` tensors."""
-
-    def phase(name: str, total: int):
-        if progress is None:
-            return None
-        done = [0]
-
-        def step(n: int) -> None:
-            done[0] += n
-            progress(name, done[0], total)
-
-        return step
-
-    was_training = model.training
-    model.eval()
-    forget_emb = embed_classes(model, tokenizer, forget, forget_templates, cache_id, model_name,
-                               phase("forget prompts", len(forget) * len(forget_templates)))
-    if retain:
-        retain_emb = embed_classes(model, tokenizer, retain, retain_templates, cache_id, model_name,
-                                   phase("retain prompts", len(retain) * len(retain_templates)))
-    else:
-        empty = torch.empty(0, forget_emb.per_class.shape[1])
-        retain_emb = TextEmbeddings([], list(retain_templates), empty, empty)
-    model.train(was_training)
-    return forget_emb, retain_emb
+    ``original_tensors`` are the fold-site tensors as stored in the checkpoint (their dtype
+    is kept); ``params`` holds the method's parameters (``methods.Method.params``).
+    """
+    projector = build_projector(method, forget, retain, alpha, params, device or forget.per_template.device)
+    folded = fold(site, original_tensors, projector.W)
+    target = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        state = target.state_dict()
+        target.load_state_dict({k: v.to(state[k].dtype) for k, v in folded.items()}, strict=False)
+    close = close_retain_classes(forget, retain, retain_warn_cosine)
+    return UnlearnResult(projector, site, original_tensors, folded, target, forget, retain, close,
+                         get_method(method).embedding_mode())
 
 
 def unlearn(
@@ -160,56 +101,31 @@ def unlearn(
     retain: Sequence[str] | None = None,
     alpha: float = 1.0,
     method: str = "ccup",
-    templates: str | Sequence[str] = DEFAULT_FORGET_TEMPLATES,
-    retain_templates: str | Sequence[str] = DEFAULT_RETAIN_TEMPLATES,
-    lambda_retain: float = DEFAULT_LAMBDA_RETAIN,
-    lambda_identity: float = DEFAULT_LAMBDA_IDENTITY,
-    energy: float = DEFAULT_ENERGY,
+    templates: str | Sequence[str] = defaults.FORGET_TEMPLATES,
+    retain_templates: str | Sequence[str] = defaults.RETAIN_TEMPLATES,
+    lambda_retain: float = defaults.LAMBDA_RETAIN,
+    lambda_identity: float = defaults.LAMBDA_IDENTITY,
+    energy: float = defaults.ENERGY,
     inplace: bool = False,
-    retain_warn_cosine: float = DEFAULT_RETAIN_WARN_COSINE,
-    original_tensors: dict[str, torch.Tensor] | None = None,
-    cache_id: str | None = None,
-    model_name: str = "",
-    progress: Callable[[str, int, int], None] | None = None,
-    device: str | torch.device | None = None,
-    embeddings: tuple[TextEmbeddings, TextEmbeddings] | None = None,
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
 
     ``retain`` defaults to ImageNet-1k class names less the forget classes. ``templates``
     and ``retain_templates`` are a set name (openai, simple, photo), a file, or a list of
-    ``"{}"`` strings. CCUP uses per-template embeddings on both sides; nullspace uses the
-    forget classes' template-averaged embeddings. ``original_tensors`` lets a caller pass the
-    fold-site tensors as stored in the checkpoint (their dtype is kept). ``progress(phase,
-    done, total)`` reports text encoding. ``embeddings`` passes (forget, retain) embeddings
-    already computed with ``embed_classes``. Returns an ``UnlearnResult``.
+    ``"{}"`` strings. ``method`` is a closed-form entry of ``methods.METHODS`` (ccup,
+    nullspace); each reads its own parameters among λ_retain, λ_identity and energy.
     """
     forget = list(forget)
     if not forget:
         raise ValueError("forget must name at least one class")
+    entry = get_method(method)
+    if not entry.closed_form:
+        raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
     retain = default_retain(forget) if retain is None else list(retain)
     site = locate_fold_site(model)
-    forget_templates, keep_templates = _templates(templates), _templates(retain_templates)
-
-    if embeddings is not None:
-        forget_emb, retain_emb = embeddings
-    else:
-        forget_emb, retain_emb = embed_forget_and_retain(
-            model, tokenizer, forget, retain, forget_templates, keep_templates, cache_id, model_name, progress)
-    if method == "nullspace":
-        forget_input, mode = forget_emb.per_class, {"forget": "per-class (template average)", "retain": "unused"}
-    else:
-        forget_input, mode = forget_emb.per_template, {"forget": "per-template", "retain": "per-template"}
-    projector = build_projector(
-        method, forget_input, retain_emb.per_template if len(retain) else None, alpha=alpha,
-        lambda_retain=lambda_retain, lambda_identity=lambda_identity, energy=energy,
-        device=device or forget_emb.per_template.device,
-    )
-    original = original_tensors if original_tensors is not None else site_tensors(model, site)
-    folded = fold(site, original, projector.W)
-    target = model if inplace else copy.deepcopy(model)
-    with torch.no_grad():
-        state = {k: v.to(target.state_dict()[k].dtype) for k, v in folded.items()}
-        target.load_state_dict(state, strict=False)
-    close = close_retain_classes(forget_emb, retain_emb, retain_warn_cosine) if len(retain) else []
-    return UnlearnResult(projector, site, original, folded, target, forget_emb, retain_emb, close, mode)
+    forget_emb, retain_emb = embed_forget_and_retain(model, tokenizer, forget, retain, _templates(templates),
+                                                     _templates(retain_templates))
+    values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy}
+    params = {p: values[p] for p in entry.params}
+    return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
+                            inplace)

@@ -94,12 +94,6 @@ def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[s
     return build_spec(file_values, flags)
 
 
-def _csv(value: Optional[str]) -> Optional[list[str]]:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress bars or tables; errors only.")
 VERBOSE = typer.Option(False, "-v", "--verbose", help="Log what open_clip does.")
@@ -132,7 +126,7 @@ def unlearn_command(
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc",
                                                    help="With --alpha auto: the forget top-1 to reach."),
     method: Optional[str] = typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
-                                         "(the gradient baseline; needs the train split)."),
+                                         "(the gradient baseline; needs labelled training images)."),
     templates: Optional[str] = TEMPLATES,
     retain_templates: Optional[str] = RETAIN_TEMPLATES,
     eval_name: Optional[str] = EVAL,
@@ -140,6 +134,8 @@ def unlearn_command(
     eval_limit: Optional[int] = EVAL_LIMIT,
     classnames: Optional[str] = CLASSNAMES,
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow a dataset download."),
+    finetune_data: Optional[str] = typer.Option(None, "--finetune-data", help="method finetune: labelled training "
+                                                "images (dataset or folder); default: the eval dataset's train split."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
     device: str = DEVICE,
     batch_size: int = BATCH,
@@ -153,14 +149,16 @@ def unlearn_command(
     """Fold a forgetting projection into the image tower and write a patched checkpoint."""
     _quiet_libraries(verbose)
     with _boundary(debug):
-        from . import report as rep
-        from .pipeline import RunOptions, run_unlearn
-
         spec = _spec_from(spec_file, {
             "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "alpha": alpha,
             "max_forget_acc": max_forget_acc, "method": method, "templates": templates,
             "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
-            "eval_limit": eval_limit, "download": download, "classnames": classnames})
+            "eval_limit": eval_limit, "download": download, "classnames": classnames,
+            "finetune_data": finetune_data})
+        from . import report as rep
+        from .options import RunOptions
+        from .unlearn_job import run_unlearn
+
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
                                  use_cache=not no_cache, argv=sys.argv, progress=progress)
@@ -209,11 +207,12 @@ def eval_command(
     with _boundary(debug):
         from . import report as rep
         from .eval_job import EvalRequest, run_eval
-        from .pipeline import RunOptions
+        from .options import RunOptions
+        from .spec import split_csv
 
         req = EvalRequest(model=model, pretrained=pretrained, eval=eval_name, data_root=data_root,
                           eval_split=eval_split, eval_limit=eval_limit, download=download,
-                          forget=_csv(forget) or [], templates=templates, classnames=classnames,
+                          forget=split_csv(forget or ""), templates=templates, classnames=classnames,
                           max_forget_acc=max_forget_acc,
                           min_retain_acc=min_retain_acc)
         with _progress(not (json_out or quiet)) as progress:
@@ -260,23 +259,26 @@ def sweep_command(
     """Evaluate every strength of every method from one pass over the images."""
     _quiet_libraries(verbose)
     with _boundary(debug):
-        from . import report as rep
         from .errors import SpecError
-        from .pipeline import RunOptions, run_sweep_job
-        from .sweep import parse_alphas
+        from .spec import parse_alphas, split_csv
 
         try:
             alpha_list = parse_alphas(alphas)
         except ValueError as err:
             raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
+        method_list = split_csv(methods)
         spec = _spec_from(spec_file, {
             "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "templates": templates,
             "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
-            "eval_limit": eval_limit, "classnames": classnames}, ignore_file_keys=("alpha",))
+            "eval_limit": eval_limit, "classnames": classnames}, ignore_file_keys=("alpha", "method"))
+        from . import report as rep
+        from .options import RunOptions
+        from .sweep_job import run_sweep_job
+
         with _progress(not (json_out or quiet)) as progress:
             options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
                                  use_cache=not no_cache, argv=sys.argv, progress=progress)
-            report = run_sweep_job(spec, alpha_list, _csv(methods) or [], options)
+            report = run_sweep_job(spec, alpha_list, method_list, options)
         rows = report.pop("rows")
         if json_out:
             sys.stdout.write(rep.dumps(report))
@@ -302,7 +304,7 @@ def models_command() -> None:
 @app.command("version")
 def version_command() -> None:
     """Print ccup's version."""
-    from .report import ccup_version
+    from .provenance import ccup_version
 
     stdout.print(ccup_version())
 

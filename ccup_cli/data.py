@@ -39,9 +39,9 @@ def preset_classnames(name: str) -> list[str] | None:
     if name == MINI_NAME:
         name = "fashion-mnist"
     if name == "imagenet":
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+        from .templates import open_clip_metadata
 
-        return list(IMAGENET_CLASSNAMES)
+        return list(open_clip_metadata().IMAGENET_CLASSNAMES)
     names = _classname_presets().get(name)
     return list(names) if names is not None else None
 

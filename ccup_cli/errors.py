@@ -55,7 +55,5 @@ class OutputError(CcupError):
     """The output location cannot be written (exists, is an input, no space, no permission)."""
 
 
-class ThresholdFailed(Exception):
-    """An evaluation threshold did not hold: exit code 1, not a usage error."""
-
-    exit_code = 1
+class ThresholdNotReachable(CcupError):
+    """``--alpha auto`` found no strength that meets the forget target."""

@@ -5,25 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import defaults
 from . import report as rep
-from .api import embed_classes
-from .data import open_dataset
-from .errors import OutputError, SpecError
-from .evaluate import metrics_for
-from .fold import locate_fold_site, site_tensors
-from .models import load_model
-from .pipeline import (
-    PhaseTimer,
-    RunOptions,
-    canonical_names,
-    dataset_report,
-    default_eval,
-    encode_dataset,
-    model_report,
-    resolve_device,
-)
-from .spec import UnlearnSpec, check_classes_in
-from .text import load_templates
+from .door import canonical_names, default_eval, open_eval_dataset
+from .errors import SpecError
+from .options import RunOptions, resolve_device
+from .provenance import PhaseTimer, finish_report, start_report
+from .spec import check_classes_in
+from .templates import load_templates
+from .writer import check_output
 
 
 @dataclass
@@ -36,7 +26,7 @@ class EvalRequest:
     eval_limit: int | None = None
     download: bool = False
     forget: list[str] = field(default_factory=list)
-    templates: str = "openai"
+    templates: str = defaults.FORGET_TEMPLATES
     classnames: str | None = None
     max_forget_acc: float | None = None
     min_retain_acc: float | None = None
@@ -78,42 +68,29 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     eval_name = default_eval(req.model, req.eval)
     if eval_name is None:
         raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
-    if report_path is not None and report_path.exists() and not options.overwrite:
-        raise OutputError(f"report {report_path} already exists", "pass --overwrite or choose another --out")
+    if report_path is not None:
+        check_output(report_path, options.overwrite, what="report")
     templates = load_templates(req.templates)
-    with timer("open_dataset"):
-        dataset = open_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
-                               req.classnames)
-    probe = UnlearnSpec.model_construct(forget=req.forget, retain=None)
-    check_classes_in(probe, dataset.classnames, dataset.name)
+    dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
+                                req.classnames, timer)
+    check_classes_in({"forget": req.forget}, dataset.classnames, dataset.name)
     forget = canonical_names(req.forget, dataset.classnames)
-    with timer("load_model"):
-        loaded = load_model(req.model, req.pretrained, device)
-    site = locate_fold_site(loaded.model)
-    cache_id = loaded.cache_id if options.use_cache else None
-    with timer("encode_images"):
-        pre, hit = encode_dataset(loaded, site, dataset, options, device)
-    with timer("eval_text"):
-        classifier = embed_classes(loaded.model, loaded.tokenizer, dataset.classnames, templates, cache_id,
-                                   loaded.model_name).per_class
+
+    from .evaluate import metrics_for
+    from .session import open_session
+
+    session = open_session(req.model, req.pretrained, options, device, timer)
+    pre, hit = session.encode_images(dataset)
+    classifier = session.classifier(dataset.classnames, templates)
     with timer("metrics"):
-        before = metrics_for(site, site_tensors(loaded.model, site), pre, classifier, dataset, forget)
-    report = rep.new_report("eval", options.argv)
-    report["request"] = {**req.__dict__, "eval": eval_name, "forget": forget}
-    report["model"] = model_report(loaded)
-    report["preprocess_cfg"] = loaded.preprocess_cfg
-    report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
-                                       "sha256": loaded.checkpoint_sha256}}
-    report["dataset"] = {**dataset_report(dataset), "feature_cache_hit": hit}
+        before = metrics_for(session.site, session.original, pre, classifier, dataset, forget)
+    report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
+                          request={**req.__dict__, "eval": eval_name, "forget": forget})
     report["metrics"] = {"before": before}
     failures = threshold_failures(req, before)
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "passed": not failures, "failures": failures}
-    report["timings"] = timer.seconds
-    report["environment"] = rep.environment(device)
+    finish_report(report, timer, device)
     if report_path is not None:
-        report_path = report_path.absolute()
-        if not report_path.parent.is_dir():
-            raise OutputError(f"folder {report_path.parent} does not exist", "create it or choose another --out")
-        rep.write_report(report_path, report)
+        rep.write_report(Path(report_path).absolute(), report)
     return report, failures

@@ -1,6 +1,6 @@
 """The fine-tuning baseline: what a user would do without CCUP.
 
-Gradient unlearning on images of the dataset's *train* split:
+Gradient unlearning on labelled training images (never the evaluation images):
 
 - forget images: the softmax mass the zero-shot classifier puts on the forget classes is
   pushed down (a bounded loss, in [0, 1], so it cannot blow up the way −log(1 − p) does);
@@ -8,8 +8,8 @@ Gradient unlearning on images of the dataset's *train* split:
 - only the image tower's last block, its final norm and the final linear map are trained,
   with AdamW; the text classifier is fixed (computed once from the original model).
 
-It stops at the step budget, or earlier once forget top-1 on a held-out slice of the train
-split is at most the target. Seeded; the output differs from the source only in the
+It stops at the step budget, or earlier once forget top-1 on a held-out slice of the training
+data is at most the target. Seeded; the output differs from the source only in the
 trained tensors.
 """
 
@@ -23,13 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import defaults
 from .data import EvalDataset
 from .errors import CheckpointError
 from .evaluate import LOGIT_SCALE
 
-DEFAULT_STEPS = 300
-DEFAULT_LR = 1e-4
-DEFAULT_BATCH = 128
 CHECK_EVERY = 25
 
 
@@ -69,9 +67,9 @@ def finetune_unlearn(
     train: EvalDataset,
     classifier: torch.Tensor,
     forget_ids: Sequence[int],
-    steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
-    batch_size: int = DEFAULT_BATCH,
+    steps: int = defaults.FINETUNE_STEPS,
+    lr: float = defaults.FINETUNE_LR,
+    batch_size: int = defaults.FINETUNE_BATCH_SIZE,
     target_forget_acc: float = 0.0,
     seed: int = 0,
     device: str = "cpu",
@@ -134,7 +132,7 @@ def finetune_unlearn(
         if step % CHECK_EVERY == 0 or step == steps:
             acc = holdout_forget_acc()
             images_seen += len(holdout)
-            history.append({"step": step, "loss": float(loss), "holdout_forget_top1": acc})
+            history.append({"step": step, "loss": float(loss.detach()), "holdout_forget_top1": acc})
             if acc <= target_forget_acc:
                 stopped = step < steps
                 break

@@ -26,10 +26,10 @@ import torch
 
 from .atomic import sha256_file
 from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
+from .defaults import EMBEDDED_MODEL
 from .errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODEL = "ccup-tiny-fashion"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"

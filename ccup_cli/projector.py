@@ -19,12 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-# Defaults measured on the embedded model's validation split (scripts/tune_lambdas.py,
-# docs/benchmarks.md): λ_identity matters most and the score flattens below 1e-4; λ_retain
-# barely moves it between 0.1 and 10, so it stays at the neutral 1.
-DEFAULT_LAMBDA_RETAIN = 1.0
-DEFAULT_LAMBDA_IDENTITY = 1e-4
-DEFAULT_ENERGY = 0.99
+from . import defaults
 
 
 @dataclass
@@ -68,8 +63,8 @@ def _facts(W: torch.Tensor, tol: float = 1e-6) -> tuple[int, list[float]]:
 def ccup_map(
     forget_embeddings: torch.Tensor,
     retain_embeddings: torch.Tensor | None,
-    lambda_retain: float = DEFAULT_LAMBDA_RETAIN,
-    lambda_identity: float = DEFAULT_LAMBDA_IDENTITY,
+    lambda_retain: float = defaults.LAMBDA_RETAIN,
+    lambda_identity: float = defaults.LAMBDA_IDENTITY,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The full-strength CCUP image-side map ``W = Qᵀ`` as ``[d, d]`` float64.
@@ -98,7 +93,7 @@ def ccup_map(
 
 
 def nullspace_map(
-    forget_embeddings: torch.Tensor, energy: float = DEFAULT_ENERGY, device: torch.device | str | None = None
+    forget_embeddings: torch.Tensor, energy: float = defaults.ENERGY, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, int]:
     """``I − U Uᵀ`` with U the leading left singular vectors of ``T_f``.
 
@@ -117,26 +112,8 @@ def nullspace_map(
     return eye - U @ U.T, rank
 
 
-def build_projector(
-    method: str,
-    forget_embeddings: torch.Tensor,
-    retain_embeddings: torch.Tensor | None = None,
-    alpha: float = 1.0,
-    lambda_retain: float = DEFAULT_LAMBDA_RETAIN,
-    lambda_identity: float = DEFAULT_LAMBDA_IDENTITY,
-    energy: float = DEFAULT_ENERGY,
-    device: torch.device | str | None = None,
-) -> Projector:
-    """The projector of ``method`` ("ccup" or "nullspace") at strength ``alpha``."""
-    _check_alpha(alpha)
-    if method == "ccup":
-        full = ccup_map(forget_embeddings, retain_embeddings, lambda_retain, lambda_identity, device)
-        params = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity}
-    elif method == "nullspace":
-        full, _ = nullspace_map(forget_embeddings, energy, device)
-        params = {"energy": energy}
-    else:
-        raise ValueError(f"unknown method {method!r}; use 'ccup' or 'nullspace'")
+def projector_at(full: torch.Tensor, alpha: float, method: str, params: dict) -> Projector:
+    """The blend of a method's full-strength map ``full`` at strength ``alpha``, with its facts."""
     W = blend(full, alpha)
     rank, sv = _facts(W)
-    return Projector(W=W, method=method, alpha=alpha, rank=rank, singular_values=sv, params=params)
+    return Projector(W=W, method=method, alpha=alpha, rank=rank, singular_values=sv, params=dict(params))

@@ -1,46 +1,13 @@
-"""The JSON report (versioned, hashed, strict JSON) and the rich tables people read."""
+"""Reports as strict JSON (what goes in them: ``provenance.py``) and the rich tables people read."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
-
-SCHEMA_VERSION = 1
-
-
-def ccup_version() -> str:
-    try:
-        return metadata.version("ccup")
-    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
-def environment(device: str) -> dict:
-    import open_clip
-    import torch
-
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "open_clip": open_clip.__version__,
-           "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["device_name"] = torch.cuda.get_device_name(0)
-    return env
-
-
-def new_report(command: str, argv: list[str] | None) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "ccup_version": ccup_version(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "argv": list(argv if argv is not None else sys.argv),
-    }
 
 
 def _finite(value: Any) -> Any:

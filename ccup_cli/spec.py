@@ -18,12 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import defaults
 from .errors import SpecError
-from .projector import DEFAULT_ENERGY, DEFAULT_LAMBDA_IDENTITY, DEFAULT_LAMBDA_RETAIN
-
-DEFAULT_FORGET_TEMPLATES = "openai"
-DEFAULT_RETAIN_TEMPLATES = "simple"
-DEFAULT_RETAIN_WARN_COSINE = 0.9
+from .methods import METHODS, method_names
 
 
 class UnlearnSpec(BaseModel):
@@ -40,19 +37,23 @@ class UnlearnSpec(BaseModel):
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
                                                            "picks the smallest meeting max_forget_acc")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
-    method: Literal["ccup", "nullspace", "finetune"] = "ccup"
-    templates: str = Field(DEFAULT_FORGET_TEMPLATES, description="templates for forget classes and evaluation")
-    retain_templates: str = Field(DEFAULT_RETAIN_TEMPLATES, description="templates for retain classes")
-    lambda_retain: float = Field(DEFAULT_LAMBDA_RETAIN, ge=0)
-    lambda_identity: float = Field(DEFAULT_LAMBDA_IDENTITY, ge=0)
-    energy: float = Field(DEFAULT_ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
-    retain_warn_cosine: float = Field(DEFAULT_RETAIN_WARN_COSINE, ge=-1, le=1,
+    method: str = Field("ccup", description="an entry of methods.METHODS: " + ", ".join(METHODS))
+    templates: str = Field(defaults.FORGET_TEMPLATES, description="templates for forget classes and evaluation")
+    retain_templates: str = Field(defaults.RETAIN_TEMPLATES, description="templates for retain classes")
+    lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
+    lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
+    energy: float = Field(defaults.ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
+    retain_warn_cosine: float = Field(defaults.RETAIN_WARN_COSINE, ge=-1, le=1,
                                       description="warn about retain classes this close to a forget class")
-    finetune_steps: int = Field(300, gt=0, description="finetune: step budget (stops early at max_forget_acc)")
-    finetune_lr: float = Field(1e-4, gt=0, description="finetune: AdamW learning rate")
-    finetune_batch_size: int = Field(128, ge=2, description="finetune: images per step, half forget, half retain")
-    finetune_seed: int = 0
-    finetune_train_split: str = Field("train", description="finetune: split of the eval dataset to train on")
+    finetune_steps: int = Field(defaults.FINETUNE_STEPS, gt=0,
+                                description="finetune: step budget (stops early at max_forget_acc)")
+    finetune_lr: float = Field(defaults.FINETUNE_LR, gt=0, description="finetune: AdamW learning rate")
+    finetune_batch_size: int = Field(defaults.FINETUNE_BATCH_SIZE, ge=2,
+                                     description="finetune: images per step, half forget, half retain")
+    finetune_seed: int = defaults.FINETUNE_SEED
+    finetune_data: str | None = Field(None, description="finetune: labelled training images (dataset name or "
+                                                         "ImageFolder path); default: the eval dataset's train split")
+    finetune_train_split: str = Field("train", description="finetune: split of finetune_data to train on")
     eval: str | None = Field(None, description="dataset name, ImageFolder path, or fashion-mnist-mini")
     data_root: str | None = None
     classnames: str | None = Field(None, description="file of class names, one per line in label order")
@@ -71,6 +72,15 @@ class UnlearnSpec(BaseModel):
             raise ValueError(f"{value!r} is not a number in [0, 1] or 'auto'") from None
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{value} is outside [0, 1]; 0 keeps the model, 1 forgets fully")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            close = difflib.get_close_matches(value, list(METHODS), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else f"use one of {', '.join(METHODS)}"
+            raise ValueError(f'unknown method "{value}"; {hint}')
         return value
 
     @field_validator("forget", "retain")
@@ -119,7 +129,8 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _split_csv(value: Any) -> Any:
+def split_csv(value: Any) -> Any:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; anything but a string is returned as it is."""
     if isinstance(value, str):
         return [v for v in (p.strip() for p in value.split(",")) if v]
     return value
@@ -134,7 +145,7 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     merged.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("forget", "retain"):
         if key in merged:
-            merged[key] = _split_csv(merged[key])
+            merged[key] = split_csv(merged[key])
     problems = []
     for key in list(merged):
         if key not in SPEC_FIELDS:
@@ -184,16 +195,48 @@ def semantic_problems(forget: Any, retain: Any) -> list[str]:
     return problems
 
 
-def check_classes_in(spec: UnlearnSpec, classnames: list[str], dataset: str) -> None:
-    """Forget and retain classes must be classes of the evaluation dataset."""
+def check_classes_in(lists: dict[str, list[str] | None], classnames: list[str], dataset: str) -> None:
+    """Every name of each list (``{"forget": [...], "retain": [...]}``) must be a class of the dataset."""
     problems = []
     lowered = {c.lower(): c for c in classnames}
-    for field in ("forget", "retain"):
-        for i, name in enumerate(getattr(spec, field) or []):
+    for field, names in lists.items():
+        for i, name in enumerate(names or []):
             if name.lower() not in lowered:
                 close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
                 hint = ("; did you mean " + ", ".join(f'"{lowered[c]}"' for c in close) + "?") if close else \
                     f"; its classes are {', '.join(classnames[:12])}{'...' if len(classnames) > 12 else ''}"
                 problems.append(f'{field}[{i}]: "{name}" is not a class of {dataset}{hint}')
+    if problems:
+        raise SpecError(problems)
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"0,0.1,...,1"`` (an arithmetic range spelled with ``...``) or a plain comma list."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "..." in parts:
+        i = parts.index("...")
+        if i < 2 or i != len(parts) - 2:
+            raise ValueError('write a range as "start,next,...,end", e.g. 0,0.1,...,1')
+        start, step_to, end = float(parts[i - 2]), float(parts[i - 1]), float(parts[i + 1])
+        step = step_to - start
+        if step <= 0:
+            raise ValueError("a range needs increasing values")
+        n = int(round((end - start) / step))
+        head = [float(p) for p in parts[: i - 2]]
+        return head + [round(start + k * step, 10) for k in range(n + 1)]
+    return [float(p) for p in parts]
+
+
+def check_sweep(alphas: list[float], methods: list[str]) -> None:
+    """A sweep's strengths and methods, checked at the door with the rest of the spec."""
+    closed = method_names(closed_form_only=True)
+    problems = [f"alphas[{i}]: {a} is outside [0, 1]" for i, a in enumerate(alphas) if not 0 <= a <= 1]
+    problems += [f'methods[{i}]: unknown method "{m}"; use {" or ".join(closed)}' if m not in METHODS else
+                 f'methods[{i}]: method "{m}" needs labelled images and cannot be swept; use {" or ".join(closed)}'
+                 for i, m in enumerate(methods) if m not in closed]
+    if not alphas:
+        problems.append("alphas: the list is empty; e.g. --alphas 0,0.1,...,1")
+    if not methods:
+        problems.append("methods: the list is empty; e.g. --methods ccup,nullspace")
     if problems:
         raise SpecError(problems)

@@ -25,15 +25,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.api import embed_classes, embed_forget_and_retain, unlearn  # noqa: E402
+from ccup_cli import defaults  # noqa: E402
+from ccup_cli.api import unlearn  # noqa: E402
 from ccup_cli.data import open_dataset  # noqa: E402
+from ccup_cli.embeddings import embed_classes, embed_forget_and_retain  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
 from ccup_cli.finetune import finetune_unlearn  # noqa: E402
 from ccup_cli.fold import locate_fold_site, site_tensors  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.projector import DEFAULT_ENERGY, DEFAULT_LAMBDA_IDENTITY, DEFAULT_LAMBDA_RETAIN  # noqa: E402
 from ccup_cli.sweep import SweepInputs, run_sweep  # noqa: E402
-from ccup_cli.text import load_templates  # noqa: E402
+from ccup_cli.templates import load_templates  # noqa: E402
 
 FORGET_SETS = [["sandal"], ["sandal", "sneaker"], ["shirt", "t-shirt"],
                ["trouser", "bag", "dress", "coat", "ankle boot"]]
@@ -70,7 +71,9 @@ def main() -> None:
         emb = embed_forget_and_retain(loaded.model, loaded.tokenizer, forget, retain, forget_t, retain_t)
         inputs = SweepInputs(site, original, pre, classifier, test, *emb)
         sweeps["+".join(forget)] = run_sweep(inputs, ["ccup", "nullspace"], [i / 10 for i in range(11)], forget,
-                                             DEFAULT_LAMBDA_RETAIN, DEFAULT_LAMBDA_IDENTITY, DEFAULT_ENERGY)
+                                             {"ccup": {"lambda_retain": defaults.LAMBDA_RETAIN,
+                                                       "lambda_identity": defaults.LAMBDA_IDENTITY},
+                                              "nullspace": {"energy": defaults.ENERGY}})
         if args.finetune_steps > 0:
             model = copy.deepcopy(loaded.model)
             forget_ids = [test.classnames.index(f) for f in forget]
@@ -117,8 +120,8 @@ def main() -> None:
         plot_note = ""
     body = "\n".join(lines) + (
         f"\n\nFull Fashion-MNIST test split ({len(test)} images), embedded ccup-tiny-fashion, α = 1 for CCUP "
-        f"(defaults: λ_r = {DEFAULT_LAMBDA_RETAIN:g}, λ_i = {DEFAULT_LAMBDA_IDENTITY:g}) and nullspace "
-        f"(energy {DEFAULT_ENERGY:g}). Fine-tuning: budget {args.finetune_steps} steps of "
+        f"(defaults: λ_r = {defaults.LAMBDA_RETAIN:g}, λ_i = {defaults.LAMBDA_IDENTITY:g}) and nullspace "
+        f"(energy {defaults.ENERGY:g}). Fine-tuning: budget {args.finetune_steps} steps of "
         "128 train images (half forget, half retain), AdamW lr 1e-4, last block + ln_post + proj, early stop at "
         "≤ 2 % forget top-1 on 100 held-out train images; images used counts every image it encoded.") + plot_note
     print(body)

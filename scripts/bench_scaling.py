@@ -30,7 +30,7 @@ from benchdoc import write_section  # noqa: E402
 
 from ccup_cli.checkpoint import save_safetensors  # noqa: E402
 from ccup_cli.fold import fold, locate_fold_site  # noqa: E402
-from ccup_cli.projector import build_projector  # noqa: E402
+from ccup_cli.projector import ccup_map, projector_at  # noqa: E402
 
 
 def median_time(fn, repeats: int = 5) -> float:
@@ -46,7 +46,7 @@ def solve_time(d: int, n_forget: int) -> float:
     g = torch.Generator().manual_seed(0)
     t_f = F.normalize(torch.randn(n_forget * 80, d, generator=g), dim=-1)
     t_r = F.normalize(torch.randn(7000, d, generator=g), dim=-1)
-    return median_time(lambda: build_projector("ccup", t_f, t_r, alpha=1.0))
+    return median_time(lambda: projector_at(ccup_map(t_f, t_r), 1.0, "ccup", {}))
 
 
 def write_times(name: str, folder: Path) -> tuple[float, float, int]:

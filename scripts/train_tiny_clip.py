@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ccup_cli.idx import load_idx_split  # noqa: E402
-from ccup_cli.text import build_prompts, class_embeddings, encode_prompts, encode_tokens  # noqa: E402
+from ccup_cli.templates import build_prompts  # noqa: E402
+from ccup_cli.text import class_embeddings, encode_prompts, encode_tokens  # noqa: E402
 
 MODEL_NAME = "ccup-tiny-fashion"
 CLASSNAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -79,7 +80,7 @@ CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather
 
 
 def train_templates() -> list[str]:
-    from ccup_cli.text import load_templates
+    from ccup_cli.templates import load_templates
 
     return load_templates("openai") + EXTRA_TRAIN_TEMPLATES
 

@@ -27,14 +27,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchdoc import write_section  # noqa: E402
 from train_tiny_clip import split_indices  # noqa: E402
 
-from ccup_cli.api import embed_classes  # noqa: E402
 from ccup_cli.data import _array_dataset, preset_classnames  # noqa: E402
+from ccup_cli.embeddings import embed_classes  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
 from ccup_cli.fold import fold, locate_fold_site, site_tensors  # noqa: E402
 from ccup_cli.idx import load_idx_split  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.projector import build_projector  # noqa: E402
-from ccup_cli.text import load_templates  # noqa: E402
+from ccup_cli.projector import ccup_map  # noqa: E402
+from ccup_cli.templates import load_templates  # noqa: E402
 
 FORGET_SETS = [["sandal", "sneaker"], ["shirt", "t-shirt"], ["sandal"], ["trouser", "bag", "dress", "coat", "ankle boot"]]
 LAMBDA_RETAIN = [0.1, 0.3, 1.0, 3.0, 10.0]
@@ -67,7 +67,7 @@ def main() -> None:
             retain = [c for c in classnames if c not in forget]
             fe = embed_classes(loaded.model, loaded.tokenizer, forget, forget_t)
             re = embed_classes(loaded.model, loaded.tokenizer, retain, retain_t)
-            W = build_projector("ccup", fe.per_template, re.per_template, 1.0, lr, li).W
+            W = ccup_map(fe.per_template, re.per_template, lr, li)
             m = metrics_for(site, fold(site, original, W), pre, classifier, ds, forget)
             b = before[tuple(forget)]
             drop_r = b["retain"]["top1"] - m["retain"]["top1"]

@@ -13,6 +13,7 @@ import torch
 
 TINY_VIT = "ccup-test-vit"
 TINY_RN = "ccup-test-rn"
+TINY_TIMM = "ccup-test-convnext"  # the convnext family through timm, as convnext_tiny, at a fraction of the cost
 TINY_CONFIGS = {
     TINY_VIT: {
         "embed_dim": 32,
@@ -22,6 +23,12 @@ TINY_CONFIGS = {
     TINY_RN: {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    TINY_TIMM: {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 64},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     },
 }

@@ -278,7 +278,7 @@ def test_hf_hub_model_offline_fails_fast_with_a_fix(tmp_path):
 
 
 def test_unexpected_error_exits_1_with_debug_hint(base, tmp_path, monkeypatch):
-    import ccup_cli.pipeline as pipeline
+    import ccup_cli.unlearn_job as pipeline
 
     def boom(*a, **k):
         raise ZeroDivisionError("boom")

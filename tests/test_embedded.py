@@ -17,6 +17,8 @@ from ccup_cli.cli import app
 from ccup_cli.data import MINI_FILE, open_dataset
 from ccup_cli.models import ASSETS, EMBEDDED_DIR, EMBEDDED_MODEL
 
+pytestmark = pytest.mark.embedded
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 

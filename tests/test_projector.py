@@ -8,7 +8,21 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccup_cli.projector import blend, build_projector, ccup_map, nullspace_map
+from ccup_cli.embeddings import TextEmbeddings
+from ccup_cli.methods import METHODS
+from ccup_cli.methods import build_projector as method_projector
+from ccup_cli.projector import blend, ccup_map, nullspace_map
+
+
+def _side(rows: torch.Tensor | None) -> TextEmbeddings:
+    rows = torch.empty(0, 1, dtype=torch.float64) if rows is None else rows
+    return TextEmbeddings([f"c{i}" for i in range(len(rows))], ["{}"], rows, rows)
+
+
+def build_projector(method, t_f, t_r=None, alpha=1.0, **params):
+    """The method table's projector on raw rows (one template per class, so per-class = per-template)."""
+    values = {"lambda_retain": 1.0, "lambda_identity": 1e-4, "energy": 0.99, **params}
+    return method_projector(method, _side(t_f), _side(t_r), alpha, {p: values[p] for p in METHODS[method].params})
 
 
 def _embeddings(seed: int, d: int, k_f: int, k_r: int):

@@ -10,10 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ccup_cli.pipeline import RunOptions, run_unlearn
+from ccup_cli.options import RunOptions
 from ccup_cli.spec import build_spec
+from ccup_cli.unlearn_job import run_unlearn
 
-from .conftest import TINY_VIT, save_random
+from .conftest import TINY_TIMM, TINY_VIT, save_random
 
 FORGET = ["cat", "dog"]
 RETAIN = ["car", "tree", "house", "boat"]
@@ -25,8 +26,8 @@ def _unlearn(model: str, pretrained: str, out, **extra) -> dict:
     return run_unlearn(spec, RunOptions(device="cpu", out=out, use_cache=False))
 
 
-@pytest.fixture(scope="module", params=["ViT-S-32", "RN50", "convnext_tiny"])
-def arch_run(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=["ViT-S-32", "RN50", TINY_TIMM])
+def arch_run(request, tmp_path_factory, tiny_models):
     name = request.param
     folder = tmp_path_factory.mktemp(name)
     source = save_random(name, folder / "source.safetensors")
@@ -85,7 +86,7 @@ def test_only_fold_site_tensors_differ_byte_for_byte(arch_run):
     changed = {k for k in src if not torch.equal(src[k], dst[k]) or src[k].dtype != dst[k].dtype}
     assert changed == fold_keys
     expected_site = {"ViT-S-32": "visual.proj", "RN50": "visual.attnpool.c_proj",
-                     "convnext_tiny": "visual.head.proj"}[name]
+                     TINY_TIMM: "visual.head.proj"}[name]
     assert report["projector"]["fold_site"] == expected_site
     if name == "RN50":
         assert fold_keys == {"visual.attnpool.c_proj.weight", "visual.attnpool.c_proj.bias"}

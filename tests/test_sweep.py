@@ -1,4 +1,4 @@
-"""``ccup sweep``, ``--alpha auto`` and the fine-tuning baseline, on a tiny model."""
+"""Sweeps, ``--alpha auto`` and the fine-tuning baseline, called as job functions on a tiny model."""
 
 from __future__ import annotations
 
@@ -7,24 +7,27 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from ccup_cli.cli import app
-from ccup_cli.sweep import parse_alphas
+from ccup_cli.errors import SpecError, ThresholdNotReachable
+from ccup_cli.eval_job import EvalRequest, run_eval
+from ccup_cli.options import RunOptions
+from ccup_cli.spec import build_spec, parse_alphas
+from ccup_cli.sweep_job import run_sweep_job
+from ccup_cli.unlearn_job import run_unlearn
 
-from .conftest import TINY_VIT
+from .conftest import FASHION, TINY_VIT, make_image_folder
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+OPTIONS = RunOptions(device="cpu", use_cache=False)
 
 
 @pytest.fixture()
-def base(tiny_vit_file, fashion_folder):
-    return ["--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder, "--templates", "photo",
-            "--retain-templates", "photo", "--forget", "sandal,sneaker"]
+def spec_of(tiny_vit_file, fashion_folder):
+    def make(**fields):
+        flags = {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "eval": str(fashion_folder),
+                 "templates": "photo", "retain_templates": "photo", "forget": "sandal,sneaker"}
+        return build_spec({}, {**flags, **fields})
+
+    return make
 
 
 def test_parse_alphas():
@@ -34,61 +37,99 @@ def test_parse_alphas():
         parse_alphas("0,...,1")
 
 
-def test_sweep_jsonl_structure_and_alpha_zero_is_the_original(base, tmp_path):
+def test_sweep_rows_and_alpha_zero_is_the_original(spec_of, tiny_vit_file, fashion_folder, tmp_path):
     out = tmp_path / "sweep"
-    result = run("sweep", *base, "--alphas", "0,0.5,1", "--out", out, "-q")
-    assert result.exit_code == 0, result.output
+    report = run_sweep_job(spec_of(), [0.0, 0.5, 1.0], ["ccup", "nullspace"], OPTIONS.but(out=out))
     rows = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
     assert [(r["method"], r["alpha"]) for r in rows] == [
         ("ccup", 0.0), ("ccup", 0.5), ("ccup", 1.0), ("nullspace", 0.0), ("nullspace", 0.5), ("nullspace", 1.0)]
-    for r in rows:
-        assert set(r["metrics"]) == {"forget", "retain", "retain_only", "overall"}
-        assert set(r["metrics"]["forget"]) >= {"top1", "top5", "mean_per_class_recall", "per_class"}
-    original = json.loads(run("eval", *base[:6], "--templates", "photo", "--forget", "sandal,sneaker", "--json",
-                              "--no-cache").stdout)
+    assert rows[0]["params"] == {"lambda_retain": 1.0, "lambda_identity": 1e-4}
+    assert rows[3]["params"] == {"energy": 0.99}
+    original, _ = run_eval(EvalRequest(model=TINY_VIT, pretrained=str(tiny_vit_file), eval=str(fashion_folder),
+                                       templates="photo", forget=["sandal", "sneaker"]), OPTIONS)
     assert rows[0]["metrics"] == original["metrics"]["before"]
     assert rows[3]["metrics"] == original["metrics"]["before"]
+    assert rows[2]["metrics"] != rows[0]["metrics"]
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report.json").read_text())["sweep"]["rows"] == 6
+    assert "rows" not in json.loads((out / "report.json").read_text()) and len(report["rows"]) == 6
 
 
-def test_sweep_without_matplotlib_still_writes_jsonl(base, tmp_path, monkeypatch):
-    import ccup_cli.pipeline as pipeline
+def test_sweep_without_matplotlib_still_writes_jsonl(spec_of, tmp_path, monkeypatch):
+    import ccup_cli.plots as plots
 
     def no_matplotlib(*args, **kwargs):
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(pipeline, "plot_tradeoff", no_matplotlib)
-    result = run("sweep", *base, "--alphas", "0,1", "--out", tmp_path / "s")
-    assert result.exit_code == 0, result.output
-    assert "matplotlib is missing" in result.stderr
+    monkeypatch.setattr(plots, "plot_tradeoff", no_matplotlib)
+    report = run_sweep_job(spec_of(), [0.0, 1.0], ["ccup"], OPTIONS.but(out=tmp_path / "s"))
+    assert any("matplotlib is missing" in w for w in report["warnings"])
     assert (tmp_path / "s" / "sweep.jsonl").is_file()
     assert not (tmp_path / "s" / "tradeoff.png").exists()
 
 
-def test_sweep_bad_alphas_are_bad_input(base, tmp_path):
-    result = run("sweep", *base, "--alphas", "0,2", "--out", tmp_path / "s")
-    assert result.exit_code == 2
-    assert "alphas[1]: 2.0 is outside [0, 1]" in result.stderr
+@pytest.mark.parametrize("alphas, methods, needle", [
+    ([0.0, 2.0], ["ccup"], "alphas[1]: 2.0 is outside [0, 1]"),
+    ([0.5], ["ccup", "finetune"], 'methods[1]: method "finetune" needs labelled images'),
+    ([0.5], ["cupp"], 'methods[0]: unknown method "cupp"'),
+])
+def test_sweep_bad_alphas_and_methods_fail_at_the_door(spec_of, tmp_path, alphas, methods, needle):
+    with pytest.raises(SpecError) as err:
+        run_sweep_job(spec_of(), alphas, methods, OPTIONS.but(out=tmp_path / "s"))
+    assert needle in err.value.one_line()
     assert not (tmp_path / "s").exists()
 
 
-def test_alpha_auto_picks_the_smallest_alpha_meeting_the_target(base, tmp_path):
-    result = run("unlearn", *base, "--alpha", "auto", "--max-forget-acc", "1.0", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["auto_alpha"]["chosen_alpha"] == 0.0  # forget top-1 <= 1.0 holds at alpha 0
-    assert len(report["auto_alpha"]["curve"]) == 21
-    assert report["projector"]["alpha"] == 0.0
+def embedded(**fields):
+    """The embedded model on 30 images per class of its mini set: real forgetting, in a second."""
+    return build_spec({}, {"forget": "sandal,sneaker", "eval_limit": 30, **fields})
 
 
-def test_finetune_changes_only_the_tensors_it_trains(base, tiny_vit_file, tmp_path):
+@pytest.mark.embedded
+def test_alpha_auto_searches_the_curve():
+    curve = run_unlearn(embedded(alpha="auto", max_forget_acc=1.0), OPTIONS)["auto_alpha"]["curve"]
+    assert len(curve) == 21 and curve[0]["alpha"] == 0.0
+    top, bottom = curve[0]["forget_top1"], curve[-1]["forget_top1"]
+    assert top > 0.9 and bottom < 0.05
+    target = 0.5
+    report = run_unlearn(embedded(alpha="auto", max_forget_acc=target), OPTIONS)
+    chosen = report["auto_alpha"]["chosen_alpha"]
+    assert 0 < chosen <= 1 and report["projector"]["alpha"] == chosen
+    assert report["metrics"]["after"]["forget"]["top1"] <= target
+    earlier = [c for c in curve if c["alpha"] < chosen]
+    assert earlier and all(c["forget_top1"] > target for c in earlier)
+
+
+def test_alpha_auto_below_every_point_of_the_curve_is_bad_input(spec_of):
+    """nullspace at energy 0.5 keeps some forget images right at every α on the tiny model."""
+    curve = run_unlearn(spec_of(alpha="auto", max_forget_acc=1.0, method="nullspace", energy=0.5),
+                        OPTIONS)["auto_alpha"]["curve"]
+    best = min(c["forget_top1"] for c in curve)
+    assert best > 0
+    with pytest.raises(ThresholdNotReachable, match=f"best: {best:.4f}"):
+        run_unlearn(spec_of(alpha="auto", max_forget_acc=best / 2, method="nullspace", energy=0.5), OPTIONS)
+
+
+def test_finetune_on_a_folder_needs_its_own_training_data(spec_of, fashion_folder, tmp_path):
+    with pytest.raises(SpecError, match="no train split"):
+        run_unlearn(spec_of(method="finetune"), OPTIONS.but(out=tmp_path / "ft"))
+    with pytest.raises(SpecError, match="evaluation data itself"):
+        run_unlearn(spec_of(method="finetune", finetune_data=str(fashion_folder)), OPTIONS)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_trains_on_other_images_and_changes_only_what_it_trains(spec_of, tiny_vit_file, fashion_folder,
+                                                                         tmp_path):
+    train_folder = make_image_folder(tmp_path / "train" / "fashion", FASHION, per_class=4, seed=7)
     out = tmp_path / "ft"
-    spec = tmp_path / "ft.yaml"
-    spec.write_text("method: finetune\nfinetune_steps: 3\nfinetune_batch_size: 8\nfinetune_lr: 0.01\n")
-    result = run("unlearn", spec, *base, "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    spec = spec_of(method="finetune", finetune_steps=3, finetune_batch_size=8, finetune_lr=0.01,
+                   finetune_data=str(train_folder))
+    report = run_unlearn(spec, OPTIONS.but(out=out))
+    train = report["inputs"]["train_data"]
+    assert train["n_images"] == 40 and train["file_list_sha256"] != report["dataset"]["file_list_sha256"]
+    train_bytes = {p.read_bytes() for p in train_folder.rglob("*.png")}
+    eval_bytes = {p.read_bytes() for p in fashion_folder.rglob("*.png")}
+    assert train_bytes and eval_bytes and not train_bytes & eval_bytes  # disjoint images
     trained = set(report["finetune"]["trained_tensors"])
     assert "visual.proj" in trained and any(k.startswith("visual.transformer.resblocks.1.") for k in trained)
     assert not any(k.startswith("visual.transformer.resblocks.0.") or k.startswith("transformer.") for k in trained)
@@ -96,3 +137,21 @@ def test_finetune_changes_only_the_tensors_it_trains(base, tiny_vit_file, tmp_pa
     changed = {k for k in src if not torch.equal(src[k], dst[k])}
     assert changed and changed <= trained
     assert report["finetune"]["steps"] <= 3 and report["finetune"]["images_seen"] > 0
+
+
+def test_finetune_default_training_data_is_the_named_datasets_train_split(tmp_path):
+    """The embedded mini subset (test images) trains on Fashion-MNIST's train split: disjoint by construction."""
+    from ccup_cli.data import MINI_NAME, open_dataset
+    from ccup_cli.door import finetune_dataset
+
+    root = "/usr/share/datasets/fashion-mnist"
+    spec = build_spec({}, {"forget": "sandal", "method": "finetune", "eval": MINI_NAME, "data_root": None})
+    eval_data = open_dataset(MINI_NAME)
+    try:
+        train = finetune_dataset(spec, eval_data)
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"Debian's Fashion-MNIST is not installed under {root} ({err})")
+    assert train.split == "train" and len(train) == 60_000
+    assert not set(train.item_ids) & set(eval_data.item_ids)
+    test_images = {eval_data.load_image(i).tobytes() for i in range(0, len(eval_data), 50)}
+    assert not {train.load_image(i).tobytes() for i in range(0, 60_000, 1_500)} & test_images

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from ccup_cli.errors import SpecError
-from ccup_cli.text import (
-    build_prompts,
-    cached_encode_prompts,
-    encode_prompts,
-    load_templates,
-    supports_fast_text,
-    text_cache_key,
-)
+from ccup_cli.templates import build_prompts, load_templates
+from ccup_cli.text import cached_encode_prompts, encode_prompts, supports_fast_text, text_cache_key
 
 from .conftest import TINY_VIT
 

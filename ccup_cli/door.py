@@ -1,0 +1,101 @@
+"""Checks at the door: everything a job can verify before it loads a model.
+
+Templates, the dataset and its class names, the forget and retain lists, the fine-tuning
+data and the output location. Nothing here imports torch or open_clip, so a typo in a class
+name is reported in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset
+from .defaults import EMBEDDED_MODEL
+from .errors import SpecError
+from .options import RunOptions
+from .provenance import PhaseTimer
+from .spec import UnlearnSpec, check_classes_in
+from .templates import load_templates
+from .writer import check_output
+
+
+def default_eval(model: str | None, eval_name: str | None) -> str | None:
+    """The embedded model evaluates on the embedded subset unless told otherwise."""
+    if eval_name is None and (model is None or model == EMBEDDED_MODEL):
+        return MINI_NAME
+    return eval_name
+
+
+def canonical_names(names: list[str], classnames: list[str]) -> list[str]:
+    """The dataset's own spelling of each name (class names match case-insensitively)."""
+    lookup = {c.lower(): c for c in classnames}
+    return [lookup.get(n.lower(), n) for n in names]
+
+
+def open_eval_dataset(name: str, data_root, split: str, download: bool, limit, classnames_file,
+                      timer: PhaseTimer) -> EvalDataset:
+    with timer("open_dataset"):
+        return open_dataset(name, data_root, split, download, limit, classnames_file)
+
+
+@dataclass
+class Admitted:
+    """A spec that passed the door, with what the door opened on the way."""
+
+    spec: UnlearnSpec  # eval defaulted, class names in the dataset's spelling
+    dataset: EvalDataset | None
+    templates: list[str]
+    retain_templates: list[str]
+    train: EvalDataset | None = None  # finetune's labelled images
+
+
+def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: bool) -> Admitted:
+    """Validate a spec against its templates, dataset and output before any model is loaded."""
+    spec_eval = default_eval(spec.model, spec.eval)
+    if spec_eval != spec.eval:
+        spec = spec.model_copy(update={"eval": spec_eval})
+    templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
+    if need_eval and not spec.eval:
+        raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
+    dataset = None
+    if spec.eval:
+        dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit,
+                                    spec.classnames, timer)
+        check_classes_in({"forget": spec.forget, "retain": spec.retain}, dataset.classnames, dataset.name)
+        spec = spec.model_copy(update={
+            "forget": canonical_names(spec.forget, dataset.classnames),
+            "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+    train = None
+    if spec.method == "finetune":
+        with timer("open_train_data"):
+            train = finetune_dataset(spec, dataset)
+    if options.out is not None:
+        check_output(options.out, options.overwrite, (spec.pretrained, spec.model))
+    return Admitted(spec, dataset, templates, retain_templates, train)
+
+
+def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:
+    """The labelled images fine-tuning trains on: ``finetune_data``, else the eval dataset's train split.
+
+    The embedded mini subset trains on Fashion-MNIST's train split. An ImageFolder has no
+    train split, so it needs ``finetune_data``; training data equal to the eval data is refused.
+    """
+    if spec.finetune_data is not None:
+        name, root = spec.finetune_data, spec.data_root if spec.finetune_data in DATASETS else None
+    elif spec.eval == MINI_NAME:
+        name, root = "fashion-mnist", None
+    elif spec.eval in DATASETS:
+        name, root = spec.eval, spec.data_root
+    else:
+        raise SpecError(f"finetune_data: the eval data {spec.eval} is a folder, which has no train split",
+                        "pass --finetune-data DATASET_OR_FOLDER with labelled images that are not the eval images")
+    train = open_dataset(name, root, spec.finetune_train_split, spec.download, None, spec.classnames)
+    if [c.lower() for c in train.classnames] != [c.lower() for c in eval_data.classnames]:
+        raise SpecError(f"finetune_data: {name} has classes {', '.join(train.classnames[:6])}..., "
+                        f"not those of {eval_data.name}", "give training images of the same classes, in label order")
+    if train.identity() == eval_data.identity() or (
+            Path(name).exists() and spec.eval and Path(name).resolve() == Path(spec.eval).resolve()):
+        raise SpecError(f"finetune_data: {name} is the evaluation data itself",
+                        "train on other images, or the after-figures measure memorisation")
+    return train

@@ -1,0 +1,99 @@
+"""The table of unlearning methods: one entry per method, read by spec, api, sweep and jobs.
+
+A closed-form method maps the forget and retain text embeddings to its full-strength image-side
+map ``W [d, d]`` (float64); strength α is then the blend ``I − α(I − W)``. A method that needs
+labelled images (``finetune``) has no ``solve`` and runs as its own job.
+
+Adding a method: write its math (``projector.py`` or its own module) and add one ``Method``
+entry to ``METHODS``. Importing this module costs no torch; ``solve`` imports what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .embeddings import TextEmbeddings
+
+
+@dataclass(frozen=True)
+class Method:
+    """One unlearning method: what it reads, and how it builds its map."""
+
+    name: str
+    summary: str
+    params: tuple[str, ...]  # spec fields the method reads; they go into the report
+    forget_side: str | None  # "per-template" or "per-class (template average)"; None: needs no text map
+    uses_retain: bool
+    solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, device) -> full W
+    needs_images: bool = False
+
+    @property
+    def closed_form(self) -> bool:
+        return self.solve is not None
+
+    def embedding_mode(self) -> dict[str, str]:
+        return {"forget": self.forget_side or "unused",
+                "retain": "per-template" if self.uses_retain else "unused"}
+
+
+def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device) -> torch.Tensor:
+    from .projector import ccup_map
+
+    retain_rows = retain.per_template if len(retain.classnames) else None
+    return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"], device)
+
+
+def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device) -> torch.Tensor:
+    from .projector import nullspace_map
+
+    return nullspace_map(forget.per_class, params["energy"], device)[0]
+
+
+METHODS: dict[str, Method] = {
+    "ccup": Method("ccup", "CCUP closed form (arXiv 2512.14137)", ("lambda_retain", "lambda_identity"),
+                   "per-template", True, _ccup),
+    "nullspace": Method("nullspace", "I − U Uᵀ over the forget class embeddings", ("energy",),
+                        "per-class (template average)", False, _nullspace),
+    "finetune": Method("finetune", "gradient baseline on labelled train images",
+                       ("finetune_steps", "finetune_lr", "finetune_batch_size", "finetune_seed"),
+                       None, False, None, needs_images=True),
+}
+
+
+def method_names(closed_form_only: bool = False) -> list[str]:
+    return [m.name for m in METHODS.values() if m.closed_form or not closed_form_only]
+
+
+def get_method(name: str) -> Method:
+    """The table entry for ``name``; a ValueError names the known methods."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f'unknown method "{name}"; use one of {", ".join(METHODS)}') from None
+
+
+def method_params(method: Method, values: Any) -> dict[str, Any]:
+    """The method's parameters read from ``values`` (a spec, or any object with those attributes)."""
+    return {p: getattr(values, p) for p in method.params}
+
+
+def solve_full_map(name: str, forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
+                   device=None) -> torch.Tensor:
+    """The full-strength map ``W [d, d]`` float64 of a closed-form method."""
+    method = get_method(name)
+    if method.solve is None:
+        raise ValueError(f"method {name} has no closed form; it runs as its own job")
+    return method.solve(forget, retain, params, device)
+
+
+def build_projector(name: str, forget: TextEmbeddings, retain: TextEmbeddings, alpha: float,
+                    params: dict[str, Any], device=None):
+    """The ``projector.Projector`` of a closed-form method at strength ``alpha``."""
+    from .projector import projector_at
+
+    return projector_at(solve_full_map(name, forget, retain, params, device), alpha, name, params)

@@ -1,0 +1,55 @@
+"""How to run a job (never what to do): device, batch size, output folder, caches, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import SpecError
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class RunOptions:
+    """Flags that say how to run; the spec says what to do."""
+
+    device: str = "auto"
+    batch_size: int = 256
+    out: Path | None = None
+    overwrite: bool = False
+    use_cache: bool = True
+    argv: list[str] | None = None
+    progress: Progress | None = field(default=None, repr=False)
+
+    def but(self, **changes) -> RunOptions:
+        return replace(self, **changes)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes cuda where one exists, else cpu; an unavailable cuda is bad input."""
+    if device != "cpu" and device != "auto" and not device.startswith("cuda"):
+        raise SpecError(f'device: "{device}" is not one of auto, cpu, cuda', "pass --device auto, cpu or cuda")
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise SpecError(f'device: "{device}" was asked for but no CUDA device is available', "use --device cpu")
+    return device
+
+
+def step_counter(progress: Progress | None, phase: str, total: int) -> Callable[[int], None] | None:
+    """A per-batch callback that reports ``(phase, done so far, total)`` to ``progress``."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        progress(phase, done[0], total)
+
+    return step

@@ -1,0 +1,84 @@
+"""A loaded model and what every job derives from it once: fold site, text embeddings, image features.
+
+Only the image tower's final linear map ever changes, so images are encoded once, up to the
+features *before* that map, and the original model, the patched model and every strength
+are computed from those features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data import EvalDataset
+from .embeddings import TextEmbeddings, embed_classes, embed_forget_and_retain
+from .evaluate import encode_pre_projection, feature_cache_key
+from .fold import FoldSite, locate_fold_site, site_tensors
+from .models import LoadedModel, load_model
+from .options import RunOptions, step_counter
+from .provenance import PhaseTimer
+from .sweep import SweepInputs
+
+
+@dataclass
+class Session:
+    """One model, loaded once, with its fold site and the fold-site tensors as stored."""
+
+    loaded: LoadedModel
+    site: FoldSite
+    original: dict[str, torch.Tensor]  # fold-site tensors as the checkpoint stores them
+    options: RunOptions
+    device: str
+    timer: PhaseTimer
+
+    @property
+    def cache_id(self) -> str | None:
+        """What caches key on; None with --no-cache or random init (never cached)."""
+        return self.loaded.cache_id if self.options.use_cache else None
+
+    def embed_sides(self, forget: Sequence[str], retain: Sequence[str], templates: Sequence[str],
+                    retain_templates: Sequence[str]) -> tuple[TextEmbeddings, TextEmbeddings]:
+        with self.timer("text"):
+            return embed_forget_and_retain(self.loaded.model, self.loaded.tokenizer, forget, retain, templates,
+                                           retain_templates, self.cache_id, self.loaded.model_name,
+                                           self.options.progress)
+
+    def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""
+        with self.timer("eval_text"):
+            return embed_classes(self.loaded.model, self.loaded.tokenizer, classnames, templates, self.cache_id,
+                                 self.loaded.model_name).per_class
+
+    def encode_images(self, dataset: EvalDataset, use_cache: bool | None = None,
+                      phase: str = "encode_images") -> tuple[torch.Tensor, bool]:
+        """``pre_projection_features [n, width]`` of every image, and whether the cache served them."""
+        use_cache = self.options.use_cache if use_cache is None else use_cache
+        key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess) if use_cache \
+            else None
+        with self.timer(phase):
+            return encode_pre_projection(self.loaded.model, self.site, dataset, self.loaded.preprocess,
+                                         self.options.batch_size, self.device,
+                                         step_counter(self.options.progress, "encoding images", len(dataset)), key)
+
+
+def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,
+                 timer: PhaseTimer) -> Session:
+    """Load the model and find its fold site."""
+    with timer("load_model"):
+        loaded = load_model(model, pretrained, device)
+    site = locate_fold_site(loaded.model)
+    stored = loaded.source_state_dict
+    original = {k: stored[k] for k in site.keys} if set(site.keys) <= set(stored) else site_tensors(loaded.model,
+                                                                                                   site)
+    return Session(loaded, site, original, options, device, timer)
+
+
+def evaluation_inputs(session: Session, dataset: EvalDataset, templates: Sequence[str], forget: TextEmbeddings,
+                      retain: TextEmbeddings) -> SweepInputs:
+    """Encode the images once and build the classifier: everything metrics at any strength need."""
+    pre, hit = session.encode_images(dataset)
+    classifier = session.classifier(dataset.classnames, templates).to(pre.device)
+    return SweepInputs(session.site, session.original, pre, classifier, dataset, forget, retain,
+                       feature_cache_hit=hit)

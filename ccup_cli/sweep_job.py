@@ -1,0 +1,65 @@
+"""The job behind ``ccup sweep``: every method at every strength from one pass over the images.
+
+Writes ``sweep.jsonl`` (one line per method and α, with the report's metric fields),
+``tradeoff.png`` (when matplotlib is installed), ``spec.yaml`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import report as rep
+from .door import admit
+from .errors import SpecError
+from .methods import get_method, method_params
+from .options import RunOptions, resolve_device
+from .provenance import PhaseTimer, finish_report, start_report
+from .spec import UnlearnSpec, check_sweep
+
+
+def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], options: RunOptions) -> dict:
+    """Returns the report, with the rows under ``"rows"`` (not written to report.json)."""
+    check_sweep(alphas, methods)
+    if options.out is None:
+        raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
+    timer = PhaseTimer()
+    device = resolve_device(options.device)
+    admitted = admit(spec.model_copy(update={"alpha": 1.0, "method": methods[0]}), options, timer, need_eval=True)
+
+    from .atomic import atomic_dir, sha256_file
+    from .embeddings import default_retain
+    from .plots import plot_tradeoff
+    from .session import evaluation_inputs, open_session
+    from .sweep import run_sweep
+
+    spec, dataset = admitted.spec, admitted.dataset
+    session = open_session(spec.model, spec.pretrained, options, device, timer)
+    retain = spec.retain if spec.retain is not None else default_retain(spec.forget, dataset.classnames)
+    forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates, admitted.retain_templates)
+    inputs = evaluation_inputs(session, dataset, admitted.templates, forget_emb, retain_emb)
+    with timer("sweep"):
+        rows = run_sweep(inputs, methods, alphas, spec.forget, {m: method_params(get_method(m), spec)
+                                                                for m in methods})
+    resolved = spec.model_copy(update={"retain": retain})
+    report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
+                          sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})
+    out = Path(options.out).absolute()
+    with timer("write"), atomic_dir(out, options.overwrite) as tmp:
+        (tmp / "sweep.jsonl").write_text("".join(rep.dumps_line(
+            {"method": r["method"], "alpha": r["alpha"], "params": r["params"], "metrics": r["metrics"]})
+            for r in rows), encoding="utf-8")
+        (tmp / "spec.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
+        try:
+            plot_tradeoff(rows, tmp / "tradeoff.png", f"{report['model']['name']} on {dataset.name}: "
+                                                       f"forget {', '.join(spec.forget)}")
+            report["plot"] = str(out / "tradeoff.png")
+        except ImportError:
+            report["plot"] = None
+            report.setdefault("warnings", []).append(
+                "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
+        report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
+                                                                 "sha256": sha256_file(tmp / "sweep.jsonl")}}
+        finish_report(report, timer, device)
+        rep.write_report(tmp / "report.json", report)
+    report["rows"] = rows
+    return report
