@@ -7,9 +7,12 @@ Exit codes: 0 success; 1 a threshold failed (``ccup eval``) or an unexpected err
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -84,6 +87,11 @@ def _progress(enabled: bool):
         yield update
 
 
+def _warn(report: dict) -> None:
+    for warning in report.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
 def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[str, ...] = ()):
     """The spec file (if any) with the given flags over it, validated at once."""
     from .spec import build_spec, read_spec_file
@@ -94,199 +102,194 @@ def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[s
     return build_spec(file_values, flags)
 
 
-DEBUG = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
-QUIET = typer.Option(False, "-q", "--quiet", help="No progress bars or tables; errors only.")
-VERBOSE = typer.Option(False, "-v", "--verbose", help="Log what open_clip does.")
-JSON = typer.Option(False, "--json", help="Print only the JSON report on stdout.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-BATCH = typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")
-NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write ~/.cache/ccup.")
 SPEC_FILE = typer.Argument(None, metavar="[SPEC.yaml]", help="YAML spec; flags override it.")
-MODEL = typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo or a config .json; "
-                     "default: the embedded ccup-tiny-fashion.")
-PRETRAINED = typer.Option(None, "--pretrained", help="Tag, checkpoint path, output folder, or 'none'.")
-FORGET = typer.Option(None, "--forget", help="Classes to forget, comma-separated.")
-RETAIN = typer.Option(None, "--retain", help="Classes to keep, comma-separated.")
-TEMPLATES = typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, photo, or a file.")
-RETAIN_TEMPLATES = typer.Option(None, "--retain-templates", help="Retain templates (same choices).")
-EVAL = typer.Option(None, "--eval", help="Dataset name or ImageFolder path.")
-DATA_ROOT = typer.Option(None, "--data-root", help="Where the dataset lies.")
-EVAL_LIMIT = typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")
-CLASSNAMES = typer.Option(None, "--classnames", help="File of class names, one per line in label order.")
 
 
-@app.command("unlearn")
+@dataclass
+class RunFlags:
+    """The how-to-run flags every job command shares (the spec says what to do)."""
+
+    device: str
+    batch_size: int
+    json_out: bool
+    overwrite: bool
+    no_cache: bool
+    quiet: bool
+    verbose: bool
+    debug: bool
+
+    @property
+    def tables(self) -> bool:
+        return not (self.json_out or self.quiet)
+
+    @contextlib.contextmanager
+    def options(self, out: Optional[Path] = None):
+        """``RunOptions`` for the job, with a progress bar on stderr while it runs."""
+        from .options import RunOptions
+
+        with _progress(self.tables) as progress:
+            yield RunOptions(device=self.device, batch_size=self.batch_size, out=out, overwrite=self.overwrite,
+                             use_cache=not self.no_cache, argv=sys.argv, progress=progress)
+
+
+_RUN_FLAGS = {
+    "device": (str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
+    "batch_size": (int, typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")),
+    "json_out": (bool, typer.Option(False, "--json", help="Print only the JSON report on stdout.")),
+    "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace an existing --out.")),
+    "no_cache": (bool, typer.Option(False, "--no-cache", help="Do not read or write ~/.cache/ccup.")),
+    "quiet": (bool, typer.Option(False, "-q", "--quiet", help="No progress bars or tables; errors only.")),
+    "verbose": (bool, typer.Option(False, "-v", "--verbose", help="Log what open_clip does.")),
+    "debug": (bool, typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")),
+}
+
+# flags that set a field of the spec, by field name; None means "not given" (the spec file decides)
+_SPEC_FLAGS = {
+    "model": (Optional[str], typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo "
+                                          "or a config .json; default: the embedded ccup-tiny-fashion.")),
+    "pretrained": (Optional[str], typer.Option(None, "--pretrained", help="Tag, checkpoint path, output folder, "
+                                               "or 'none'.")),
+    "forget": (Optional[str], typer.Option(None, "--forget", help="Classes to forget, comma-separated.")),
+    "retain": (Optional[str], typer.Option(None, "--retain", help="Classes to keep, comma-separated.")),
+    "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
+    "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
+                                                     help="With --alpha auto: the forget top-1 to reach.")),
+    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
+                                           "(the gradient baseline; needs labelled training images).")),
+    "templates": (Optional[str], typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
+                                              "photo, or a file.")),
+    "retain_templates": (Optional[str], typer.Option(None, "--retain-templates",
+                                                     help="Retain templates (same choices).")),
+    "eval": (Optional[str], typer.Option(None, "--eval", help="Dataset name or ImageFolder path.")),
+    "data_root": (Optional[str], typer.Option(None, "--data-root", help="Where the dataset lies.")),
+    "eval_limit": (Optional[int], typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")),
+    "classnames": (Optional[str], typer.Option(None, "--classnames", help="File of class names, one per line in "
+                                               "label order.")),
+    "download": (Optional[bool], typer.Option(None, "--download/--no-download", help="Allow a dataset download.")),
+    "finetune_data": (Optional[str], typer.Option(None, "--finetune-data", help="method finetune: labelled "
+                                                  "training images (dataset or folder); default: the eval "
+                                                  "dataset's train split.")),
+}
+_DATA_FIELDS = ("model", "pretrained", "eval", "data_root", "eval_limit", "classnames")
+
+
+def job_command(name: str, spec_fields: tuple[str, ...] = ()):
+    """Register a job command: ``spec_fields`` flags arrive as ``fields`` (a dict by spec field name),
+    the shared run flags as ``flags: RunFlags``, and the body runs inside the error boundary."""
+
+    def register(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("flags", "fields")]
+        added = {**{key: _SPEC_FLAGS[key] for key in spec_fields}, **_RUN_FLAGS}
+        params = [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+                  for key, (kind, option) in added.items()]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            flags = RunFlags(**{key: kwargs.pop(key) for key in _RUN_FLAGS})
+            fields = {key: kwargs.pop(key) for key in spec_fields}
+            _quiet_libraries(flags.verbose)
+            with _boundary(flags.debug):
+                return fn(flags=flags, fields=fields, **kwargs)
+
+        command.__signature__ = inspect.Signature(own[:1] + params[:len(spec_fields)] + own[1:]
+                                                  + params[len(spec_fields):])
+        command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k not in ("flags", "fields")},
+                                   **{key: kind for key, (kind, _) in added.items()}}
+        return app.command(name)(command)
+
+    return register
+
+
+@job_command("unlearn", tuple(_SPEC_FLAGS))
 def unlearn_command(
     spec_file: Optional[Path] = SPEC_FILE,
-    model: Optional[str] = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
-    forget: Optional[str] = FORGET,
-    retain: Optional[str] = RETAIN,
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'."),
-    max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc",
-                                                   help="With --alpha auto: the forget top-1 to reach."),
-    method: Optional[str] = typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
-                                         "(the gradient baseline; needs labelled training images)."),
-    templates: Optional[str] = TEMPLATES,
-    retain_templates: Optional[str] = RETAIN_TEMPLATES,
-    eval_name: Optional[str] = EVAL,
-    data_root: Optional[str] = DATA_ROOT,
-    eval_limit: Optional[int] = EVAL_LIMIT,
-    classnames: Optional[str] = CLASSNAMES,
-    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow a dataset download."),
-    finetune_data: Optional[str] = typer.Option(None, "--finetune-data", help="method finetune: labelled training "
-                                                "images (dataset or folder); default: the eval dataset's train split."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
-    device: str = DEVICE,
-    batch_size: int = BATCH,
-    json_out: bool = JSON,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
-    no_cache: bool = NO_CACHE,
-    quiet: bool = QUIET,
-    verbose: bool = VERBOSE,
-    debug: bool = DEBUG,
+    flags: RunFlags = None,
+    fields: dict = None,
 ) -> None:
     """Fold a forgetting projection into the image tower and write a patched checkpoint."""
-    _quiet_libraries(verbose)
-    with _boundary(debug):
-        spec = _spec_from(spec_file, {
-            "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "alpha": alpha,
-            "max_forget_acc": max_forget_acc, "method": method, "templates": templates,
-            "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
-            "eval_limit": eval_limit, "download": download, "classnames": classnames,
-            "finetune_data": finetune_data})
-        from . import report as rep
-        from .options import RunOptions
-        from .unlearn_job import run_unlearn
+    spec = _spec_from(spec_file, fields)
+    from . import report as rep
+    from .unlearn_job import run_unlearn
 
-        with _progress(not (json_out or quiet)) as progress:
-            options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
-                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
-            report = run_unlearn(spec, options)
-        if json_out:
-            sys.stdout.write(rep.dumps(report))
-            return
-        if not quiet:
-            for warning in report.get("warnings", []):
-                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
-            stdout.print(rep.summary_table(report))
-            if "metrics" in report:
-                ds = report["dataset"]
-                stdout.print(rep.metrics_table(report["metrics"], f"{ds['name']} ({ds['n_images']} images)"))
-            if out is None:
-                stdout.print("[dim]no --out given: nothing was written[/]")
+    with flags.options(out) as options:
+        report = run_unlearn(spec, options)
+    if flags.json_out:
+        sys.stdout.write(rep.dumps(report))
+        return
+    if not flags.quiet:
+        _warn(report)
+        stdout.print(rep.summary_table(report))
+        if "metrics" in report:
+            ds = report["dataset"]
+            stdout.print(rep.metrics_table(report["metrics"], f"{ds['name']} ({ds['n_images']} images)"))
+        if out is None:
+            stdout.print("[dim]no --out given: nothing was written[/]")
 
 
-@app.command("eval")
+@job_command("eval", _DATA_FIELDS)
 def eval_command(
-    model: Optional[str] = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
-    eval_name: Optional[str] = EVAL,
-    data_root: Optional[str] = DATA_ROOT,
-    eval_split: str = typer.Option("test", "--eval-split"),
-    eval_limit: Optional[int] = EVAL_LIMIT,
-    classnames: Optional[str] = CLASSNAMES,
-    download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
+    eval_split: str = typer.Option("test", "--eval-split"),
+    download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
     templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) above this."),
     min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) below this."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here."),
-    device: str = DEVICE,
-    batch_size: int = BATCH,
-    json_out: bool = JSON,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out report."),
-    no_cache: bool = NO_CACHE,
-    quiet: bool = QUIET,
-    verbose: bool = VERBOSE,
-    debug: bool = DEBUG,
+    flags: RunFlags = None,
+    fields: dict = None,
 ) -> None:
     """Zero-shot accuracy of a model, with thresholds for CI (exit 1 when one fails)."""
-    _quiet_libraries(verbose)
-    failures: list[str] = []
-    with _boundary(debug):
-        from . import report as rep
-        from .eval_job import EvalRequest, run_eval
-        from .options import RunOptions
-        from .spec import split_csv
+    from . import report as rep
+    from .eval_job import EvalRequest, run_eval
+    from .spec import split_csv
 
-        req = EvalRequest(model=model, pretrained=pretrained, eval=eval_name, data_root=data_root,
-                          eval_split=eval_split, eval_limit=eval_limit, download=download,
-                          forget=split_csv(forget or ""), templates=templates, classnames=classnames,
-                          max_forget_acc=max_forget_acc,
-                          min_retain_acc=min_retain_acc)
-        with _progress(not (json_out or quiet)) as progress:
-            options = RunOptions(device=device, batch_size=batch_size, overwrite=overwrite,
-                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
-            report, failures = run_eval(req, options, out)
-        if json_out:
-            sys.stdout.write(rep.dumps(report))
-        elif not quiet:
-            ds = report["dataset"]
-            stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
-                                                              f"({ds['n_images']} images)"))
+    req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
+                      templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc)
+    with flags.options() as options:
+        report, failures = run_eval(req, options, out)
+    if flags.json_out:
+        sys.stdout.write(rep.dumps(report))
+    elif not flags.quiet:
+        ds = report["dataset"]
+        stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
+                                                          f"({ds['n_images']} images)"))
     for failure in failures:
         stderr.print(f"[bold red]threshold failed:[/] {failure}", highlight=False)
     if failures:
         raise typer.Exit(1)
 
 
-@app.command("sweep")
+@job_command("sweep", ("forget", "retain", "templates", "retain_templates") + _DATA_FIELDS)
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),
     methods: str = typer.Option("ccup,nullspace", "--methods", help="Methods to compare."),
-    model: Optional[str] = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
-    forget: Optional[str] = FORGET,
-    retain: Optional[str] = RETAIN,
-    templates: Optional[str] = TEMPLATES,
-    retain_templates: Optional[str] = RETAIN_TEMPLATES,
-    eval_name: Optional[str] = EVAL,
-    data_root: Optional[str] = DATA_ROOT,
-    eval_limit: Optional[int] = EVAL_LIMIT,
-    classnames: Optional[str] = CLASSNAMES,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: sweep.jsonl, tradeoff.png, report.json."),
-    device: str = DEVICE,
-    batch_size: int = BATCH,
-    json_out: bool = JSON,
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    no_cache: bool = NO_CACHE,
-    quiet: bool = QUIET,
-    verbose: bool = VERBOSE,
-    debug: bool = DEBUG,
+    flags: RunFlags = None,
+    fields: dict = None,
 ) -> None:
     """Evaluate every strength of every method from one pass over the images."""
-    _quiet_libraries(verbose)
-    with _boundary(debug):
-        from .errors import SpecError
-        from .spec import parse_alphas, split_csv
+    from .errors import SpecError
+    from .spec import parse_alphas, split_csv
 
-        try:
-            alpha_list = parse_alphas(alphas)
-        except ValueError as err:
-            raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
-        method_list = split_csv(methods)
-        spec = _spec_from(spec_file, {
-            "model": model, "pretrained": pretrained, "forget": forget, "retain": retain, "templates": templates,
-            "retain_templates": retain_templates, "eval": eval_name, "data_root": data_root,
-            "eval_limit": eval_limit, "classnames": classnames}, ignore_file_keys=("alpha", "method"))
-        from . import report as rep
-        from .options import RunOptions
-        from .sweep_job import run_sweep_job
+    try:
+        alpha_list = parse_alphas(alphas)
+    except ValueError as err:
+        raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
+    spec = _spec_from(spec_file, fields, ignore_file_keys=("alpha", "method"))
+    from . import report as rep
+    from .sweep_job import run_sweep_job
 
-        with _progress(not (json_out or quiet)) as progress:
-            options = RunOptions(device=device, batch_size=batch_size, out=out, overwrite=overwrite,
-                                 use_cache=not no_cache, argv=sys.argv, progress=progress)
-            report = run_sweep_job(spec, alpha_list, method_list, options)
-        rows = report.pop("rows")
-        if json_out:
-            sys.stdout.write(rep.dumps(report))
-        elif not quiet:
-            for warning in report.get("warnings", []):
-                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
-            stdout.print(rep.sweep_table(rows, f"sweep: forget {', '.join(report['spec']['forget'])}"))
-            stdout.print(f"written: {report['outputs']['folder']}")
+    with flags.options(out) as options:
+        report = run_sweep_job(spec, alpha_list, split_csv(methods), options)
+    rows = report.pop("rows")
+    if flags.json_out:
+        sys.stdout.write(rep.dumps(report))
+    elif not flags.quiet:
+        _warn(report)
+        stdout.print(rep.sweep_table(rows, f"sweep: forget {', '.join(report['spec']['forget'])}"))
+        stdout.print(f"written: {report['outputs']['folder']}")
 
 
 @app.command("models")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset
+from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset, preset_classnames
 from .defaults import EMBEDDED_MODEL
 from .errors import SpecError
 from .options import RunOptions
@@ -59,10 +59,14 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
     if need_eval and not spec.eval:
         raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None
+    names = {"forget": spec.forget, "retain": spec.retain}
+    preset = preset_classnames(spec.eval) if spec.eval in DATASETS and spec.classnames is None else None
+    if preset:  # a named dataset's classes are known before its files are opened
+        check_classes_in(names, preset, spec.eval)
     if spec.eval:
         dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit,
                                     spec.classnames, timer)
-        check_classes_in({"forget": spec.forget, "retain": spec.retain}, dataset.classnames, dataset.name)
+        check_classes_in(names, dataset.classnames, dataset.name)
         spec = spec.model_copy(update={
             "forget": canonical_names(spec.forget, dataset.classnames),
             "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})

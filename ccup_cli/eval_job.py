@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import defaults
 from . import report as rep
+from .data import DATASETS, preset_classnames
 from .door import canonical_names, default_eval, open_eval_dataset
 from .errors import SpecError
 from .options import RunOptions, resolve_device
@@ -64,17 +65,20 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     """Zero-shot evaluation of one model. Returns (report, failed thresholds)."""
     validate_eval_request(req)
     timer = PhaseTimer()
-    device = resolve_device(options.device)
     eval_name = default_eval(req.model, req.eval)
     if eval_name is None:
         raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
     if report_path is not None:
         check_output(report_path, options.overwrite, what="report")
     templates = load_templates(req.templates)
+    preset = preset_classnames(eval_name) if eval_name in DATASETS and req.classnames is None else None
+    if preset:  # a named dataset's classes are known before its files are opened
+        check_classes_in({"forget": req.forget}, preset, eval_name)
     dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
                                 req.classnames, timer)
     check_classes_in({"forget": req.forget}, dataset.classnames, dataset.name)
     forget = canonical_names(req.forget, dataset.classnames)
+    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
     from .evaluate import metrics_for
     from .session import open_session

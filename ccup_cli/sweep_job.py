@@ -23,8 +23,8 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     if options.out is None:
         raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
     timer = PhaseTimer()
-    device = resolve_device(options.device)
     admitted = admit(spec.model_copy(update={"alpha": 1.0, "method": methods[0]}), options, timer, need_eval=True)
+    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
     from .atomic import atomic_dir, sha256_file
     from .embeddings import default_retain

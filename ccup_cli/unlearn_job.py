@@ -23,9 +23,9 @@ AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
 def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
     timer = PhaseTimer()
-    device = resolve_device(options.device)
     method = get_method(spec.method)
     admitted = admit(spec, options, timer, need_eval=spec.alpha == "auto" or method.needs_images)
+    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
     if method.needs_images:
         from .finetune_job import run_finetune
 

@@ -1,0 +1,64 @@
+"""Start fast, fail fast: the command line and every check at the door run without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "open_clip", "transformers", "torchvision", "timm")
+
+PROBE = """
+import json, sys
+from ccup_cli.cli import app
+code = None
+try:
+    app(sys.argv[1:], standalone_mode=True)
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def probe(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
+
+
+def test_importing_the_cli_loads_no_heavy_module():
+    done = subprocess.run([sys.executable, "-c", "import sys, ccup_cli, ccup_cli.cli; "
+                           f"print([m for m in {HEAVY!r} if m in sys.modules])"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--help"], None),
+    (["unlearn", "--help"], None),
+    (["version"], None),
+    (["unlearn", "--forget", "sandal", "--alpha", "2"], "alpha: 2.0 is outside [0, 1]"),
+    (["unlearn", "--forget", "sandl"], '"sandl" is not a class of fashion-mnist-mini'),
+    (["unlearn", "--forget", "cat", "--eval", "cifar11"], 'unknown dataset "cifar11"'),
+    (["unlearn", "--forget", "dgo", "--eval", "cifar10", "--data-root", "/nonexistent"],
+     '"dgo" is not a class of cifar10; did you mean "dog"?'),
+    (["eval", "--forget", "sandal", "--max-forget-acc", "3"], "max-forget-acc: 3.0 is outside [0, 1]"),
+    (["sweep", "--forget", "sandal", "--alphas", "0,2", "--out", "/nonexistent/s"], "alphas[1]: 2.0"),
+])
+def test_help_and_errors_at_the_door_never_import_torch(args, needle, tmp_path):
+    result = probe(*args)
+    assert result["heavy"] == [], result
+    if needle is None:
+        assert result["code"] in (None, 0), result
+    else:
+        assert result["code"] == 2 and needle in result["stderr"], result
+
+
+def test_a_missing_spec_file_and_an_unknown_key_fail_without_torch(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("alhpa: 0.3\nforget: [sandal]\n")
+    for args, needle in (([str(tmp_path / "missing.yaml")], "does not exist"), ([str(spec)], 'did you mean "alpha"')):
+        result = probe("unlearn", *args)
+        assert result["code"] == 2 and needle in result["stderr"] and result["heavy"] == [], result
