@@ -42,7 +42,7 @@ def test_sweep_jsonl_structure_and_alpha_zero_is_the_original(base, tmp_path):
     assert [(r["method"], r["alpha"]) for r in rows] == [
         ("ccup", 0.0), ("ccup", 0.5), ("ccup", 1.0), ("nullspace", 0.0), ("nullspace", 0.5), ("nullspace", 1.0)]
     for r in rows:
-        assert set(r["metrics"]) == {"forget", "retain", "retain_only", "overall"}
+        assert set(r["metrics"]) == {"forget", "retain", "retain_only", "overall", "retrieval"}
         assert set(r["metrics"]["forget"]) >= {"top1", "top5", "mean_per_class_recall", "per_class"}
     original = json.loads(run("eval", *base[:6], "--templates", "photo", "--forget", "sandal,sneaker", "--json",
                               "--no-cache").stdout)
