@@ -26,6 +26,7 @@ from .fold import FoldSite, fold, locate_fold_site, site_tensors
 from .methods import build_projector, get_method
 from .projector import Projector
 from .templates import load_templates
+from .text import encode_prompts
 
 
 @dataclass
@@ -77,13 +78,16 @@ def apply_unlearning(
     inplace: bool = False,
     retain_warn_cosine: float = defaults.RETAIN_WARN_COSINE,
     device: str | torch.device | None = None,
+    encode=None,
 ) -> UnlearnResult:
     """Solve ``method`` on embeddings already computed and fold W into ``original_tensors``.
 
     ``original_tensors`` are the fold-site tensors as stored in the checkpoint (their dtype
-    is kept); ``params`` holds the method's parameters (``methods.Method.params``).
+    is kept); ``params`` holds the method's parameters (``methods.Method.params``);
+    ``encode(prompts) -> [n, d]`` encodes text a parameter names (a sink phrase).
     """
-    projector = build_projector(method, forget, retain, alpha, params, device or forget.per_template.device)
+    projector = build_projector(method, forget, retain, alpha, params, device or forget.per_template.device,
+                                encode)
     folded = fold(site, original_tensors, projector.W)
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
@@ -106,6 +110,7 @@ def unlearn(
     lambda_retain: float = defaults.LAMBDA_RETAIN,
     lambda_identity: float = defaults.LAMBDA_IDENTITY,
     energy: float = defaults.ENERGY,
+    sink: str = defaults.SINK,
     inplace: bool = False,
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
@@ -113,7 +118,9 @@ def unlearn(
     ``retain`` defaults to ImageNet-1k class names less the forget classes. ``templates``
     and ``retain_templates`` are a set name (openai, simple, photo), a file, or a list of
     ``"{}"`` strings. ``method`` is a closed-form entry of ``methods.METHODS`` (ccup,
-    nullspace); each reads its own parameters among λ_retain, λ_identity and energy.
+    nullspace); each reads its own parameters among λ_retain, λ_identity, sink and energy.
+    ``sink`` (ccup) says where the forget prompts go: "zero" is the paper's method; the
+    default also keeps text search from finding the forgotten class (``sinks.py``).
     """
     forget = list(forget)
     if not forget:
@@ -125,7 +132,7 @@ def unlearn(
     site = locate_fold_site(model)
     forget_emb, retain_emb = embed_forget_and_retain(model, tokenizer, forget, retain, _templates(templates),
                                                      _templates(retain_templates))
-    values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy}
+    values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink}
     params = {p: values[p] for p in entry.params}
     return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace)
+                            inplace, encode=lambda prompts: encode_prompts(model, tokenizer, prompts))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 LAMBDA_RETAIN = 1.0
 LAMBDA_IDENTITY = 1e-4
+# where CCUP sends the forget prompts: chosen on the validation split, scoring text search beside
+# classification (scripts/tune_sink.py); "zero" is the paper's exact method
+SINK = "retain-mean-orthogonal"
 ENERGY = 0.99  # nullspace: share of the squared singular values its rank keeps
 RETAIN_WARN_COSINE = 0.9
 FORGET_TEMPLATES = "openai"

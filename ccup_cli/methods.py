@@ -29,7 +29,7 @@ class Method:
     params: tuple[str, ...]  # spec fields the method reads; they go into the report
     forget_side: str | None  # "per-template" or "per-class (template average)"; None: needs no text map
     uses_retain: bool
-    solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, device) -> full W
+    solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, device, encode) -> full W
     needs_images: bool = False
 
     @property
@@ -41,22 +41,30 @@ class Method:
                 "retain": "per-template" if self.uses_retain else "unused"}
 
 
-def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device) -> torch.Tensor:
+Encode = Callable[[list[str]], "torch.Tensor"]  # prompts -> text features [n, d]
+
+
+def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device,
+          encode: Encode | None) -> torch.Tensor:
     from .projector import ccup_map
+    from .sinks import resolve_sink
 
     retain_rows = retain.per_template if len(retain.classnames) else None
-    return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"], device)
+    sink = resolve_sink(params["sink"], forget.per_template, retain_rows, forget.templates, encode)
+    return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"], device,
+                    sink_embeddings=sink)
 
 
-def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device) -> torch.Tensor:
+def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device,
+               encode: Encode | None) -> torch.Tensor:
     from .projector import nullspace_map
 
     return nullspace_map(forget.per_class, params["energy"], device)[0]
 
 
 METHODS: dict[str, Method] = {
-    "ccup": Method("ccup", "CCUP closed form (arXiv 2512.14137)", ("lambda_retain", "lambda_identity"),
-                   "per-template", True, _ccup),
+    "ccup": Method("ccup", "CCUP closed form (arXiv 2512.14137), forget prompts sent to a sink",
+                   ("lambda_retain", "lambda_identity", "sink"), "per-template", True, _ccup),
     "nullspace": Method("nullspace", "I − U Uᵀ over the forget class embeddings", ("energy",),
                         "per-class (template average)", False, _nullspace),
     "finetune": Method("finetune", "gradient baseline on labelled train images",
@@ -83,17 +91,26 @@ def method_params(method: Method, values: Any) -> dict[str, Any]:
 
 
 def solve_full_map(name: str, forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
-                   device=None) -> torch.Tensor:
-    """The full-strength map ``W [d, d]`` float64 of a closed-form method."""
+                   device=None, encode: Encode | None = None) -> torch.Tensor:
+    """The full-strength map ``W [d, d]`` float64 of a closed-form method.
+
+    ``encode`` turns prompts into text features, for parameters that name text (a sink phrase).
+    """
     method = get_method(name)
     if method.solve is None:
         raise ValueError(f"method {name} has no closed form; it runs as its own job")
-    return method.solve(forget, retain, params, device)
+    return method.solve(forget, retain, params, device, encode)
 
 
 def build_projector(name: str, forget: TextEmbeddings, retain: TextEmbeddings, alpha: float,
-                    params: dict[str, Any], device=None):
+                    params: dict[str, Any], device=None, encode: Encode | None = None):
     """The ``projector.Projector`` of a closed-form method at strength ``alpha``."""
     from .projector import projector_at
 
-    return projector_at(solve_full_map(name, forget, retain, params, device), alpha, name, params)
+    return projector_at(solve_full_map(name, forget, retain, params, device, encode), alpha, name, params)
+
+
+def split_variant(entry: str) -> tuple[str, dict[str, Any]]:
+    """A sweep entry ``method`` or ``ccup:SINK`` -> (method name, the parameters it overrides)."""
+    name, _, sink = entry.partition(":")
+    return name, ({"sink": sink} if sink else {})

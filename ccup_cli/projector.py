@@ -7,7 +7,12 @@ Conventions (column vectors, as in the paper): ``T_f`` is ``[d, k_f]`` and ``T_r
     F = T_f T_fᵀ / k_f        R = T_r T_rᵀ / k_r
     Q = (λ_r R + λ_i I)(F + λ_r R + λ_i I)⁻¹
 
-Q minimises ‖Q T_f‖² + λ_r‖Q T_r − T_r‖² + λ_i‖Q − I‖² over the text side. A zero-shot
+Q minimises ‖Q T_f‖² + λ_r‖Q T_r − T_r‖² + λ_i‖Q − I‖² over the text side. With a sink
+``T_s [d, k_f]`` (one target per forget prompt) the first term becomes ‖Q T_f − T_s‖²/k_f and
+
+    Q = (T_s T_fᵀ/k_f + λ_r R + λ_i I)(F + λ_r R + λ_i I)⁻¹
+
+(T_s = 0 is the paper's CCUP; ``ccup_cli.sinks`` builds T_s). A zero-shot
 logit is ``t_cᵀ W f``, so for every class ``t_cᵀ W f = (Q t_c)ᵀ f`` needs the image-side
 map ``W = Qᵀ``. Strength α blends towards the identity: ``W_α = I − α(I − W)``.
 """
@@ -66,12 +71,15 @@ def ccup_map(
     lambda_retain: float = defaults.LAMBDA_RETAIN,
     lambda_identity: float = defaults.LAMBDA_IDENTITY,
     device: torch.device | str | None = None,
+    sink_embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The full-strength CCUP image-side map ``W = Qᵀ`` as ``[d, d]`` float64.
 
     ``forget_embeddings [k_f, d]`` and ``retain_embeddings [k_r, d]`` are text embeddings
     (normalised here). ``retain_embeddings`` may be None or empty: then only λ_i keeps W
-    close to the identity.
+    close to the identity. ``sink_embeddings [k_f, d]``: the target of each forget prompt,
+    row i for forget row i, used as given (not normalised). None, or all zeros, is the
+    paper's map, bit for bit.
     """
     if lambda_identity <= 0 and (retain_embeddings is None or len(retain_embeddings) == 0):
         raise ValueError("lambda_identity must be > 0 when no retain embeddings are given")
@@ -87,8 +95,18 @@ def ccup_map(
         if t_r.shape[1] != d:
             raise ValueError(f"forget embeddings have d={d} but retain embeddings have d={t_r.shape[1]}")
         keep = keep + lambda_retain * (t_r.T @ t_r / t_r.shape[0])
-    # Q = keep (F + keep)⁻¹; both matrices are symmetric, so Qᵀ = (F + keep)⁻¹ keep
-    W = torch.linalg.solve(f_cov + keep, keep)
+    target = keep
+    if sink_embeddings is not None:
+        t_s = sink_embeddings.detach().to(device=t_f.device, dtype=torch.float64)
+        if t_s.shape != t_f.shape:
+            raise ValueError(f"sink embeddings must match the forget embeddings' shape {tuple(t_f.shape)}, "
+                             f"got {tuple(t_s.shape)}")
+        if bool(t_s.any()):
+            # T_f T_sᵀ / k_f in column form is t_fᵀ t_s / k_f in rows
+            target = keep + t_f.T @ t_s / t_f.shape[0]
+    # Q = (T_s T_fᵀ/k_f + keep)(F + keep)⁻¹; F and keep are symmetric, so
+    # W = Qᵀ = (F + keep)⁻¹ (T_f T_sᵀ/k_f + keep): with no sink, the paper's (F + keep)⁻¹ keep
+    W = torch.linalg.solve(f_cov + keep, target)
     return W
 
 

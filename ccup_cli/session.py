@@ -20,6 +20,7 @@ from .models import LoadedModel, load_model
 from .options import RunOptions, step_counter
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
+from .text import encode_prompts
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Session:
             return embed_forget_and_retain(self.loaded.model, self.loaded.tokenizer, forget, retain, templates,
                                            retain_templates, self.cache_id, self.loaded.model_name,
                                            self.options.progress)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Unnormalised text features ``[n, d]`` of free prompts (a sink phrase in the templates)."""
+        return encode_prompts(self.loaded.model, self.loaded.tokenizer, prompts, self.options.batch_size)
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""

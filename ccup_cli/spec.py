@@ -42,6 +42,8 @@ class UnlearnSpec(BaseModel):
     retain_templates: str = Field(defaults.RETAIN_TEMPLATES, description="templates for retain classes")
     lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
     lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
+    sink: str = Field(defaults.SINK, description="ccup: where forget prompts go: zero (the paper), retain-mean, "
+                                                  "retain-mean-orthogonal, neutral, neutral-orthogonal, or a phrase")
     energy: float = Field(defaults.ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
     retain_warn_cosine: float = Field(defaults.RETAIN_WARN_COSINE, ge=-1, le=1,
                                       description="warn about retain classes this close to a forget class")
@@ -81,6 +83,16 @@ class UnlearnSpec(BaseModel):
             close = difflib.get_close_matches(value, list(METHODS), n=1)
             hint = f'did you mean "{close[0]}"?' if close else f"use one of {', '.join(METHODS)}"
             raise ValueError(f'unknown method "{value}"; {hint}')
+        return value
+
+    @field_validator("sink")
+    @classmethod
+    def _known_sink(cls, value: str) -> str:
+        from .sinks import sink_problems
+
+        problems = sink_problems(value, "sink")
+        if problems:
+            raise ValueError(problems[0].removeprefix("sink: "))
         return value
 
     @field_validator("forget", "retain")
@@ -228,12 +240,25 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def check_sweep(alphas: list[float], methods: list[str]) -> None:
-    """A sweep's strengths and methods, checked at the door with the rest of the spec."""
+    """A sweep's strengths and methods (``ccup:SINK`` compares sinks), checked at the door."""
+    from .methods import split_variant
+    from .sinks import sink_problems
+
     closed = method_names(closed_form_only=True)
     problems = [f"alphas[{i}]: {a} is outside [0, 1]" for i, a in enumerate(alphas) if not 0 <= a <= 1]
-    problems += [f'methods[{i}]: unknown method "{m}"; use {" or ".join(closed)}' if m not in METHODS else
-                 f'methods[{i}]: method "{m}" needs labelled images and cannot be swept; use {" or ".join(closed)}'
-                 for i, m in enumerate(methods) if m not in closed]
+    for i, entry in enumerate(methods):
+        name, override = split_variant(entry)
+        if name not in METHODS:
+            problems.append(f'methods[{i}]: unknown method "{name}"; use {" or ".join(closed)}')
+        elif name not in closed:
+            problems.append(f'methods[{i}]: method "{name}" needs labelled images and cannot be swept; '
+                            f'use {" or ".join(closed)}')
+        elif override and "sink" not in METHODS[name].params:
+            problems.append(f'methods[{i}]: method "{name}" takes no sink; write ccup:SINK to compare sinks')
+        elif override:
+            problems += sink_problems(override["sink"], f"methods[{i}]")
+    if len(set(methods)) != len(methods):
+        problems.append("methods: an entry is listed twice; list each method (or ccup:SINK) once")
     if not alphas:
         problems.append("alphas: the list is empty; e.g. --alphas 0,0.1,...,1")
     if not methods:

@@ -15,7 +15,7 @@ from .data import EvalDataset
 from .embeddings import TextEmbeddings
 from .evaluate import metrics_for
 from .fold import FoldSite, fold
-from .methods import solve_full_map
+from .methods import Encode, solve_full_map, split_variant
 from .projector import blend
 
 
@@ -39,14 +39,16 @@ def run_sweep(
     alphas: Sequence[float],
     forget_names: Sequence[str],
     params: dict[str, dict],
+    encode: Encode | None = None,
 ) -> list[dict]:
     """One row per (method, α): the metrics of that model, in the report's metric format.
 
-    ``params[method]`` holds each method's parameters (``methods.method_params``).
+    ``methods`` holds method names or ``ccup:SINK`` variants; ``params[entry]`` holds each
+    entry's parameters (``methods.method_params``, with the variant's override).
     """
     rows = []
     for method in methods:
-        full = solve_full_map(method, inputs.forget, inputs.retain, params[method])
+        full = solve_full_map(split_variant(method)[0], inputs.forget, inputs.retain, params[method], None, encode)
         for alpha in alphas:
             W = blend(full, alpha)
             tensors = inputs.original_tensors if alpha == 0 else fold(inputs.site, inputs.original_tensors, W)

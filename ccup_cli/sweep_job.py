@@ -11,7 +11,7 @@ from pathlib import Path
 from . import report as rep
 from .door import admit
 from .errors import SpecError
-from .methods import get_method, method_params
+from .methods import get_method, method_params, split_variant
 from .options import RunOptions, resolve_device
 from .provenance import PhaseTimer, finish_report, start_report
 from .spec import UnlearnSpec, check_sweep
@@ -23,7 +23,8 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     if options.out is None:
         raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
     timer = PhaseTimer()
-    admitted = admit(spec.model_copy(update={"alpha": 1.0, "method": methods[0]}), options, timer, need_eval=True)
+    admitted = admit(spec.model_copy(update={"alpha": 1.0, "method": split_variant(methods[0])[0]}), options, timer,
+                     need_eval=True)
     device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
     from .atomic import atomic_dir, sha256_file
@@ -38,8 +39,11 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates, admitted.retain_templates)
     inputs = evaluation_inputs(session, dataset, admitted.templates, forget_emb, retain_emb)
     with timer("sweep"):
-        rows = run_sweep(inputs, methods, alphas, spec.forget, {m: method_params(get_method(m), spec)
-                                                                for m in methods})
+        params = {}
+        for entry in methods:
+            name, override = split_variant(entry)
+            params[entry] = {**method_params(get_method(name), spec), **override}
+        rows = run_sweep(inputs, methods, alphas, spec.forget, params, session.encode_text)
     resolved = spec.model_copy(update={"retain": retain})
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
                           sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})

@@ -87,12 +87,15 @@ def main() -> None:
             sweeps["+".join(forget)].append({"method": "finetune", "alpha": 1.0, "params": {}, "metrics": m})
         print(f"done: {'+'.join(forget)}", flush=True)
 
-    lines = ["| forget | method | forget top-1 | retain top-1 | retain-only top-1 | forget mean rank | wall time (s) "
-             "| images used |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| forget | method | forget top-1 | retain top-1 | retain-only top-1 | forget mean rank | forget P@10 "
+             "| forget P@100 | retain mean P@100 | wall time (s) | images used |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, forget, m, seconds, images in rows:
+        search = m["retrieval"]
         lines.append(f"| {', '.join(forget)} | {method} | {m['forget']['top1']:.4f} | {m['retain']['top1']:.4f} | "
                      f"{m['retain_only']['top1']:.4f} | {m['forget']['mean_true_class_rank']:.2f} | "
-                     f"{seconds:.3f} | {images} |")
+                     f"{search['forget']['p_at_10']:.2f} | {search['forget']['p_at_100']:.2f} | "
+                     f"{search['retain']['p_at_100']:.3f} | {seconds:.3f} | {images} |")
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
     try:

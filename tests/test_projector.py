@@ -21,7 +21,7 @@ def _side(rows: torch.Tensor | None) -> TextEmbeddings:
 
 def build_projector(method, t_f, t_r=None, alpha=1.0, **params):
     """The method table's projector on raw rows (one template per class, so per-class = per-template)."""
-    values = {"lambda_retain": 1.0, "lambda_identity": 1e-4, "energy": 0.99, **params}
+    values = {"lambda_retain": 1.0, "lambda_identity": 1e-4, "energy": 0.99, "sink": "zero", **params}
     return method_projector(method, _side(t_f), _side(t_r), alpha, {p: values[p] for p in METHODS[method].params})
 
 

@@ -43,8 +43,11 @@ def test_sweep_rows_and_alpha_zero_is_the_original(spec_of, tiny_vit_file, fashi
     rows = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
     assert [(r["method"], r["alpha"]) for r in rows] == [
         ("ccup", 0.0), ("ccup", 0.5), ("ccup", 1.0), ("nullspace", 0.0), ("nullspace", 0.5), ("nullspace", 1.0)]
-    assert rows[0]["params"] == {"lambda_retain": 1.0, "lambda_identity": 1e-4}
+    assert rows[0]["params"] == {"lambda_retain": 1.0, "lambda_identity": 1e-4, "sink": "retain-mean-orthogonal"}
     assert rows[3]["params"] == {"energy": 0.99}
+    for r in rows:
+        assert set(r["metrics"]) == {"forget", "retain", "retain_only", "overall", "retrieval"}
+        assert set(r["metrics"]["retrieval"]) == {"per_class", "forget", "retain"}
     original, _ = run_eval(EvalRequest(model=TINY_VIT, pretrained=str(tiny_vit_file), eval=str(fashion_folder),
                                        templates="photo", forget=["sandal", "sneaker"]), OPTIONS)
     assert rows[0]["metrics"] == original["metrics"]["before"]
