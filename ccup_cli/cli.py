@@ -156,6 +156,9 @@ _SPEC_FLAGS = {
                                                      help="With --alpha auto: the forget top-1 to reach.")),
     "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
                                            "(the gradient baseline; needs labelled training images).")),
+    "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
+                                         "retain-mean-orthogonal (default), zero (the paper), retain-mean, neutral, "
+                                         "neutral-orthogonal, or a phrase.")),
     "templates": (Optional[str], typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
                                               "photo, or a file.")),
     "retain_templates": (Optional[str], typer.Option(None, "--retain-templates",
@@ -235,6 +238,8 @@ def eval_command(
     templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) above this."),
     min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) below this."),
+    max_forget_retrieval: Optional[float] = typer.Option(None, "--max-forget-retrieval", help="Fail (exit 1) when a "
+                                                         "forget class's text-search precision@10 is above this."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here."),
     flags: RunFlags = None,
     fields: dict = None,
@@ -245,7 +250,8 @@ def eval_command(
     from .spec import split_csv
 
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
-                      templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc)
+                      templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc,
+                      max_forget_retrieval=max_forget_retrieval)
     with flags.options() as options:
         report, failures = run_eval(req, options, out)
     if flags.json_out:
@@ -260,11 +266,12 @@ def eval_command(
         raise typer.Exit(1)
 
 
-@job_command("sweep", ("forget", "retain", "templates", "retain_templates") + _DATA_FIELDS)
+@job_command("sweep", ("forget", "retain", "sink", "templates", "retain_templates") + _DATA_FIELDS)
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),
-    methods: str = typer.Option("ccup,nullspace", "--methods", help="Methods to compare."),
+    methods: str = typer.Option("ccup,nullspace", "--methods", help="Methods to compare; ccup:SINK compares "
+                                "sinks, e.g. ccup:zero,ccup,nullspace."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: sweep.jsonl, tradeoff.png, report.json."),
     flags: RunFlags = None,
     fields: dict = None,

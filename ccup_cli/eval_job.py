@@ -31,16 +31,18 @@ class EvalRequest:
     classnames: str | None = None
     max_forget_acc: float | None = None
     min_retain_acc: float | None = None
+    max_forget_retrieval: float | None = None  # on each forget class's text-search precision@10
 
 
 def validate_eval_request(req: EvalRequest) -> None:
     problems = []
-    for name in ("max_forget_acc", "min_retain_acc"):
+    for name in ("max_forget_acc", "min_retain_acc", "max_forget_retrieval"):
         value = getattr(req, name)
         if value is not None and not 0.0 <= value <= 1.0:
             problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
-    if req.max_forget_acc is not None and not req.forget:
-        problems.append("max-forget-acc: needs --forget to know which classes to check")
+    for name in ("max_forget_acc", "max_forget_retrieval"):
+        if getattr(req, name) is not None and not req.forget:
+            problems.append(f"{name.replace('_', '-')}: needs --forget to know which classes to check")
     if req.eval_limit is not None and req.eval_limit <= 0:
         problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
     if problems:
@@ -58,6 +60,13 @@ def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
     if req.min_retain_acc is not None and retain_top1 is not None and retain_top1 < req.min_retain_acc:
         failures.append(f"retain top-1 {retain_top1:.4f} is below --min-retain-acc {req.min_retain_acc:.4f} "
                         f"by {req.min_retain_acc - retain_top1:.4f}")
+    if req.max_forget_retrieval is not None:
+        per_class = metrics["retrieval"]["per_class"]
+        for name in req.forget:
+            p10 = per_class.get(name, {}).get("p_at_10")
+            if p10 is not None and p10 > req.max_forget_retrieval:
+                failures.append(f'text search for "{name}": precision@10 {p10:.2f} is above --max-forget-retrieval '
+                                f"{req.max_forget_retrieval:.2f} by {p10 - req.max_forget_retrieval:.2f}")
     return failures
 
 
@@ -93,7 +102,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     report["metrics"] = {"before": before}
     failures = threshold_failures(req, before)
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
-                            "passed": not failures, "failures": failures}
+                            "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
+                            "failures": failures}
     finish_report(report, timer, device)
     if report_path is not None:
         rep.write_report(Path(report_path).absolute(), report)

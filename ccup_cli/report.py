@@ -45,17 +45,28 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}"
 
 
-ROWS = (
-    ("forget", "top1", "forget top-1 (lower is better)"),
-    ("retain", "top1", "retain top-1, all classes"),
-    ("retain_only", "top1", "retain top-1, retain classes only"),
-    ("overall", "top1", "overall top-1"),
-    ("retain", "mean_per_class_recall", "retain mean per-class recall"),
+ROWS = (  # (path in a metrics tree, label); a row shows where its value exists
+    ("forget.top1", "forget top-1 (lower is better)"),
+    ("retain.top1", "retain top-1, all classes"),
+    ("retain_only.top1", "retain top-1, retain classes only"),
+    ("overall.top1", "overall top-1"),
+    ("retain.mean_per_class_recall", "retain mean per-class recall"),
+    ("retrieval.forget.p_at_10", "forget text search P@10 (lower is better)"),
+    ("retrieval.forget.p_at_100", "forget text search P@100 (lower is better)"),
+    ("retrieval.retain.p_at_100", "retain text search P@100"),
 )
 
 
+def _at(tree: dict | None, path: str):
+    for part in path.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
 def metrics_table(metrics: dict, title: str):
-    """Before / after / delta (points) for forget, retain and overall accuracy."""
+    """Before / after / delta (points) for forget, retain and overall accuracy and text search."""
     from rich.table import Table
 
     before, after, change = metrics.get("before", {}), metrics.get("after"), metrics.get("delta")
@@ -65,12 +76,12 @@ def metrics_table(metrics: dict, title: str):
     if after is not None:
         table.add_column("after %", justify="right")
         table.add_column("Δ points", justify="right")
-    for split, key, label in ROWS:
-        if before.get(split, {}).get("n", 0) == 0:
+    for path, label in ROWS:
+        if _at(before, path) is None:
             continue
-        row = [label, _pct(before[split].get(key))]
+        row = [label, _pct(_at(before, path))]
         if after is not None:
-            row += [_pct(after[split].get(key)), _signed(change[split].get(key))]
+            row += [_pct(_at(after, path)), _signed(_at(change, path))]
         table.add_row(*row)
     if before.get("forget", {}).get("mean_true_class_rank") is not None:
         row = ["forget true-class mean rank", f"{before['forget']['mean_true_class_rank']:.2f}"]
@@ -100,6 +111,8 @@ def summary_table(report: dict):
         table.add_row("method", f"finetune: {ft['steps']} of {ft['step_budget']} steps, {ft['images_seen']} images")
     else:
         table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")
+        if proj.get("params", {}).get("sink"):
+            table.add_row("sink", proj["params"]["sink"])
         table.add_row("rank of I − W", str(proj["rank"]))
     table.add_row("fold site", proj["fold_site"])
     if report.get("outputs"):
@@ -112,11 +125,13 @@ def sweep_table(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in ("method", "α", "forget top-1 %", "retain top-1 %", "retain-only top-1 %", "forget mean rank"):
+    for col in ("method", "α", "forget top-1 %", "retain top-1 %", "retain-only top-1 %", "forget mean rank",
+                "forget search P@10 %"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         m = r["metrics"]
         rank = m["forget"].get("mean_true_class_rank")
         table.add_row(r["method"], f"{r['alpha']:g}", _pct(m["forget"]["top1"]), _pct(m["retain"]["top1"]),
-                      _pct(m["retain_only"]["top1"]), "—" if rank is None else f"{rank:.2f}")
+                      _pct(m["retain_only"]["top1"]), "—" if rank is None else f"{rank:.2f}",
+                      _pct(_at(m, "retrieval.forget.p_at_10")))
     return table

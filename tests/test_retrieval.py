@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -227,3 +228,74 @@ def test_a_sink_removes_forget_classes_from_search():
     assert p10_zero == 1.0  # forgotten for classification, found perfectly by search
     assert p10_sink <= 0.2
     assert retain_sink >= retain_zero - 0.05
+
+
+# --- wiring: spec, jobs, thresholds -------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_flags(tiny_vit_file, fashion_folder):
+    from .conftest import TINY_VIT
+
+    return {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "eval": str(fashion_folder), "templates": "photo",
+            "retain_templates": "photo", "forget": "sandal,sneaker"}
+
+
+def test_the_report_names_the_sink_and_sink_zero_is_the_papers_map(tiny_flags):
+    from ccup_cli.options import RunOptions
+    from ccup_cli.spec import build_spec
+    from ccup_cli.unlearn_job import run_unlearn
+
+    options = RunOptions(device="cpu", use_cache=False)
+    default = run_unlearn(build_spec({}, tiny_flags), options)
+    paper = run_unlearn(build_spec({}, {**tiny_flags, "sink": "zero"}), options)
+    assert default["projector"]["params"]["sink"] == "retain-mean-orthogonal"
+    assert paper["projector"]["params"]["sink"] == "zero"
+    assert default["metrics"]["after"] != paper["metrics"]["after"]
+    assert set(default["metrics"]["delta"]["retrieval"]) == {"per_class", "forget", "retain"}
+
+
+def test_sweep_compares_sinks(tiny_flags, tmp_path):
+    from ccup_cli.options import RunOptions
+    from ccup_cli.spec import build_spec
+    from ccup_cli.sweep_job import run_sweep_job
+
+    report = run_sweep_job(build_spec({}, tiny_flags), [1.0], ["ccup:zero", "ccup", "ccup:neutral"],
+                           RunOptions(device="cpu", use_cache=False, out=tmp_path / "s"))
+    rows = {r["method"]: r for r in report["rows"]}
+    assert [rows[m]["params"]["sink"] for m in ("ccup:zero", "ccup", "ccup:neutral")] == [
+        "zero", "retain-mean-orthogonal", "neutral"]
+    assert rows["ccup:zero"]["metrics"] != rows["ccup"]["metrics"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["unlearn", "--sink", "retian-mean"], 'sink: "retian-mean" is not a sink; did you mean "retain-mean"?'),
+    (["unlearn", "--sink", "a {} b"], "holds a brace"),
+    (["sweep", "--methods", "nullspace:zero", "--out", "/nonexistent/s"], 'method "nullspace" takes no sink'),
+    (["eval", "--max-forget-retrieval", "0.1"], "max-forget-retrieval: needs --forget"),
+    (["eval", "--forget", "sandal", "--max-forget-retrieval", "1.5"], "max-forget-retrieval: 1.5 is outside"),
+])
+def test_bad_sink_and_retrieval_threshold_values_exit_2(args, needle):
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--forget", "sandal"] if args[0] != "eval" else args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags, tmp_path):
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+
+    args = ["eval", "--model", tiny_flags["model"], "--pretrained", tiny_flags["pretrained"], "--eval",
+            tiny_flags["eval"], "--templates", "photo", "--forget", "sandal", "--no-cache"]
+    passing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "1.0", "--json"])
+    assert passing.exit_code == 0, passing.output
+    p10 = json.loads(passing.stdout)["metrics"]["before"]["retrieval"]["per_class"]["sandal"]["p_at_10"]
+    assert p10 > 0  # 3 sandal images among 30: the tiny model finds at least one in its top 10
+    failing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "0"])
+    assert failing.exit_code == 1
+    assert f'text search for "sandal": precision@10 {p10:.2f} is above --max-forget-retrieval 0.00' in failing.stderr
