@@ -158,6 +158,10 @@ class HFLoaded:
         pooled = self.model.text_model(input_ids=input_ids.to(self.device)).pooler_output
         return self.model.text_projection(pooled)
 
+    def supports_fast_text(self) -> bool:
+        """Whether the text tower is CLIP's causal, EOS-pooled one, where unpadded runs are exact."""
+        return isinstance(self.model.text_model, import_transformers().CLIPTextModel)
+
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Unnormalised text features ``[n, d]`` (float32, on the model's device), in the given order.
@@ -168,8 +172,7 @@ class HFLoaded:
         """
         if len(prompts) == 0:
             raise ValueError("encode_prompts needs at least one prompt")
-        transformers = import_transformers()
-        fast = isinstance(self.model.text_model, transformers.CLIPTextModel)
+        fast = self.supports_fast_text()
         out: torch.Tensor | None = None
         if fast:
             ids = self._tokenize(prompts, pad=False)
