@@ -108,11 +108,7 @@ def check_exportable(loaded: LoadedModel) -> None:
     if len(tok.encoder) != model.vocab_size or (tok.sot_token_id, tok.eot_token_id) != (len(tok.encoder) - 2,
                                                                                       len(tok.encoder) - 1):
         raise _refuse("the tokenizer's vocabulary does not end in the start and end tokens of the text tower")
-    cfg = loaded.preprocess_cfg
-    if cfg.get("resize_mode", "shortest") not in ("shortest", "squash"):
-        raise _refuse(f"preprocess resize_mode {cfg.get('resize_mode')!r} (letterbox) has no CLIPImageProcessor form")
-    if cfg.get("interpolation", "bicubic") not in _RESAMPLE:
-        raise _refuse(f"preprocess interpolation {cfg.get('interpolation')!r} has no CLIPImageProcessor form")
+    image_processor_kwargs(loaded.preprocess_cfg)  # raises where the preprocessing has no CLIPImageProcessor form
 
 
 # --- configs -------------------------------------------------------------------------------
@@ -151,6 +147,11 @@ def clip_config_dict(loaded: LoadedModel) -> dict:
 
 def image_processor_kwargs(preprocess_cfg: dict) -> dict:
     """``CLIPImageProcessor`` keyword arguments equal to open_clip's eval transform for ``preprocess_cfg``."""
+    resize_mode = preprocess_cfg.get("resize_mode", "shortest")
+    if resize_mode not in ("shortest", "squash"):
+        raise _refuse(f"preprocess resize_mode {resize_mode!r} (letterbox) has no CLIPImageProcessor form")
+    if preprocess_cfg.get("interpolation", "bicubic") not in _RESAMPLE:
+        raise _refuse(f"preprocess interpolation {preprocess_cfg.get('interpolation')!r} has no CLIPImageProcessor form")
     size = preprocess_cfg.get("size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     kwargs = {
@@ -159,7 +160,7 @@ def image_processor_kwargs(preprocess_cfg: dict) -> dict:
         "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "do_resize": True,
     }
-    if preprocess_cfg.get("resize_mode", "shortest") == "squash":
+    if resize_mode == "squash":
         kwargs.update(size={"height": height, "width": width}, do_center_crop=False)
     else:
         if height != width:
