@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import pickle
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,6 +27,7 @@ from .data import EvalDataset
 
 MAX_DEFAULT_WORKERS = 8
 MIN_IMAGES_FOR_WORKERS = 512  # below this, starting workers costs more than it saves
+WORKER_CHUNK = 32  # images a worker decodes per task: small, so workers share even a few batches
 
 
 def available_cores() -> int:
@@ -38,15 +39,17 @@ def available_cores() -> int:
 
 
 def default_workers(n_images: int) -> int:
-    """The ``workers`` used when none is given: one per core, at most 8; 0 for small datasets.
+    """The ``workers`` used when none is given: one per core but one, at most 8; 0 for small datasets.
 
-    On 2 cores that is 2 workers: decoding a JPEG and resizing it costs more than the
-    model's forward pass for small towers, so the main process mostly waits on them.
+    The main process keeps a core for the model's forward pass (torch's own threads); on
+    2 cores that leaves 1 worker, which measured 1.85x the images/s of in-process decoding
+    with the embedded model, where 2 workers fought the model's threads and gained 1.06x
+    (``scripts/bench_workers.py``).
     """
     if n_images < MIN_IMAGES_FOR_WORKERS:
         return 0
     cores = available_cores()
-    return 0 if cores < 2 else min(cores, MAX_DEFAULT_WORKERS)
+    return 0 if cores < 2 else min(cores - 1, MAX_DEFAULT_WORKERS)
 
 
 class TransformedImages(Dataset):
@@ -83,14 +86,42 @@ def image_batches(
     workers: int | None = None,
     indices: Sequence[int] | None = None,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> Iterator[torch.Tensor]:
     """Batches ``[b, 3, H, W]`` of transformed images, in order, ``batch_size`` at a time.
 
     ``workers`` None picks ``default_workers``; 0 decodes in this process. ``indices``
-    restricts to those images (a rank's shard), in the order given.
+    restricts to those images (a rank's shard), in the order given. Workers decode chunks of
+    ``WORKER_CHUNK`` images, joined here into model batches, so the model sees the same
+    batches whatever ``workers`` is.
     """
+    loader = image_loader(dataset, transform, batch_size, workers, indices, pin_memory)
+    pending: list[torch.Tensor] = []
+    count = 0
+    for chunk in loader:
+        pending.append(chunk)
+        count += len(chunk)
+        if count >= batch_size:
+            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield joined[:batch_size]
+            pending = [joined[batch_size:]] if len(joined) > batch_size else []
+            count = len(joined) - batch_size
+    if count:
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+
+
+def image_loader(
+    dataset: EvalDataset,
+    transform: Callable,
+    batch_size: int = 256,
+    workers: int | None = None,
+    indices: Sequence[int] | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The DataLoader behind ``image_batches``: chunks of ``min(batch_size, WORKER_CHUNK)`` images."""
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0, not {workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     images = TransformedImages(dataset, transform, indices)
     n_workers = default_workers(len(images)) if workers is None else workers
     context = None
@@ -98,6 +129,6 @@ def image_batches(
         context, usable = _worker_context(images)
         if not usable:
             n_workers = 0
-    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=n_workers,
+    return DataLoader(images, batch_size=min(batch_size, WORKER_CHUNK), shuffle=False, num_workers=n_workers,
                       pin_memory=pin_memory, multiprocessing_context=context,
                       prefetch_factor=4 if n_workers > 0 else None)

@@ -64,6 +64,21 @@ def test_progress_counts_every_image(tiny, folder_ds):
     assert seen[0] == 4
 
 
+def test_model_batches_do_not_depend_on_workers(folder_ds, tiny, monkeypatch):
+    sizes = {w: [len(b) for b in loader.image_batches(folder_ds, tiny.preprocess, batch_size=70, workers=w)]
+             for w in (0, 2)}
+    assert sizes[0] == sizes[2] == [30]
+    sizes = [len(b) for b in loader.image_batches(folder_ds, tiny.preprocess, batch_size=7, workers=2)]
+    assert sizes == [7, 7, 7, 7, 2]
+    monkeypatch.setattr(loader, "WORKER_CHUNK", 8)
+    chunks = [len(c) for c in loader.image_loader(folder_ds, tiny.preprocess, batch_size=70, workers=0)]
+    assert chunks == [8, 8, 8, 6]
+    batches = list(loader.image_batches(folder_ds, tiny.preprocess, batch_size=20, workers=2))
+    assert [len(b) for b in batches] == [20, 10]
+    whole = next(iter(loader.image_batches(folder_ds, tiny.preprocess, batch_size=30, workers=0)))
+    assert torch.equal(torch.cat(batches), whole)
+
+
 def test_shard_and_precision_change_the_cache_key(tiny, folder_ds):
     site = locate_fold_site(tiny.model)
     base = feature_cache_key("abc", site, folder_ds, tiny.preprocess)
@@ -76,8 +91,10 @@ def test_shard_and_precision_change_the_cache_key(tiny, folder_ds):
 
 def test_default_workers(monkeypatch):
     monkeypatch.setattr(loader, "available_cores", lambda: 2)
-    assert loader.default_workers(3000) == 2
+    assert loader.default_workers(3000) == 1
     assert loader.default_workers(10) == 0
+    monkeypatch.setattr(loader, "available_cores", lambda: 4)
+    assert loader.default_workers(3000) == 3
     monkeypatch.setattr(loader, "available_cores", lambda: 64)
     assert loader.default_workers(3000) == loader.MAX_DEFAULT_WORKERS
     monkeypatch.setattr(loader, "available_cores", lambda: 1)
@@ -87,12 +104,12 @@ def test_default_workers(monkeypatch):
 def test_without_fork_an_unpicklable_dataset_loads_in_process(monkeypatch, folder_ds, tiny):
     """Where only spawn exists, the lambdas of a dataset cannot reach workers: fall back to 0."""
     monkeypatch.setattr(loader.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    batches = loader.image_batches(folder_ds, tiny.preprocess, batch_size=4, workers=2)
+    batches = loader.image_loader(folder_ds, tiny.preprocess, batch_size=4, workers=2)
     assert batches.num_workers == 0
     monkeypatch.setattr(loader.multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
-    assert loader.image_batches(folder_ds, tiny.preprocess, batch_size=4, workers=2).num_workers == 2
+    assert loader.image_loader(folder_ds, tiny.preprocess, batch_size=4, workers=2).num_workers == 2
 
 
 def test_negative_workers_refused(folder_ds, tiny):
     with pytest.raises(ValueError, match="workers"):
-        loader.image_batches(folder_ds, tiny.preprocess, workers=-1)
+        loader.image_loader(folder_ds, tiny.preprocess, workers=-1)
