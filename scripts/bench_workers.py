@@ -89,20 +89,23 @@ def main() -> None:
                     sys.exit(f"workers={name}: features differ from workers=0")
     load_after = load_average()
     rate = {name: len(ds) / statistics.median(ts) for name, ts in times.items()}
-    base = rate["0"]
-    rows = ["| workers | images/s (median) | vs workers 0 |", "|---|---:|---:|"]
-    rows += [f"| {name} | {r:.0f} | {r / base:.2f}x |" for name, r in rate.items()]
-    ratio = rate[f"default ({default})"] / base
+    best = {name: len(ds) / min(ts) for name, ts in times.items()}
+    rows = ["| workers | images/s, median | vs workers 0 | images/s, best | vs workers 0 |", "|---|---:|---:|---:|---:|"]
+    rows += [f"| {name} | {rate[name]:.0f} | {rate[name] / rate['0']:.2f}x | {best[name]:.0f} | "
+             f"{best[name] / best['0']:.2f}x |" for name in settings]
+    ratio = rate[f"default ({default})"] / rate["0"]
+    best_ratio = best[f"default ({default})"] / best["0"]
     verdict = "meets" if ratio >= TARGET else "misses"
     body = "\n".join([
-        f"The default ({default} workers here) reaches **{ratio:.2f}x** the images/s of workers 0, which "
-        f"{verdict} the {TARGET}x target. Features were identical for every setting.",
+        f"The default ({default} workers here) reaches **{ratio:.2f}x** the median images/s of workers 0 "
+        f"({best_ratio:.2f}x best against best), which {verdict} the {TARGET}x target. Features were "
+        "identical for every setting.",
         "",
         *rows,
         "",
         f"{len(ds)} JPEGs of 224 px (Fashion-MNIST test images upscaled), embedded model "
         f"(28-px input, so decoding and resizing dominate), batch {args.batch_size}, caches off, "
-        f"median of {args.repeats} alternating repeats. Load average (1/5/15 min) before: {load_before}, "
+        f"median and best of {args.repeats} alternating repeats. Load average (1/5/15 min) before: {load_before}, "
         f"after: {load_after}; other engineers were using the same 2 cores, so absolute rates vary.",
     ])
     print(body)
