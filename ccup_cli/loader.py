@@ -42,9 +42,9 @@ def default_workers(n_images: int) -> int:
     """The ``workers`` used when none is given: one per core but one, at most 8; 0 for small datasets.
 
     The main process keeps a core for the model's forward pass (torch's own threads); on
-    2 cores that leaves 1 worker, which measured 1.85x the images/s of in-process decoding
-    with the embedded model, where 2 workers fought the model's threads and gained 1.06x
-    (``scripts/bench_workers.py``).
+    2 cores that leaves 1 worker. In one run of ``scripts/bench_workers.py`` (1,500 JPEGs,
+    embedded model) 1 worker gave 1.85x the images/s of in-process decoding and 2 workers
+    1.06x; on the shared machine later runs ranged from 0.9x to 1.1x (docs/benchmarks.md).
     """
     if n_images < MIN_IMAGES_FOR_WORKERS:
         return 0
