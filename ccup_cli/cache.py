@@ -18,30 +18,50 @@ def cache_root() -> Path:
     return Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup"))
 
 
+def _entry(kind: str, key: str) -> Path:
+    return cache_root() / kind / f"{key}.safetensors"
+
+
+def load_cached(kind: str, key: str | None, n_rows: int) -> torch.Tensor | None:
+    """The cached tensor if an intact entry with ``n_rows`` rows exists, else None. Never writes."""
+    from safetensors.torch import load_file
+
+    path = _entry(kind, key) if key else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        cached = load_file(str(path))["features"]
+    except Exception:  # noqa: BLE001 - a corrupt entry is recomputed
+        return None
+    return cached if cached.shape[0] == n_rows else None
+
+
+def store_cached(kind: str, key: str | None, value: torch.Tensor) -> None:
+    """Write an entry atomically; a cache that cannot be written is skipped silently."""
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path
+
+    if not key:
+        return
+    path = _entry(kind, key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"features": value.detach().cpu().contiguous()}, str(tmp))
+    except Exception:  # noqa: BLE001 - the cache is an optimisation, never a failure
+        pass
+
+
 def cached_tensor(kind: str, key: str | None, n_rows: int,
                   compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
     """``compute()`` through the cache: (tensor on the CPU, whether the cache served it).
 
     ``key`` None bypasses the cache. An entry is used only if it has ``n_rows`` rows.
     """
-    from safetensors.torch import load_file, save_file
-
-    from .atomic import atomic_path
-
-    path = cache_root() / kind / f"{key}.safetensors" if key else None
-    if path is not None and path.is_file():
-        try:
-            cached = load_file(str(path))["features"]
-            if cached.shape[0] == n_rows:
-                return cached, True
-        except Exception:  # noqa: BLE001 - a corrupt entry is recomputed
-            pass
+    cached = load_cached(kind, key, n_rows)
+    if cached is not None:
+        return cached, True
     value = compute()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({"features": value.detach().cpu().contiguous()}, str(tmp))
-        except Exception:  # noqa: BLE001 - the cache is an optimisation, never a failure
-            pass
+    store_cached(kind, key, value)
     return value, False

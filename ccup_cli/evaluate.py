@@ -20,10 +20,18 @@ from .fold import FoldSite, identity_projection, project
 LOGIT_SCALE = 100.0
 
 
-def feature_cache_key(checkpoint_sha256: str | None, site: FoldSite, dataset: EvalDataset, transform) -> str | None:
+def feature_cache_key(checkpoint_sha256: str | None, site: FoldSite, dataset: EvalDataset, transform,
+                      precision: str = "fp32", indices: Sequence[int] | None = None) -> str | None:
+    """The feature cache's key; ``precision`` and ``indices`` (a shard) enter only when given."""
     if checkpoint_sha256 is None:
         return None
     blob = f"{checkpoint_sha256}|{site.path}|{dataset.identity()}|{transform!r}"
+    if precision != "fp32":
+        blob += f"|precision={precision}"
+    if indices is not None:
+        shard = (f"{indices.start}:{indices.stop}:{indices.step}" if isinstance(indices, range)
+                 else hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest())
+        blob += f"|indices={shard}"
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -36,27 +44,38 @@ def encode_pre_projection(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     cache_key: str | None = None,
+    workers: int | None = None,
+    indices: Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, bool]:
     """``pre_projection_features [n, width]`` float32 on the CPU, and whether the cache served them.
 
-    Images go through ``transform`` (open_clip's own eval transform for the model).
+    Images go through ``transform`` (open_clip's own eval transform for the model), decoded by
+    ``workers`` DataLoader processes (None: ``loader.default_workers``; 0: in this process);
+    the result is the same for every ``workers``. ``indices`` encodes only those images, in
+    that order (``n`` = ``len(indices)``; key the cache with the same ``indices``).
+    ``precision`` fp16/bf16 runs the tower under autocast (``precision.encoder_precision``).
     """
     from .cache import cached_tensor
+    from .loader import image_batches
+    from .precision import encoder_precision
+
+    n_rows = len(dataset) if indices is None else len(indices)
 
     def encode() -> torch.Tensor:
+        pin = torch.device(device).type == "cuda"
         chunks = []
-        with torch.inference_mode(), identity_projection(model, site):
-            for start in range(0, len(dataset), batch_size):
-                stop = min(start + batch_size, len(dataset))
-                batch = torch.stack([transform(dataset.load_image(i)) for i in range(start, stop)]).to(device)
-                chunks.append(model.encode_image(batch).float().cpu())
+        batches = image_batches(dataset, transform, batch_size, workers, indices, pin_memory=pin)
+        with torch.inference_mode(), identity_projection(model, site), encoder_precision(precision, device):
+            for batch in batches:
+                chunks.append(model.encode_image(batch.to(device, non_blocking=pin)).float().cpu())
                 if progress is not None:
-                    progress(stop - start)
-        return torch.cat(chunks)
+                    progress(len(batch))
+        return torch.cat(chunks) if chunks else torch.empty(0, site.in_features)
 
-    feats, hit = cached_tensor("features", cache_key, len(dataset), encode)
+    feats, hit = cached_tensor("features", cache_key, n_rows, encode)
     if hit and progress is not None:
-        progress(len(dataset))
+        progress(n_rows)
     return feats, hit
 
 

@@ -94,6 +94,29 @@ def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def prompt_batches(model: nn.Module, tokens: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+    """The batches ``encode_prompts`` runs, as index tensors into ``tokens [n, context_length]``.
+
+    Prompts of equal token length go together (at most ``batch_size``), so no batch is cut
+    longer than its prompts need. Sharding whole batches of this plan over ranks gives each
+    prompt the same batch, hence the same bits, as a single process.
+    """
+    tower = _causal_tower(model)
+    if tower is None:
+        return list(torch.arange(len(tokens)).split(batch_size))
+    lengths = _pool_positions(tokens, tower)
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    batches, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < batch_size and sorted_lengths[stop] == sorted_lengths[start]:
+            stop += 1
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
 def encode_prompts(
     model: nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -112,21 +135,7 @@ def encode_prompts(
         raise ValueError("encode_prompts needs at least one prompt")
     device = next(model.parameters()).device
     tokens = tokenizer(list(prompts))
-    tower = _causal_tower(model)
-    if tower is not None:
-        # prompts of equal length are batched together, so no batch is cut longer than its prompts need
-        lengths = _pool_positions(tokens, tower)
-        order = torch.argsort(lengths, stable=True)
-        sorted_lengths = lengths[order].tolist()
-        batches, start = [], 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and stop - start < batch_size and sorted_lengths[stop] == sorted_lengths[start]:
-                stop += 1
-            batches.append(order[start:stop])
-            start = stop
-    else:
-        batches = list(torch.arange(len(prompts)).split(batch_size))
+    batches = prompt_batches(model, tokens, batch_size)
     out: torch.Tensor | None = None
     with torch.inference_mode():
         for idx in batches:
