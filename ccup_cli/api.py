@@ -22,8 +22,9 @@ from torch import nn
 
 from . import defaults
 from .embeddings import TextEmbeddings, close_retain_classes, default_retain, embed_forget_and_retain
-from .fold import FoldSite, fold, locate_fold_site, site_tensors
+from .fold import FoldSite, fold, site_tensors
 from .methods import build_projector, get_method
+from .open_clip_tower import locate_fold_site
 from .projector import Projector
 from .templates import load_templates
 from .text import encode_prompts
@@ -60,6 +61,20 @@ class UnlearnResult:
             cos = F.cosine_similarity(response, t, dim=-1).clamp(-1, 1)
             out[role] = {c: {"before": 1.0, "after": float(v)} for c, v in zip(emb.classnames, cos.cpu())}
         return out
+
+
+def _eval_mode_encoder(model: nn.Module, tokenizer):
+    """``encode(prompts, batch_size, progress)`` for an in-memory open_clip model, run in eval mode."""
+
+    def encode(prompts, batch_size: int = 256, progress=None) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return encode_prompts(model, tokenizer, prompts, batch_size, progress)
+        finally:
+            model.train(was_training)
+
+    return encode
 
 
 def _templates(value: str | Sequence[str]) -> list[str]:
@@ -130,9 +145,10 @@ def unlearn(
         raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
     retain = default_retain(forget) if retain is None else list(retain)
     site = locate_fold_site(model)
-    forget_emb, retain_emb = embed_forget_and_retain(model, tokenizer, forget, retain, _templates(templates),
+    encode = _eval_mode_encoder(model, tokenizer)
+    forget_emb, retain_emb = embed_forget_and_retain(encode, forget, retain, _templates(templates),
                                                      _templates(retain_templates))
     values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink}
     params = {p: values[p] for p in entry.params}
     return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace, encode=lambda prompts: encode_prompts(model, tokenizer, prompts))
+                            inplace, encode=encode)

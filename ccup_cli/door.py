@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backend import backend_for
 from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset, preset_classnames
 from .defaults import EMBEDDED_MODEL
 from .errors import SpecError
@@ -56,6 +57,7 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
     if spec_eval != spec.eval:
         spec = spec.model_copy(update={"eval": spec_eval})
     templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
+    backend_for(spec.model, spec.pretrained)  # a missing optional package is bad input, said here
     if need_eval and not spec.eval:
         raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None

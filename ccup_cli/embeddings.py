@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .data import generic_vocabulary
 from .options import Progress, step_counter
@@ -27,8 +26,7 @@ class TextEmbeddings:
 
 
 def embed_classes(
-    model: nn.Module,
-    tokenizer,
+    encode: Callable[..., torch.Tensor],
     classnames: Sequence[str],
     templates: Sequence[str],
     cache_id: str | None = None,
@@ -36,10 +34,13 @@ def embed_classes(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 256,
 ) -> TextEmbeddings:
-    """Encode every (class, template) prompt once; return per-template and per-class embeddings."""
+    """Encode every (class, template) prompt once; return per-template and per-class embeddings.
+
+    ``encode(prompts, batch_size, progress) -> [n, d]`` is a backend's ``encode_prompts``.
+    """
     prompts = build_prompts(classnames, templates)
     key = text_cache_key(cache_id, model_name, prompts) if cache_id else None
-    feats, hit = cached_encode_prompts(model, tokenizer, prompts, key, batch_size=batch_size, progress=progress)
+    feats, hit = cached_encode_prompts(encode, prompts, key, batch_size=batch_size, progress=progress)
     per_template = F.normalize(feats.float(), dim=-1)
     per_class = class_embeddings(feats, len(classnames), len(templates))
     return TextEmbeddings(list(classnames), list(templates), per_template, per_class, hit)
@@ -66,8 +67,7 @@ def close_retain_classes(forget: TextEmbeddings, retain: TextEmbeddings, thresho
 
 
 def embed_forget_and_retain(
-    model: nn.Module,
-    tokenizer,
+    encode: Callable[..., torch.Tensor],
     forget: Sequence[str],
     retain: Sequence[str],
     forget_templates: Sequence[str],
@@ -77,15 +77,12 @@ def embed_forget_and_retain(
     progress: Progress | None = None,
 ) -> tuple[TextEmbeddings, TextEmbeddings]:
     """Text embeddings of both sides; an empty retain list gives empty ``[0, d]`` tensors."""
-    was_training = model.training
-    model.eval()
-    forget_emb = embed_classes(model, tokenizer, forget, forget_templates, cache_id, model_name,
+    forget_emb = embed_classes(encode, forget, forget_templates, cache_id, model_name,
                                step_counter(progress, "forget prompts", len(forget) * len(forget_templates)))
     if retain:
-        retain_emb = embed_classes(model, tokenizer, retain, retain_templates, cache_id, model_name,
+        retain_emb = embed_classes(encode, retain, retain_templates, cache_id, model_name,
                                    step_counter(progress, "retain prompts", len(retain) * len(retain_templates)))
     else:
         empty = torch.empty(0, forget_emb.per_class.shape[1])
         retain_emb = TextEmbeddings([], list(retain_templates), empty, empty)
-    model.train(was_training)
     return forget_emb, retain_emb

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import defaults
 from . import report as rep
+from .backend import backend_for
 from .data import DATASETS, preset_classnames
 from .door import canonical_names, default_eval, open_eval_dataset
 from .errors import SpecError
@@ -80,6 +81,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     if report_path is not None:
         check_output(report_path, options.overwrite, what="report")
     templates = load_templates(req.templates)
+    backend_for(req.model, req.pretrained)  # a missing optional package is bad input, said here
     preset = preset_classnames(eval_name) if eval_name in DATASETS and req.classnames is None else None
     if preset:  # a named dataset's classes are known before its files are opened
         check_classes_in({"forget": req.forget}, preset, eval_name)
@@ -104,7 +106,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
                             "failures": failures}
-    finish_report(report, timer, device)
+    finish_report(report, timer, device, session.loaded)
     if report_path is not None:
         rep.write_report(Path(report_path).absolute(), report)
     return report, failures

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import EvalDataset
-from .fold import FoldSite, identity_projection, project
+from .fold import FoldSite, project
 
 LOGIT_SCALE = 100.0
 
@@ -36,10 +36,8 @@ def feature_cache_key(checkpoint_sha256: str | None, site: FoldSite, dataset: Ev
 
 
 def encode_pre_projection(
-    model: torch.nn.Module,
-    site: FoldSite,
+    backend,
     dataset: EvalDataset,
-    transform: Callable,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
@@ -50,7 +48,8 @@ def encode_pre_projection(
 ) -> tuple[torch.Tensor, bool]:
     """``pre_projection_features [n, width]`` float32 on the CPU, and whether the cache served them.
 
-    Images go through ``transform`` (open_clip's own eval transform for the model), decoded by
+    ``backend`` is a ``backend.Backend``: its ``preprocess`` turns each image into a tensor and
+    its ``encode_images`` runs the tower up to the final map. Images are decoded by
     ``workers`` DataLoader processes (None: ``loader.default_workers``; 0: in this process);
     the result is the same for every ``workers``. ``indices`` encodes only those images, in
     that order (``n`` = ``len(indices)``; key the cache with the same ``indices``).
@@ -65,13 +64,13 @@ def encode_pre_projection(
     def encode() -> torch.Tensor:
         pin = torch.device(device).type == "cuda"
         chunks = []
-        batches = image_batches(dataset, transform, batch_size, workers, indices, pin_memory=pin)
-        with torch.inference_mode(), identity_projection(model, site), encoder_precision(precision, device):
+        batches = image_batches(dataset, backend.preprocess, batch_size, workers, indices, pin_memory=pin)
+        with torch.inference_mode(), encoder_precision(precision, device):
             for batch in batches:
-                chunks.append(model.encode_image(batch.to(device, non_blocking=pin)).float().cpu())
+                chunks.append(backend.encode_images(batch.to(device, non_blocking=pin)).float().cpu())
                 if progress is not None:
                     progress(len(batch))
-        return torch.cat(chunks) if chunks else torch.empty(0, site.in_features)
+        return torch.cat(chunks) if chunks else torch.empty(0, backend.site.in_features)
 
     feats, hit = cached_tensor("features", cache_key, n_rows, encode)
     if hit and progress is not None:

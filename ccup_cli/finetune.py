@@ -5,7 +5,7 @@ Gradient unlearning on labelled training images (never the evaluation images):
 - forget images: the softmax mass the zero-shot classifier puts on the forget classes is
   pushed down (a bounded loss, in [0, 1], so it cannot blow up the way −log(1 − p) does);
 - retain images: the usual cross-entropy over all classes keeps them right;
-- only the image tower's last block, its final norm and the final linear map are trained,
+- only the image tower's last block, its final norm and the final linear map are trained (the backend says which),
   with AdamW; the text classifier is fixed (computed once from the original model).
 
 It stops at the step budget, or earlier once forget top-1 on a held-out slice of the training
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import defaults
 from .data import EvalDataset
@@ -40,30 +39,8 @@ class FinetuneResult:
     history: list[dict]
 
 
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Last block, final norm and projection of the image tower (ViT); fold site elsewhere."""
-    from open_clip.transformer import VisionTransformer
-
-    visual = model.visual
-    names: list[str] = []
-    if isinstance(visual, VisionTransformer):
-        last = len(visual.transformer.resblocks) - 1
-        prefixes = (f"visual.transformer.resblocks.{last}.", "visual.ln_post.", "visual.proj")
-        names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
-    else:
-        from .fold import locate_fold_site
-
-        site = locate_fold_site(model)
-        names = [n for n, _ in model.named_parameters() if n.startswith(site.path)]
-    if not names:
-        raise CheckpointError("finetune: found no image-tower parameters to train", "use method ccup or nullspace")
-    params = dict(model.named_parameters())
-    return {n: params[n] for n in names}
-
-
 def finetune_unlearn(
-    model: nn.Module,
-    transform: Callable,
+    backend,
     train: EvalDataset,
     classifier: torch.Tensor,
     forget_ids: Sequence[int],
@@ -75,7 +52,12 @@ def finetune_unlearn(
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` in place to forget ``forget_ids`` (class indices of ``train``)."""
+    """Fine-tune ``backend.model`` in place to forget ``forget_ids`` (class indices of ``train``).
+
+    ``backend`` is a ``backend.Backend``: it names the parameters to train, preprocesses the
+    images and computes image features with autograd (``encode_images(x, projected=True)``).
+    """
+    model, transform = backend.model, backend.preprocess
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     labels = train.labels
@@ -90,7 +72,9 @@ def finetune_unlearn(
         holdout = forget_idx
     else:
         holdout, forget_idx = forget_idx[:n_holdout], forget_idx[n_holdout:]
-    trained = trainable_parameters(model)
+    trained = backend.trainable_parameters()
+    if not trained:
+        raise CheckpointError("finetune: found no image-tower parameters to train", "use method ccup or nullspace")
     for p in model.parameters():
         p.requires_grad_(False)
     for p in trained.values():
@@ -106,7 +90,7 @@ def finetune_unlearn(
     def holdout_forget_acc() -> float:
         model.eval()
         with torch.no_grad():
-            logits = F.normalize(model.encode_image(batch(holdout)), dim=-1) @ classifier.T
+            logits = F.normalize(backend.encode_images(batch(holdout), projected=True), dim=-1) @ classifier.T
         return float((logits.argmax(1).cpu() == torch.as_tensor(labels[holdout])).double().mean())
 
     history, images_seen, stopped = [], 0, False
@@ -118,7 +102,7 @@ def finetune_unlearn(
         r_idx = retain_idx[torch.randint(len(retain_idx), (batch_size - half,), generator=gen).numpy()]
         x = batch(np.concatenate([f_idx, r_idx]))
         y = torch.as_tensor(labels[np.concatenate([f_idx, r_idx])], device=device)
-        logits = LOGIT_SCALE * F.normalize(model.encode_image(x), dim=-1) @ classifier.T
+        logits = LOGIT_SCALE * F.normalize(backend.encode_images(x, projected=True), dim=-1) @ classifier.T
         probs = logits.softmax(dim=1)
         forget_loss = probs[:half][:, forget_mask].sum(dim=1).mean()  # bounded in [0, 1]
         retain_loss = F.cross_entropy(logits[half:], y[half:])

@@ -34,7 +34,7 @@ def run_finetune(admitted: Admitted, options: RunOptions, timer: PhaseTimer, dev
     target = spec.max_forget_acc if spec.max_forget_acc is not None else 0.0
     torch.manual_seed(spec.finetune_seed)
     with timer("finetune"):
-        ft = finetune_unlearn(loaded.model, loaded.preprocess, train, classifier, forget_ids,
+        ft = finetune_unlearn(loaded, train, classifier, forget_ids,
                               steps=spec.finetune_steps, lr=spec.finetune_lr, batch_size=spec.finetune_batch_size,
                               target_forget_acc=target, seed=spec.finetune_seed, device=device,
                               progress=options.progress)
@@ -60,7 +60,7 @@ def run_finetune(admitted: Admitted, options: RunOptions, timer: PhaseTimer, dev
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, replaced,
                                     {"steps": str(ft.steps), "lr": repr(spec.finetune_lr)}, resolved, report)
-    finish_report(report, timer, device)
+    finish_report(report, timer, device, session.loaded)
     if options.out is not None:
         rep.write_report(Path(options.out) / "report.json", report)
     return report

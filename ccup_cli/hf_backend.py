@@ -137,6 +137,11 @@ class HFLoaded:
         return self.checkpoint_sha256
 
     @property
+    def preprocess_cfg(self) -> dict:
+        """The image processor's settings, as its preprocessor_config.json holds them."""
+        return json.loads(self.preprocess.processor.to_json_string())
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -28,6 +28,8 @@ from .atomic import sha256_file
 from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
 from .defaults import EMBEDDED_MODEL
 from .errors import CheckpointError
+from .fold import FoldSite
+from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
@@ -40,7 +42,7 @@ _PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_c
 
 @dataclass
 class LoadedModel:
-    """An open_clip model in eval mode with what ccup needs to know about where it came from."""
+    """An open_clip model in eval mode: the open_clip implementation of ``backend.Backend``."""
 
     model: torch.nn.Module
     tokenizer: Any
@@ -53,11 +55,50 @@ class LoadedModel:
     checkpoint_sha256: str | None
     display_name: str = ""  # what people read: "ccup-tiny-fashion" rather than its local-dir path
     source_state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    site: FoldSite | None = None  # the image tower's final linear map (open_clip_tower.locate_fold_site)
+    backend: str = "open_clip"
+
+    def __post_init__(self) -> None:
+        if self.site is None:
+            self.site = locate_fold_site(self.model)
 
     @property
     def cache_id(self) -> str | None:
         """What identifies these weights for caches; None for random init (never cached)."""
         return self.checkpoint_sha256
+
+    def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Image features ``[n, d]``, or without the final map (``projected=False``) ``[n, width]``."""
+        pixels = pixels.to(next(self.model.parameters()).device)
+        if projected:
+            return self.model.encode_image(pixels)
+        with identity_projection(self.model, self.site):
+            return self.model.encode_image(pixels)
+
+    def encode_prompts(self, prompts, batch_size: int = 256, progress=None) -> torch.Tensor:
+        from .text import encode_prompts
+
+        return encode_prompts(self.model, self.tokenizer, prompts, batch_size, progress)
+
+    def supports_fast_text(self) -> bool:
+        from .text import supports_fast_text
+
+        return supports_fast_text(self.model)
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return trainable_parameters(self.model)
+
+    def write_config_files(self, folder: Path) -> dict[str, Path]:
+        """``open_clip_config.json``: open_clip's local-dir format, with the source's preprocessing."""
+        path = Path(folder) / "open_clip_config.json"
+        config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}
+        path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return {path.name: path}
+
+    def provenance(self) -> dict:
+        import open_clip
+
+        return {"backend": self.backend, "open_clip": open_clip.__version__, "torch": torch.__version__}
 
 
 def register_embedded() -> None:

@@ -42,12 +42,14 @@ class PhaseTimer:
         return _Block()
 
 
-def environment(device: str) -> dict:
-    import open_clip
+def environment(device: str, loaded=None) -> dict:
+    """Python, torch and the backend's library versions, and the device."""
     import torch
 
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "open_clip": open_clip.__version__,
-           "device": device}
+    env = {"python": sys.version.split()[0], "torch": torch.__version__}
+    if loaded is not None:
+        env.update(loaded.provenance())
+    env["device"] = device
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
     return env
@@ -75,7 +77,8 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
         report["spec"] = spec.model_dump(mode="json")
         report["spec_sha256"] = spec.sha256()
     if loaded is not None:
-        report["model"] = {"name": loaded.display_name or loaded.model_name, "open_clip_name": loaded.model_name,
+        report["model"] = {"name": loaded.display_name or loaded.model_name, "backend": loaded.backend,
+                           "open_clip_name" if loaded.backend == "open_clip" else "source": loaded.model_name,
                            "pretrained": loaded.pretrained,
                            "checkpoint": str(loaded.checkpoint_path) if loaded.checkpoint_path else None}
         report["preprocess_cfg"] = loaded.preprocess_cfg
@@ -87,8 +90,8 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
     return report
 
 
-def finish_report(report: dict, timer: PhaseTimer, device: str) -> dict:
+def finish_report(report: dict, timer: PhaseTimer, device: str, loaded=None) -> dict:
     """The tail of a report: timings per phase and the environment."""
     report["timings"] = timer.seconds
-    report["environment"] = environment(device)
+    report["environment"] = environment(device, loaded)
     return report

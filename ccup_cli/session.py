@@ -12,22 +12,21 @@ from dataclasses import dataclass
 
 import torch
 
+from .backend import Backend, load_backend
 from .data import EvalDataset
 from .embeddings import TextEmbeddings, embed_classes, embed_forget_and_retain
 from .evaluate import encode_pre_projection, feature_cache_key
-from .fold import FoldSite, locate_fold_site, site_tensors
-from .models import LoadedModel, load_model
+from .fold import FoldSite, site_tensors
 from .options import RunOptions, step_counter
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
-from .text import encode_prompts
 
 
 @dataclass
 class Session:
     """One model, loaded once, with its fold site and the fold-site tensors as stored."""
 
-    loaded: LoadedModel
+    loaded: Backend  # models.LoadedModel (open_clip) or hf_backend.HFLoaded (transformers)
     site: FoldSite
     original: dict[str, torch.Tensor]  # fold-site tensors as the checkpoint stores them
     options: RunOptions
@@ -42,18 +41,18 @@ class Session:
     def embed_sides(self, forget: Sequence[str], retain: Sequence[str], templates: Sequence[str],
                     retain_templates: Sequence[str]) -> tuple[TextEmbeddings, TextEmbeddings]:
         with self.timer("text"):
-            return embed_forget_and_retain(self.loaded.model, self.loaded.tokenizer, forget, retain, templates,
+            return embed_forget_and_retain(self.loaded.encode_prompts, forget, retain, templates,
                                            retain_templates, self.cache_id, self.loaded.model_name,
                                            self.options.progress)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Unnormalised text features ``[n, d]`` of free prompts (a sink phrase in the templates)."""
-        return encode_prompts(self.loaded.model, self.loaded.tokenizer, prompts, self.options.batch_size)
+        return self.loaded.encode_prompts(prompts, self.options.batch_size)
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""
         with self.timer("eval_text"):
-            return embed_classes(self.loaded.model, self.loaded.tokenizer, classnames, templates, self.cache_id,
+            return embed_classes(self.loaded.encode_prompts, classnames, templates, self.cache_id,
                                  self.loaded.model_name).per_class
 
     def encode_images(self, dataset: EvalDataset, use_cache: bool | None = None,
@@ -63,17 +62,16 @@ class Session:
         key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess) if use_cache \
             else None
         with self.timer(phase):
-            return encode_pre_projection(self.loaded.model, self.site, dataset, self.loaded.preprocess,
-                                         self.options.batch_size, self.device,
+            return encode_pre_projection(self.loaded, dataset, self.options.batch_size, self.device,
                                          step_counter(self.options.progress, "encoding images", len(dataset)), key)
 
 
 def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,
                  timer: PhaseTimer) -> Session:
-    """Load the model and find its fold site."""
+    """Load the model through its backend; the backend knows its fold site."""
     with timer("load_model"):
-        loaded = load_model(model, pretrained, device)
-    site = locate_fold_site(loaded.model)
+        loaded = load_backend(model, pretrained, device)
+    site = loaded.site
     stored = loaded.source_state_dict
     original = {k: stored[k] for k in site.keys} if set(site.keys) <= set(stored) else site_tensors(loaded.model,
                                                                                                    site)

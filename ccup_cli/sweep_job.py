@@ -63,7 +63,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
                 "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
         report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
                                                                  "sha256": sha256_file(tmp / "sweep.jsonl")}}
-        finish_report(report, timer, device)
+        finish_report(report, timer, device, session.loaded)
         rep.write_report(tmp / "report.json", report)
     report["rows"] = rows
     return report

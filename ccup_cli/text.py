@@ -170,21 +170,21 @@ def text_cache_key(checkpoint_sha256: str, model_name: str, prompts: Sequence[st
 
 
 def cached_encode_prompts(
-    model: nn.Module,
-    tokenizer: Callable[[list[str]], torch.Tensor],
+    encode: Callable[..., torch.Tensor],
     prompts: Sequence[str],
     cache_key: str | None,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """``encode_prompts`` through the on-disk cache. Returns (features, cache_hit).
+    """``encode(prompts, batch_size, progress)`` through the on-disk cache: (features on the CPU, cache_hit).
 
-    ``cache_key`` None disables the cache (in-memory models, random init, ``--no-cache``).
+    ``encode`` is a backend's ``encode_prompts``. ``cache_key`` None disables the cache
+    (in-memory models, random init, ``--no-cache``).
     """
     from .cache import cached_tensor
 
     feats, hit = cached_tensor("text", cache_key, len(prompts),
-                               lambda: encode_prompts(model, tokenizer, prompts, batch_size, progress))
+                               lambda: encode(list(prompts), batch_size, progress).float().cpu())
     if hit and progress is not None:
         progress(len(prompts))
-    return feats.to(next(model.parameters()).device), hit
+    return feats, hit

@@ -58,7 +58,6 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
     from .embeddings import default_retain
     from .evaluate import delta, metrics_for
     from .session import evaluation_inputs, open_session
-    from .text import supports_fast_text
     from .writer import write_checkpoint_folder
 
     spec, dataset = admitted.spec, admitted.dataset
@@ -95,7 +94,7 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
         "forget_templates": len(admitted.templates), "retain_templates": len(admitted.retain_templates),
         "embeddings": result.embedding_mode,
         "cache_hit": {"forget": forget_emb.cache_hit, "retain": retain_emb.cache_hit},
-        "fast_path": supports_fast_text(loaded.model),
+        "fast_path": loaded.supports_fast_text(),
     }
     report["text_side"] = result.text_side()
     report["warnings"] = [
@@ -115,7 +114,7 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
                                     {"alpha": repr(float(proj.alpha)), "fold_site": site.path}, resolved, report)
-    finish_report(report, timer, device)
+    finish_report(report, timer, device, session.loaded)
     if options.out is not None:  # the report inside the folder carries the final timings too
         rep.write_report(Path(options.out) / "report.json", report)
     return report

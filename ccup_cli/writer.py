@@ -20,7 +20,7 @@ def check_output(out: Path, overwrite: bool, inputs: tuple[str | None, ...] = ()
     for given in inputs:
         if not given:
             continue
-        inp = Path(given.removeprefix("local-dir:")).absolute()
+        inp = Path(given.removeprefix("local-dir:").removeprefix("transformers:")).absolute()
         if inp.exists() and (inp == out or out in inp.parents):
             raise OutputError(f"--out {out} would overwrite the input {inp}", "choose another --out")
     if out.exists() and not overwrite:
@@ -35,9 +35,16 @@ def patched_state_dict(source_state_dict: dict, replaced: dict) -> dict:
             for key, tensor in source_state_dict.items()}
 
 
+def _output_key(filename: str) -> str:
+    """``open_clip_config.json`` -> ``open_clip_config``: the report key of a config file."""
+    return filename.rsplit(".", 1)[0].replace("-", "_")
+
+
 def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, method_metadata: dict[str, str],
                             spec, report: dict) -> None:
-    """model.safetensors (the source with ``replaced`` swapped in), its config, spec.yaml, report.json.
+    """model.safetensors (the source with ``replaced`` swapped in), the backend's config files, spec.yaml,
+    report.json. An open_clip source gives an open_clip local-dir folder; a transformers source a
+    folder that ``CLIPModel.from_pretrained`` loads.
 
     ``report["outputs"]`` is filled in with each file's path and sha256 before the report is written.
     """
@@ -47,22 +54,22 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
     metadata = {
         "format": "pt", "ccup_version": report["ccup_version"], "method": spec.method,
         "forget": json.dumps(spec.forget), "spec_sha256": report["spec_sha256"],
-        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": loaded.model_name, **method_metadata,
+        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": loaded.model_name,
+        "backend": loaded.backend, **method_metadata,
     }
     with atomic_dir(out, overwrite) as tmp:
         try:
             ckpt_sha = save_safetensors(patched_state_dict(loaded.source_state_dict, replaced),
                                         tmp / "model.safetensors", metadata)
-            config = {"model_cfg": loaded.model_cfg, "preprocess_cfg": loaded.preprocess_cfg}
-            (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            configs = loaded.write_config_files(tmp)
             (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
         except OSError as err:
             raise os_error_to_output_error(err, out) from err
         report["outputs"] = {
             "folder": str(out),
             "checkpoint": {"path": str(out / "model.safetensors"), "sha256": ckpt_sha},
-            "open_clip_config": {"path": str(out / "open_clip_config.json"),
-                                 "sha256": sha256_file(tmp / "open_clip_config.json")},
+            **{_output_key(name): {"path": str(out / name), "sha256": sha256_file(path)}
+               for name, path in configs.items()},
             "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
         }
         rep.write_report(tmp / "report.json", report)

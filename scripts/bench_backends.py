@@ -37,11 +37,12 @@ from ccup_cli.checkpoint import save_safetensors  # noqa: E402
 from ccup_cli.data import EvalDataset, open_dataset  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
 from ccup_cli.export import export_to_transformers  # noqa: E402
-from ccup_cli.fold import FoldSite, fold, locate_fold_site  # noqa: E402
+from ccup_cli.fold import FoldSite, fold  # noqa: E402
 from ccup_cli.hf_backend import load_transformers_model  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
 from ccup_cli.projector import build_projector  # noqa: E402
-from ccup_cli.text import build_prompts, class_embeddings, encode_prompts, load_templates  # noqa: E402
+from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
+from ccup_cli.text import class_embeddings, encode_prompts  # noqa: E402
 
 BATCH = 256
 
@@ -59,10 +60,10 @@ class Form:
 
 
 def open_clip_form(loaded) -> Form:
-    site = locate_fold_site(loaded.model)
+    site = loaded.site
 
     def pre(dataset: EvalDataset) -> torch.Tensor:
-        return encode_pre_projection(loaded.model, site, dataset, loaded.preprocess, BATCH)[0]
+        return encode_pre_projection(loaded, dataset, BATCH)[0]
 
     def config_files(folder: Path) -> None:
         (folder / "open_clip_config.json").write_text("{}")  # stands in for the small config write

@@ -32,18 +32,15 @@ def rank_main(eval_name: str) -> None:
     from ccup_cli import distributed as D
     from ccup_cli.data import open_dataset
     from ccup_cli.evaluate import encode_pre_projection
-    from ccup_cli.fold import locate_fold_site
     from ccup_cli.models import load_model
 
     here = D.init_if_needed("cpu")
     loaded = load_model()
-    site = locate_fold_site(loaded.model)
     ds = open_dataset(eval_name)
     if here.distributed:
         dist.barrier()
     t0 = time.perf_counter()
-    rows, _ = D.cached_gather("features", None, len(ds), lambda shard: encode_pre_projection(
-        loaded.model, site, ds, loaded.preprocess, workers=0, indices=shard)[0])
+    rows, _ = D.cached_gather("features", None, len(ds), lambda shard: encode_pre_projection(loaded, ds, workers=0, indices=shard)[0])
     seconds = time.perf_counter() - t0
     if here.is_main:
         print(json.dumps({"n": len(ds), "seconds": seconds, "rows": int(rows.shape[0])}))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from ccup_cli.data import open_dataset  # noqa: E402
 from ccup_cli.embeddings import embed_classes, embed_forget_and_retain  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
 from ccup_cli.finetune import finetune_unlearn  # noqa: E402
-from ccup_cli.fold import locate_fold_site, site_tensors  # noqa: E402
+from ccup_cli.fold import site_tensors  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
 from ccup_cli.sweep import SweepInputs, run_sweep  # noqa: E402
 from ccup_cli.templates import load_templates  # noqa: E402
@@ -50,11 +51,11 @@ def main() -> None:
     test = open_dataset("fashion-mnist", args.data_root, "test")
     train = open_dataset("fashion-mnist", args.data_root, "train")
     loaded = load_model()
-    site = locate_fold_site(loaded.model)
+    site = loaded.site
     original = site_tensors(loaded.model, site)
-    pre, _ = encode_pre_projection(loaded.model, site, test, loaded.preprocess)
+    pre, _ = encode_pre_projection(loaded, test)
     forget_t, retain_t = load_templates("openai"), load_templates("simple")
-    classifier = embed_classes(loaded.model, loaded.tokenizer, test.classnames, forget_t).per_class
+    classifier = embed_classes(loaded.encode_prompts, test.classnames, forget_t).per_class
 
     rows, sweeps = [], {}
     for forget in FORGET_SETS:
@@ -68,21 +69,21 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             rows.append((method, forget, metrics_for(site, result.folded_tensors, pre, classifier, test, forget),
                          seconds, 0))
-        emb = embed_forget_and_retain(loaded.model, loaded.tokenizer, forget, retain, forget_t, retain_t)
+        emb = embed_forget_and_retain(loaded.encode_prompts, forget, retain, forget_t, retain_t)
         inputs = SweepInputs(site, original, pre, classifier, test, *emb)
         sweeps["+".join(forget)] = run_sweep(inputs, ["ccup", "nullspace"], [i / 10 for i in range(11)], forget,
                                              {"ccup": {"lambda_retain": defaults.LAMBDA_RETAIN,
                                                        "lambda_identity": defaults.LAMBDA_IDENTITY},
                                               "nullspace": {"energy": defaults.ENERGY}})
         if args.finetune_steps > 0:
-            model = copy.deepcopy(loaded.model)
+            tuned = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
             forget_ids = [test.classnames.index(f) for f in forget]
             t0 = time.perf_counter()
-            ft = finetune_unlearn(model, loaded.preprocess, train, classifier, forget_ids,
-                                  steps=args.finetune_steps, target_forget_acc=0.02)
+            ft = finetune_unlearn(tuned, train, classifier, forget_ids, steps=args.finetune_steps,
+                                  target_forget_acc=0.02)
             seconds = time.perf_counter() - t0
-            pre_ft, _ = encode_pre_projection(model, site, test, loaded.preprocess)
-            m = metrics_for(site, site_tensors(model, site), pre_ft, classifier, test, forget)
+            pre_ft, _ = encode_pre_projection(tuned, test)
+            m = metrics_for(site, site_tensors(tuned.model, site), pre_ft, classifier, test, forget)
             rows.append((f"finetune ({ft.steps} steps)", forget, m, seconds, ft.images_seen))
             sweeps["+".join(forget)].append({"method": "finetune", "alpha": 1.0, "params": {}, "metrics": m})
         print(f"done: {'+'.join(forget)}", flush=True)

@@ -59,8 +59,11 @@ def main() -> None:
     forget = ["tabby cat", "golden retriever"]
     retain = default_retain(forget)
     t0 = time.perf_counter()
-    embed_classes(model, tokenizer, forget, load_templates("openai"))
-    embed_classes(model, tokenizer, retain, load_templates("simple"))
+    def encode(texts, batch_size=256, progress=None):
+        return encode_prompts(model, tokenizer, texts, batch_size, progress)
+
+    embed_classes(encode, forget, load_templates("openai"))
+    embed_classes(encode, retain, load_templates("simple"))
     t_phase = time.perf_counter() - t0
     n_phase = len(forget) * 80 + len(retain) * len(load_templates("simple"))
 

@@ -30,7 +30,6 @@ from benchdoc import write_section  # noqa: E402
 
 from ccup_cli.data import open_dataset  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection  # noqa: E402
-from ccup_cli.fold import locate_fold_site  # noqa: E402
 from ccup_cli.loader import default_workers  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
 
@@ -69,7 +68,6 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     loaded = load_model()
-    site = locate_fold_site(loaded.model)
     default = default_workers(args.images)
     settings = {"0": 0, "1": 1, "2": 2, f"default ({default})": None}
     load_before = load_average()
@@ -80,7 +78,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, workers in settings.items():
                 t0 = time.perf_counter()
-                feats, _ = encode_pre_projection(loaded.model, site, ds, loaded.preprocess,
+                feats, _ = encode_pre_projection(loaded, ds,
                                                  batch_size=args.batch_size, workers=workers)
                 times[name].append(time.perf_counter() - t0)
                 if reference is None:

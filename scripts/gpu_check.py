@@ -35,12 +35,14 @@ import torch  # noqa: E402
 
 from ccup_cli.data import open_dataset  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, zero_shot_metrics  # noqa: E402
-from ccup_cli.fold import identity_projection, locate_fold_site, project, site_tensors  # noqa: E402
+from ccup_cli.fold import project, site_tensors  # noqa: E402
 from ccup_cli.loader import default_workers  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
+from ccup_cli.open_clip_tower import identity_projection  # noqa: E402
 from ccup_cli.precision import PRECISIONS  # noqa: E402
 from ccup_cli.projector import ccup_map  # noqa: E402
-from ccup_cli.text import build_prompts, class_embeddings, encode_prompts, load_templates  # noqa: E402
+from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
+from ccup_cli.text import class_embeddings, encode_prompts  # noqa: E402
 
 SOLVE_TOLERANCE = 1e-6
 TOP1_TOLERANCE_POINTS = 0.1
@@ -79,13 +81,13 @@ def check_precisions(loaded, device: str, templates: list[str], quick: bool) -> 
             ds, source = open_dataset("fashion-mnist"), "fashion-mnist test split"
         except Exception as err:  # noqa: BLE001 - without the Debian files, say so and use the subset
             ds, source = open_dataset("fashion-mnist-mini"), f"fashion-mnist-mini (full split missing: {err})"
-    site = locate_fold_site(loaded.model)
+    site = loaded.site
     tensors = site_tensors(loaded.model, site)
     text = encode_prompts(loaded.model, loaded.tokenizer, build_prompts(ds.classnames, templates))
     classes = class_embeddings(text.cpu(), len(ds.classnames), len(templates))
     top1 = {}
     for precision in PRECISIONS:
-        pre, _ = encode_pre_projection(loaded.model, site, ds, loaded.preprocess, device=device, precision=precision)
+        pre, _ = encode_pre_projection(loaded, ds, device=device, precision=precision)
         metrics = zero_shot_metrics(project(site, tensors, pre), classes, ds.labels, ds.classnames)
         top1[precision] = 100.0 * metrics["overall"]["top1"]
     gaps = {p: top1[p] - top1["fp32"] for p in PRECISIONS}
@@ -97,14 +99,14 @@ def check_throughput(loaded, device: str, n_images: int, batch_size: int) -> dic
     from bench_workers import make_jpeg_folder
 
     name = loaded.display_name or loaded.model_name
-    site = locate_fold_site(loaded.model)
+    site = loaded.site
     with tempfile.TemporaryDirectory() as tmp:
         ds = open_dataset(str(make_jpeg_folder(Path(tmp) / "jpegs", n_images)))
         warm = ds.subset(list(range(min(batch_size, len(ds)))))
-        encode_pre_projection(loaded.model, site, warm, loaded.preprocess, batch_size, device, workers=0)
+        encode_pre_projection(loaded, warm, batch_size, device, workers=0)
         _sync(device)
         t0 = time.perf_counter()
-        encode_pre_projection(loaded.model, site, ds, loaded.preprocess, batch_size, device)
+        encode_pre_projection(loaded, ds, batch_size, device)
         _sync(device)
         with_loader = len(ds) / (time.perf_counter() - t0)
         images = torch.stack([loaded.preprocess(ds.load_image(i)) for i in range(len(ds))]).to(device)

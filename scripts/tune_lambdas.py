@@ -30,7 +30,7 @@ from train_tiny_clip import split_indices  # noqa: E402
 from ccup_cli.data import _array_dataset, preset_classnames  # noqa: E402
 from ccup_cli.embeddings import embed_classes  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
-from ccup_cli.fold import fold, locate_fold_site, site_tensors  # noqa: E402
+from ccup_cli.fold import fold, site_tensors  # noqa: E402
 from ccup_cli.idx import load_idx_split  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
 from ccup_cli.projector import ccup_map  # noqa: E402
@@ -53,11 +53,11 @@ def main() -> None:
     classnames = preset_classnames("fashion-mnist")
     ds = _array_dataset("fashion-mnist-val", "validation", classnames, images[val_idx], labels[val_idx], "val")
     loaded = load_model()
-    site = locate_fold_site(loaded.model)
-    pre, _ = encode_pre_projection(loaded.model, site, ds, loaded.preprocess)
+    site = loaded.site
+    pre, _ = encode_pre_projection(loaded, ds)
     original = site_tensors(loaded.model, site)
     forget_t, retain_t = load_templates("openai"), load_templates("simple")
-    classifier = embed_classes(loaded.model, loaded.tokenizer, classnames, forget_t).per_class
+    classifier = embed_classes(loaded.encode_prompts, classnames, forget_t).per_class
     before = {tuple(f): metrics_for(site, original, pre, classifier, ds, f) for f in FORGET_SETS}
 
     rows = []
@@ -65,8 +65,8 @@ def main() -> None:
         scores, detail = [], []
         for forget in FORGET_SETS:
             retain = [c for c in classnames if c not in forget]
-            fe = embed_classes(loaded.model, loaded.tokenizer, forget, forget_t)
-            re = embed_classes(loaded.model, loaded.tokenizer, retain, retain_t)
+            fe = embed_classes(loaded.encode_prompts, forget, forget_t)
+            re = embed_classes(loaded.encode_prompts, retain, retain_t)
             W = ccup_map(fe.per_template, re.per_template, lr, li)
             m = metrics_for(site, fold(site, original, W), pre, classifier, ds, forget)
             b = before[tuple(forget)]

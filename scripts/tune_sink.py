@@ -36,7 +36,7 @@ from tune_lambdas import FORGET_SETS  # noqa: E402
 from ccup_cli.data import _array_dataset, preset_classnames  # noqa: E402
 from ccup_cli.embeddings import embed_classes  # noqa: E402
 from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
-from ccup_cli.fold import fold, locate_fold_site, project, site_tensors  # noqa: E402
+from ccup_cli.fold import fold, project, site_tensors  # noqa: E402
 from ccup_cli.idx import load_idx_split  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
 from ccup_cli.projector import ccup_map  # noqa: E402
@@ -63,14 +63,14 @@ class Study:
             images, labels = images[val_idx], labels[val_idx]
         self.ds = _array_dataset(f"fashion-mnist-{split}", split, self.classnames, images, labels, split)
         self.loaded = load_model()
-        self.site = locate_fold_site(self.loaded.model)
-        self.pre, _ = encode_pre_projection(self.loaded.model, self.site, self.ds, self.loaded.preprocess)
+        self.site = self.loaded.site
+        self.pre, _ = encode_pre_projection(self.loaded, self.ds)
         self.original = site_tensors(self.loaded.model, self.site)
         self.forget_t, self.retain_t = load_templates("openai"), load_templates("simple")
         self.classifier = self.embed(self.classnames, self.forget_t).per_class
 
     def embed(self, classnames, templates):
-        return embed_classes(self.loaded.model, self.loaded.tokenizer, classnames, templates)
+        return embed_classes(self.loaded.encode_prompts, classnames, templates)
 
     def encode(self, prompts):
         return encode_prompts(self.loaded.model, self.loaded.tokenizer, prompts)

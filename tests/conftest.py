@@ -98,3 +98,31 @@ def make_image_folder(root: Path, classes: list[str], per_class: int = 3, size: 
 @pytest.fixture(scope="session")
 def fashion_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("fashion-folder") / "fashion", FASHION, per_class=3)
+
+
+HF_CONTEXT = 16
+
+
+@pytest.fixture(scope="session")
+def hf_clip_folder(tmp_path_factory) -> Path:
+    """A tiny random transformers CLIPModel folder: open_clip's BPE tokenizer, a 32 px image processor."""
+    transformers = pytest.importorskip("transformers")
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from ccup_cli.export import build_tokenizer
+
+    config = transformers.CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "max_position_embeddings": HF_CONTEXT, "vocab_size": 49408, "projection_dim": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8, "projection_dim": 16},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    folder = tmp_path_factory.mktemp("hf") / "tiny-clip"
+    model.save_pretrained(str(folder))
+    build_tokenizer(SimpleTokenizer(context_length=HF_CONTEXT), HF_CONTEXT).save_pretrained(str(folder))
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) \
+        .save_pretrained(str(folder))
+    return folder

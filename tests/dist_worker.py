@@ -47,18 +47,17 @@ def main(mode: str, config_dir: str, weights: str, out_dir: str) -> int:
     from ccup_cli import distributed as D
     from ccup_cli.data import open_dataset
     from ccup_cli.evaluate import encode_pre_projection, feature_cache_key
-    from ccup_cli.fold import locate_fold_site
     from ccup_cli.models import load_model
 
     here = D.init_if_needed("cpu")
     out = Path(out_dir)
     open_clip.add_model_config(Path(config_dir))
     loaded = load_model("ccup-test-vit", weights)
-    site = locate_fold_site(loaded.model)
+    site = loaded.site
     ds = open_dataset("fashion-mnist-mini").subset(np.arange(0, 700, 100))  # 7 images: shards of 4 and 3
 
     def encode_shard(shard: range):
-        feats, _ = encode_pre_projection(loaded.model, site, ds, loaded.preprocess, batch_size=2,
+        feats, _ = encode_pre_projection(loaded, ds, batch_size=2,
                                          workers=2 if here.rank == 0 else 0, indices=shard)
         return feats
 

@@ -17,7 +17,6 @@ from ccup_cli import distributed as D
 from ccup_cli.data import open_dataset
 from ccup_cli.errors import CcupError
 from ccup_cli.evaluate import encode_pre_projection
-from ccup_cli.fold import locate_fold_site
 from ccup_cli.models import load_model
 from ccup_cli.text import encode_prompts
 
@@ -92,13 +91,12 @@ def test_two_ranks_gather_exactly_the_single_process_features(tiny_models, tiny_
 
     gathered = load_file(str(tmp_path / "gathered.safetensors"))
     loaded = load_model(TINY_VIT, str(tiny_vit_file))
-    site = locate_fold_site(loaded.model)
     ds = open_dataset("fashion-mnist-mini").subset(np.arange(0, 700, 100))
     prompts = [f"a photo of a {c}" for c in ds.classnames] + ["a long prompt about a shirt with stripes"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks run with OMP_NUM_THREADS=1, as under torchrun
     try:
-        single, _ = encode_pre_projection(loaded.model, site, ds, loaded.preprocess, workers=0)
+        single, _ = encode_pre_projection(loaded, ds, workers=0)
         single_text = encode_prompts(loaded.model, loaded.tokenizer, prompts, batch_size=3)
     finally:
         torch.set_num_threads(threads)

@@ -15,7 +15,8 @@ from ccup_cli.export import export_to_transformers, image_processor_kwargs  # no
 from ccup_cli.fold import fold  # noqa: E402
 from ccup_cli.hf_backend import WEIGHTS_NAME, load_transformers_model  # noqa: E402
 from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.text import build_prompts, class_embeddings, encode_prompts, load_templates  # noqa: E402
+from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
+from ccup_cli.text import class_embeddings, encode_prompts  # noqa: E402
 
 from .conftest import TINY_CONFIGS, TINY_RN, TINY_VIT, save_random  # noqa: E402
 
@@ -104,9 +105,8 @@ def test_same_map_folds_to_the_same_features_in_both_forms(tiny_vit_file, tmp_pa
     hf = load_transformers_model(export_to_transformers(loaded, tmp_path / "hf", overwrite=False)["out"])
     W = torch.eye(32, dtype=torch.float64) + 0.2 * torch.randn(32, 32, dtype=torch.float64,
                                                                generator=torch.Generator().manual_seed(2))
-    from ccup_cli.fold import locate_fold_site
 
-    oc_site = locate_fold_site(loaded.model)
+    oc_site = loaded.site
     with torch.no_grad():
         loaded.model.visual.proj.copy_(fold(oc_site, {"visual.proj": loaded.model.visual.proj}, W)["visual.proj"])
         hf.model.visual_projection.weight.copy_(

@@ -16,7 +16,6 @@ transformers = pytest.importorskip("transformers")
 from ccup_cli.atomic import sha256_file  # noqa: E402
 from ccup_cli.checkpoint import save_safetensors  # noqa: E402
 from ccup_cli.errors import CheckpointError, DependencyError  # noqa: E402
-from ccup_cli.export import build_tokenizer  # noqa: E402
 from ccup_cli.fold import fold, project  # noqa: E402
 from ccup_cli.hf_backend import (  # noqa: E402
     WEIGHTS_NAME,
@@ -26,31 +25,10 @@ from ccup_cli.hf_backend import (  # noqa: E402
     load_transformers_model,
 )
 
-CONTEXT = 16
+from .conftest import HF_CONTEXT as CONTEXT  # noqa: E402
+
 PROMPTS = ["a photo of a sandal.", "sneaker", "a blurry photo of an ankle boot, seen from the side.",
            "bag", "a photo of a t-shirt.", "trouser"]
-
-
-@pytest.fixture(scope="session")
-def hf_clip_folder(tmp_path_factory) -> Path:
-    """A tiny random CLIPModel with open_clip's BPE tokenizer and a 32 px image processor."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    config = transformers.CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": CONTEXT, "vocab_size": 49408, "projection_dim": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8, "projection_dim": 16},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    folder = tmp_path_factory.mktemp("hf") / "tiny-clip"
-    model.save_pretrained(str(folder))
-    build_tokenizer(SimpleTokenizer(context_length=CONTEXT), CONTEXT).save_pretrained(str(folder))
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) \
-        .save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import torch
 from ccup_cli import loader
 from ccup_cli.data import open_dataset
 from ccup_cli.evaluate import encode_pre_projection, feature_cache_key
-from ccup_cli.fold import locate_fold_site
 from ccup_cli.models import load_model
 
 from .conftest import TINY_VIT
@@ -26,8 +25,7 @@ def folder_ds(fashion_folder):
 
 
 def encode(tiny, ds, **kw):
-    site = locate_fold_site(tiny.model)
-    feats, hit = encode_pre_projection(tiny.model, site, ds, tiny.preprocess, batch_size=4, **kw)
+    feats, hit = encode_pre_projection(tiny, ds, batch_size=4, **kw)
     assert not hit
     return feats
 
@@ -80,7 +78,7 @@ def test_model_batches_do_not_depend_on_workers(folder_ds, tiny, monkeypatch):
 
 
 def test_shard_and_precision_change_the_cache_key(tiny, folder_ds):
-    site = locate_fold_site(tiny.model)
+    site = tiny.site
     base = feature_cache_key("abc", site, folder_ds, tiny.preprocess)
     assert feature_cache_key("abc", site, folder_ds, tiny.preprocess, precision="fp32", indices=None) == base
     keys = {base, feature_cache_key("abc", site, folder_ds, tiny.preprocess, precision="bf16"),

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from ccup_cli.data import open_dataset
 from ccup_cli.errors import SpecError
 from ccup_cli.evaluate import encode_pre_projection
-from ccup_cli.fold import locate_fold_site
 from ccup_cli.models import load_model
 from ccup_cli.precision import autocast_dtype, check_precision, encoder_precision
 
@@ -50,11 +49,10 @@ def test_autocast_applies_inside_only():
 
 def test_bf16_features_are_float32_and_close_to_fp32(tiny_vit_file):
     tiny = load_model(TINY_VIT, str(tiny_vit_file))
-    site = locate_fold_site(tiny.model)
     ds = open_dataset("fashion-mnist-mini").limit_per_class(2)
-    full, _ = encode_pre_projection(tiny.model, site, ds, tiny.preprocess, workers=0)
-    same, _ = encode_pre_projection(tiny.model, site, ds, tiny.preprocess, workers=0, precision="fp32")
-    low, _ = encode_pre_projection(tiny.model, site, ds, tiny.preprocess, workers=0, precision="bf16")
+    full, _ = encode_pre_projection(tiny, ds, workers=0)
+    same, _ = encode_pre_projection(tiny, ds, workers=0, precision="fp32")
+    low, _ = encode_pre_projection(tiny, ds, workers=0, precision="bf16")
     assert torch.equal(full, same)
     assert low.dtype is torch.float32
     assert not torch.equal(low, full)

@@ -56,8 +56,11 @@ def test_non_causal_tower_falls_back_to_open_clip(tiny):
 def test_text_cache_second_run_is_a_hit(tiny):
     model, tokenizer = tiny
     key = text_cache_key("sha-test", TINY_VIT, PROMPTS)
-    first, hit1 = cached_encode_prompts(model, tokenizer, PROMPTS, key)
-    second, hit2 = cached_encode_prompts(model, tokenizer, PROMPTS, key)
+    def encode(prompts, batch_size, progress):
+        return encode_prompts(model, tokenizer, prompts, batch_size, progress)
+
+    first, hit1 = cached_encode_prompts(encode, PROMPTS, key)
+    second, hit2 = cached_encode_prompts(encode, PROMPTS, key)
     assert (hit1, hit2) == (False, True)
     assert torch.equal(first, second)
     assert text_cache_key("sha-test", TINY_VIT, PROMPTS[:-1]) != key
