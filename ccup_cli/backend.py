@@ -100,7 +100,7 @@ class BackendEntry:
     name: str
     claims: Callable[[str | None, str | None], bool]  # (model, pretrained) -> is it mine? cheap, no torch
     load: Callable[[str | None, str | None, str], Backend]
-    check: Callable[[], None] | None = None  # at the door: raise DependencyError when its package is missing
+    check: Callable[[], None] = lambda: None  # at the door: raise DependencyError when its package is missing
 
 
 BACKENDS: list[BackendEntry] = [  # the first that claims a source loads it; open_clip takes the rest
@@ -113,8 +113,7 @@ BACKENDS: list[BackendEntry] = [  # the first that claims a source loads it; ope
 def backend_for(model: str | None, pretrained: str | None) -> BackendEntry:
     """The table entry that loads ``(model, pretrained)``; its optional package is checked here."""
     entry = next(e for e in BACKENDS if e.claims(model, pretrained))
-    if entry.check is not None:
-        entry.check()
+    entry.check()
     return entry
 
 

@@ -117,6 +117,8 @@ class RunFlags:
     quiet: bool
     verbose: bool
     debug: bool
+    workers: Optional[int]
+    precision: str
 
     @property
     def tables(self) -> bool:
@@ -129,12 +131,17 @@ class RunFlags:
 
         with _progress(self.tables) as progress:
             yield RunOptions(device=self.device, batch_size=self.batch_size, out=out, overwrite=self.overwrite,
-                             use_cache=not self.no_cache, argv=sys.argv, progress=progress)
+                             use_cache=not self.no_cache, argv=sys.argv, progress=progress, workers=self.workers,
+                             precision=self.precision)
 
 
 _RUN_FLAGS = {
     "device": (str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
     "batch_size": (int, typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")),
+    "workers": (Optional[int], typer.Option(None, "--workers", help="Image-decoding processes (0: in-process); "
+                                            "default: one per core but one.")),
+    "precision": (str, typer.Option("fp32", "--precision", help="Encoders' precision: fp32, fp16 or bf16 "
+                                    "(the projector is always float64).")),
     "json_out": (bool, typer.Option(False, "--json", help="Print only the JSON report on stdout.")),
     "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace an existing --out.")),
     "no_cache": (bool, typer.Option(False, "--no-cache", help="Do not read or write ~/.cache/ccup.")),
@@ -297,6 +304,28 @@ def sweep_command(
         _warn(report)
         stdout.print(rep.sweep_table(rows, f"sweep: forget {', '.join(report['spec']['forget'])}"))
         stdout.print(f"written: {report['outputs']['folder']}")
+
+
+@job_command("export", ("pretrained",))
+def export_command(
+    source: Optional[str] = typer.Argument(None, metavar="[SOURCE]", help="An output folder, or a model name "
+                                           "(with --pretrained); default: the embedded ccup-tiny-fashion."),
+    to: str = typer.Option("transformers", "--to", help="Target format: transformers."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (config.json, model.safetensors, ...)."),
+    flags: RunFlags = None,
+    fields: dict = None,
+) -> None:
+    """Convert an open_clip model into a Hugging Face transformers CLIP folder."""
+    from . import report as rep
+    from .export_job import run_export
+
+    with flags.options(out) as options:
+        report = run_export(source, fields["pretrained"], to, options)
+    if flags.json_out:
+        sys.stdout.write(rep.dumps(report))
+    elif not flags.quiet:
+        stdout.print(f"written: {report['export']['out']} ({', '.join(report['export']['files'])})",
+                     highlight=False)
 
 
 @app.command("models")

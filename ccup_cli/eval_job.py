@@ -73,6 +73,7 @@ def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
 
 def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = None) -> tuple[dict, list[str]]:
     """Zero-shot evaluation of one model. Returns (report, failed thresholds)."""
+    options = options.check()
     validate_eval_request(req)
     timer = PhaseTimer()
     eval_name = default_eval(req.model, req.eval)
@@ -106,7 +107,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
                             "failures": failures}
-    finish_report(report, timer, device, session.loaded)
+    finish_report(report, timer, device, session.loaded, options)
     if report_path is not None:
         rep.write_report(Path(report_path).absolute(), report)
     return report, failures

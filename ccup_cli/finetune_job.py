@@ -60,7 +60,7 @@ def run_finetune(admitted: Admitted, options: RunOptions, timer: PhaseTimer, dev
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, replaced,
                                     {"steps": str(ft.steps), "lr": repr(spec.finetune_lr)}, resolved, report)
-    finish_report(report, timer, device, session.loaded)
+    finish_report(report, timer, device, session.loaded, options)
     if options.out is not None:
         rep.write_report(Path(options.out) / "report.json", report)
     return report

@@ -22,9 +22,29 @@ class RunOptions:
     use_cache: bool = True
     argv: list[str] | None = None
     progress: Progress | None = field(default=None, repr=False)
+    workers: int | None = None  # image-decoding processes; None: loader.default_workers, 0: in-process
+    precision: str = "fp32"  # the encoders' precision (fp32, fp16, bf16); the projector is always float64
 
     def but(self, **changes) -> RunOptions:
         return replace(self, **changes)
+
+    def check(self) -> RunOptions:
+        """Bad run flags are bad input: one line each, before any work."""
+        from .precision import check_precision
+
+        problems = []
+        if self.workers is not None and self.workers < 0:
+            problems.append(f"workers: {self.workers} is negative; give 0 (decode in-process) or more")
+        if self.batch_size < 1:
+            problems.append(f"batch-size: {self.batch_size} must be at least 1")
+        try:
+            precision = check_precision(self.precision)
+        except SpecError as err:
+            problems += err.problems
+            precision = self.precision
+        if problems:
+            raise SpecError(problems)
+        return self.but(precision=precision)
 
 
 def resolve_device(device: str) -> str:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SpecError
 
+if TYPE_CHECKING:  # pragma: no cover - checking a name needs no torch
+    import torch
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_PRECISION = "fp32"
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def check_precision(value: object, field: str = "precision") -> str:
@@ -31,7 +32,9 @@ def check_precision(value: object, field: str = "precision") -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of ``precision``; None for fp32 (no autocast)."""
-    return _DTYPES.get(check_precision(precision))
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(check_precision(precision))
 
 
 @contextlib.contextmanager
@@ -45,6 +48,8 @@ def encoder_precision(precision: str, device: str | torch.device) -> Iterator[No
     if dtype is None:
         yield
         return
+    import torch
+
     device_type = torch.device(device).type
     with torch.autocast(device_type=device_type, dtype=dtype):
         yield

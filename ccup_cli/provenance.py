@@ -90,8 +90,15 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
     return report
 
 
-def finish_report(report: dict, timer: PhaseTimer, device: str, loaded=None) -> dict:
-    """The tail of a report: timings per phase and the environment."""
+def finish_report(report: dict, timer: PhaseTimer, device: str, loaded=None, options=None) -> dict:
+    """The tail of a report: how it ran, timings per phase and the environment."""
+    if options is not None:
+        from .loader import default_workers
+
+        n_images = report.get("dataset", {}).get("n_images", 0)
+        report["run"] = {"device": device, "batch_size": options.batch_size, "precision": options.precision,
+                         "workers": options.workers if options.workers is not None else default_workers(n_images),
+                         "cache": options.use_cache}
     report["timings"] = timer.seconds
     report["environment"] = environment(device, loaded)
     return report

@@ -18,6 +18,7 @@ from .embeddings import TextEmbeddings, embed_classes, embed_forget_and_retain
 from .evaluate import encode_pre_projection, feature_cache_key
 from .fold import FoldSite, site_tensors
 from .options import RunOptions, step_counter
+from .precision import encoder_precision
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
 
@@ -38,32 +39,44 @@ class Session:
         """What caches key on; None with --no-cache or random init (never cached)."""
         return self.loaded.cache_id if self.options.use_cache else None
 
+    @property
+    def text_cache_name(self) -> str:
+        """The model's name in text-cache keys; a lower encoder precision is part of it."""
+        precision = self.options.precision
+        return self.loaded.model_name if precision == "fp32" else f"{self.loaded.model_name}|{precision}"
+
+    def _text_precision(self):
+        return encoder_precision(self.options.precision, self.device)
+
     def embed_sides(self, forget: Sequence[str], retain: Sequence[str], templates: Sequence[str],
                     retain_templates: Sequence[str]) -> tuple[TextEmbeddings, TextEmbeddings]:
-        with self.timer("text"):
+        with self.timer("text"), self._text_precision():
             return embed_forget_and_retain(self.loaded.encode_prompts, forget, retain, templates,
-                                           retain_templates, self.cache_id, self.loaded.model_name,
+                                           retain_templates, self.cache_id, self.text_cache_name,
                                            self.options.progress)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Unnormalised text features ``[n, d]`` of free prompts (a sink phrase in the templates)."""
-        return self.loaded.encode_prompts(prompts, self.options.batch_size)
+        with self._text_precision():
+            return self.loaded.encode_prompts(prompts, self.options.batch_size).float()
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""
-        with self.timer("eval_text"):
+        with self.timer("eval_text"), self._text_precision():
             return embed_classes(self.loaded.encode_prompts, classnames, templates, self.cache_id,
-                                 self.loaded.model_name).per_class
+                                 self.text_cache_name).per_class
 
     def encode_images(self, dataset: EvalDataset, use_cache: bool | None = None,
                       phase: str = "encode_images") -> tuple[torch.Tensor, bool]:
         """``pre_projection_features [n, width]`` of every image, and whether the cache served them."""
         use_cache = self.options.use_cache if use_cache is None else use_cache
-        key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess) if use_cache \
-            else None
+        options = self.options
+        key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess,
+                                options.precision) if use_cache else None
         with self.timer(phase):
-            return encode_pre_projection(self.loaded, dataset, self.options.batch_size, self.device,
-                                         step_counter(self.options.progress, "encoding images", len(dataset)), key)
+            return encode_pre_projection(self.loaded, dataset, options.batch_size, self.device,
+                                         step_counter(options.progress, "encoding images", len(dataset)), key,
+                                         workers=options.workers, precision=options.precision)
 
 
 def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,

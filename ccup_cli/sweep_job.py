@@ -19,6 +19,7 @@ from .spec import UnlearnSpec, check_sweep
 
 def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], options: RunOptions) -> dict:
     """Returns the report, with the rows under ``"rows"`` (not written to report.json)."""
+    options = options.check()
     check_sweep(alphas, methods)
     if options.out is None:
         raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
@@ -63,7 +64,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
                 "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
         report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
                                                                  "sha256": sha256_file(tmp / "sweep.jsonl")}}
-        finish_report(report, timer, device, session.loaded)
+        finish_report(report, timer, device, session.loaded, options)
         rep.write_report(tmp / "report.json", report)
     report["rows"] = rows
     return report

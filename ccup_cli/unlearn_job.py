@@ -22,6 +22,7 @@ AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
 
 def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     """Unlearn, evaluate (when the spec names a dataset) and write ``options.out``. Returns the report."""
+    options = options.check()
     timer = PhaseTimer()
     method = get_method(spec.method)
     admitted = admit(spec, options, timer, need_eval=spec.alpha == "auto" or method.needs_images)
@@ -114,7 +115,7 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
                                     {"alpha": repr(float(proj.alpha)), "fold_site": site.path}, resolved, report)
-    finish_report(report, timer, device, session.loaded)
+    finish_report(report, timer, device, session.loaded, options)
     if options.out is not None:  # the report inside the folder carries the final timings too
         rep.write_report(Path(options.out) / "report.json", report)
     return report

@@ -106,3 +106,31 @@ def test_a_siglip_folder_is_refused_in_one_line(tmp_path, fashion_folder):
     result = CliRunner().invoke(app, ["eval", "--pretrained", str(folder), "--eval", str(fashion_folder)])
     assert result.exit_code == 2
     assert "model_type 'siglip' is not supported" in result.stderr and "no single final linear map" in result.stderr
+
+
+@pytest.mark.embedded
+def test_an_unlearned_folder_exports_and_keeps_its_forget_figures(tmp_path):
+    from ccup_cli.export_job import run_export
+
+    spec = build_spec({}, {"forget": "sandal,sneaker", "eval_limit": 20})
+    unlearned = run_unlearn(spec, OPTIONS.but(out=tmp_path / "out"))
+    exported = run_export(str(tmp_path / "out"), None, "transformers", OPTIONS.but(out=tmp_path / "hf"))
+    assert exported["export"]["files"]["model.safetensors"] and exported["model"]["backend"] == "open_clip"
+    again, _ = run_eval(EvalRequest(pretrained=str(tmp_path / "hf"), eval_limit=20, forget=["sandal", "sneaker"]),
+                        OPTIONS)
+    assert again["model"]["backend"] == "transformers"
+    before, after = unlearned["metrics"]["after"], again["metrics"]["before"]
+    assert after["forget"]["top1"] == pytest.approx(before["forget"]["top1"], abs=0.01)
+    assert after["retain"]["top1"] == pytest.approx(before["retain"]["top1"], abs=0.01)
+    assert after["forget"]["top1"] <= 0.02
+
+
+def test_export_refuses_a_transformers_source_and_unknown_targets(hf_clip_folder, tmp_path):
+    from ccup_cli.errors import SpecError
+    from ccup_cli.export_job import run_export
+
+    with pytest.raises(SpecError) as err:
+        run_export(str(hf_clip_folder), None, "onnx", OPTIONS.but(out=tmp_path / "x"))
+    assert 'to: "onnx" is not a target' in err.value.one_line()
+    assert "is already a transformers folder" in err.value.one_line()
+    assert not (tmp_path / "x").exists()

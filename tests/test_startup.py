@@ -45,6 +45,9 @@ def test_importing_the_cli_loads_no_heavy_module():
     (["unlearn", "--forget", "dgo", "--eval", "cifar10", "--data-root", "/nonexistent"],
      '"dgo" is not a class of cifar10; did you mean "dog"?'),
     (["eval", "--forget", "sandal", "--max-forget-acc", "3"], "max-forget-acc: 3.0 is outside [0, 1]"),
+    (["eval", "--precision", "fp64"], 'precision: "fp64" is not one of fp32, fp16, bf16'),
+    (["unlearn", "--forget", "sandal", "--workers", "-1"], "workers: -1 is negative"),
+    (["export", "--to", "onnx", "--out", "/nonexistent/x"], 'to: "onnx" is not a target'),
     (["sweep", "--forget", "sandal", "--alphas", "0,2", "--out", "/nonexistent/s"], "alphas[1]: 2.0"),
 ])
 def test_help_and_errors_at_the_door_never_import_torch(args, needle, tmp_path):
