@@ -87,6 +87,13 @@ def _progress(enabled: bool):
         yield update
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _warn(report: dict) -> None:
     for warning in report.get("warnings", []):
         stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -196,6 +203,8 @@ def job_command(name: str, spec_fields: tuple[str, ...] = ()):
         @functools.wraps(fn)
         def command(**kwargs):
             flags = RunFlags(**{key: kwargs.pop(key) for key in _RUN_FLAGS})
+            if _rank() > 0:  # under torchrun, rank 0 alone renders; the others run silently
+                flags.quiet, flags.json_out = True, False
             fields = {key: kwargs.pop(key) for key in spec_fields}
             _quiet_libraries(flags.verbose)
             with _boundary(flags.debug):
@@ -267,6 +276,8 @@ def eval_command(
         ds = report["dataset"]
         stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
                                                           f"({ds['n_images']} images)"))
+    if _rank() > 0:
+        return
     for failure in failures:
         stderr.print(f"[bold red]threshold failed:[/] {failure}", highlight=False)
     if failures:

@@ -307,3 +307,24 @@ def cached_gather(kind: str, key: str | None, n_total: int,
     if here.is_main:
         store_cached(kind, key, rows)
     return rows, False
+
+
+def cached_collective(kind: str, key: str | None, n_total: int,
+                      encode: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """Rows through the cache for an ``encode`` that every rank runs together (a collective).
+
+    Only rank 0 reads and writes the entry; it tells the others whether it hit and, on a
+    hit, sends them the rows. On a miss every rank calls ``encode()``, which returns the
+    same rows on every rank. Returns (rows on every rank, cache hit).
+    """
+    from .cache import load_cached, store_cached
+
+    cached = load_cached(kind, key, n_total) if is_main() else None
+    hit = bool(broadcast_object(cached is not None))
+    if hit:
+        return broadcast_object(cached), True
+    with phase(f"encoding {kind}"):
+        rows = encode()
+    if is_main():
+        store_cached(kind, key, rows)
+    return rows, False

@@ -33,14 +33,17 @@ def embed_classes(
     model_name: str = "",
     progress: Callable[[int], None] | None = None,
     batch_size: int = 256,
+    cache: Callable[..., tuple[torch.Tensor, bool]] = cached_encode_prompts,
 ) -> TextEmbeddings:
     """Encode every (class, template) prompt once; return per-template and per-class embeddings.
 
-    ``encode(prompts, batch_size, progress) -> [n, d]`` is a backend's ``encode_prompts``.
+    ``encode(prompts, batch_size, progress) -> [n, d]`` is a backend's ``encode_prompts``;
+    ``cache`` runs it through the on-disk cache (``text.cached_encode_prompts``, or the
+    torchrun-aware one of ``session.Session``).
     """
     prompts = build_prompts(classnames, templates)
     key = text_cache_key(cache_id, model_name, prompts) if cache_id else None
-    feats, hit = cached_encode_prompts(encode, prompts, key, batch_size=batch_size, progress=progress)
+    feats, hit = cache(encode, prompts, key, batch_size=batch_size, progress=progress)
     per_template = F.normalize(feats.float(), dim=-1)
     per_class = class_embeddings(feats, len(classnames), len(templates))
     return TextEmbeddings(list(classnames), list(templates), per_template, per_class, hit)
@@ -75,13 +78,16 @@ def embed_forget_and_retain(
     cache_id: str | None = None,
     model_name: str = "",
     progress: Progress | None = None,
+    cache: Callable[..., tuple[torch.Tensor, bool]] = cached_encode_prompts,
 ) -> tuple[TextEmbeddings, TextEmbeddings]:
     """Text embeddings of both sides; an empty retain list gives empty ``[0, d]`` tensors."""
     forget_emb = embed_classes(encode, forget, forget_templates, cache_id, model_name,
-                               step_counter(progress, "forget prompts", len(forget) * len(forget_templates)))
+                               step_counter(progress, "forget prompts", len(forget) * len(forget_templates)),
+                               cache=cache)
     if retain:
         retain_emb = embed_classes(encode, retain, retain_templates, cache_id, model_name,
-                                   step_counter(progress, "retain prompts", len(retain) * len(retain_templates)))
+                                   step_counter(progress, "retain prompts", len(retain) * len(retain_templates)),
+                                   cache=cache)
     else:
         empty = torch.empty(0, forget_emb.per_class.shape[1])
         retain_emb = TextEmbeddings([], list(retain_templates), empty, empty)

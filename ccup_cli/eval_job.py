@@ -96,6 +96,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     from .session import open_session
 
     session = open_session(req.model, req.pretrained, options, device, timer)
+
+    device = session.device  # this rank's device under torchrun
     pre, hit = session.encode_images(dataset)
     classifier = session.classifier(dataset.classnames, templates)
     with timer("metrics"):
@@ -108,6 +110,6 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
                             "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
                             "failures": failures}
     finish_report(report, timer, device, session.loaded, options)
-    if report_path is not None:
+    if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes
         rep.write_report(Path(report_path).absolute(), report)
     return report, failures

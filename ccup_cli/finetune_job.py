@@ -7,6 +7,7 @@ evaluation images.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from . import report as rep
 from .door import Admitted
 from .embeddings import default_retain
+from .errors import SpecError
 from .evaluate import delta, metrics_for
 from .finetune import finetune_unlearn
 from .options import RunOptions
@@ -24,7 +26,11 @@ from .writer import write_checkpoint_folder
 
 def run_finetune(admitted: Admitted, options: RunOptions, timer: PhaseTimer, device: str) -> dict:
     spec, dataset, train = admitted.spec, admitted.dataset, admitted.train
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SpecError("method: finetune runs in one process, not under torchrun",
+                        "run it without torchrun, or use method ccup or nullspace")
     session = open_session(spec.model, spec.pretrained, options, device, timer)
+    device = session.device  # this rank's device under torchrun
     loaded, site = session.loaded, session.site
     retain = spec.retain if spec.retain is not None else default_retain(spec.forget, dataset.classnames)
     pre, hit = session.encode_images(dataset)

@@ -80,6 +80,15 @@ class LoadedModel:
 
         return encode_prompts(self.model, self.tokenizer, prompts, batch_size, progress)
 
+    def encode_prompts_across_ranks(self, prompts, batch_size: int = 256) -> torch.Tensor:
+        """``encode_prompts`` under torchrun: each rank encodes its share of the batches; rows on every rank.
+
+        Each prompt is encoded in the same batch as in one process, so the rows equal it bit for bit.
+        """
+        from .distributed import encode_prompts_sharded
+
+        return encode_prompts_sharded(self.model, self.tokenizer, list(prompts), batch_size, all_ranks=True)
+
     def supports_fast_text(self) -> bool:
         from .text import supports_fast_text
 

@@ -8,12 +8,13 @@ are computed from those features.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .backend import Backend, load_backend
 from .data import EvalDataset
+from .distributed import World, cached_collective, cached_gather, init_if_needed, rank_device
 from .embeddings import TextEmbeddings, embed_classes, embed_forget_and_retain
 from .evaluate import encode_pre_projection, feature_cache_key
 from .fold import FoldSite, site_tensors
@@ -21,6 +22,7 @@ from .options import RunOptions, step_counter
 from .precision import encoder_precision
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
+from .text import cached_encode_prompts
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Session:
     options: RunOptions
     device: str
     timer: PhaseTimer
+    world: World = field(default_factory=World)  # the torchrun ranks (one without torchrun)
 
     @property
     def cache_id(self) -> str | None:
@@ -48,12 +51,23 @@ class Session:
     def _text_precision(self):
         return encoder_precision(self.options.precision, self.device)
 
+    def _cached_text(self, encode, prompts, key, batch_size: int = 256, progress=None):
+        """Text features through the cache; under torchrun each rank encodes its share, all get the rows.
+
+        A backend without ``encode_prompts_across_ranks`` encodes every prompt on every rank.
+        """
+        if not self.world.distributed:
+            return cached_encode_prompts(encode, prompts, key, batch_size, progress)
+        across = getattr(self.loaded, "encode_prompts_across_ranks", None)
+        run = (lambda: across(prompts, batch_size)) if across else (lambda: encode(prompts, batch_size).float().cpu())
+        return cached_collective("text", key, len(prompts), run)
+
     def embed_sides(self, forget: Sequence[str], retain: Sequence[str], templates: Sequence[str],
                     retain_templates: Sequence[str]) -> tuple[TextEmbeddings, TextEmbeddings]:
         with self.timer("text"), self._text_precision():
             return embed_forget_and_retain(self.loaded.encode_prompts, forget, retain, templates,
                                            retain_templates, self.cache_id, self.text_cache_name,
-                                           self.options.progress)
+                                           self.options.progress, cache=self._cached_text)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Unnormalised text features ``[n, d]`` of free prompts (a sink phrase in the templates)."""
@@ -64,7 +78,7 @@ class Session:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""
         with self.timer("eval_text"), self._text_precision():
             return embed_classes(self.loaded.encode_prompts, classnames, templates, self.cache_id,
-                                 self.text_cache_name).per_class
+                                 self.text_cache_name, cache=self._cached_text).per_class
 
     def encode_images(self, dataset: EvalDataset, use_cache: bool | None = None,
                       phase: str = "encode_images") -> tuple[torch.Tensor, bool]:
@@ -73,22 +87,33 @@ class Session:
         options = self.options
         key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess,
                                 options.precision) if use_cache else None
+        step = step_counter(options.progress, "encoding images", len(dataset))
         with self.timer(phase):
-            return encode_pre_projection(self.loaded, dataset, options.batch_size, self.device,
-                                         step_counter(options.progress, "encoding images", len(dataset)), key,
-                                         workers=options.workers, precision=options.precision)
+            if not self.world.distributed:
+                return encode_pre_projection(self.loaded, dataset, options.batch_size, self.device, step, key,
+                                             workers=options.workers, precision=options.precision)
+            # torchrun: each rank encodes its contiguous shard; every rank gets all rows in dataset order
+            return cached_gather("features", key, len(dataset), lambda shard: encode_pre_projection(
+                self.loaded, dataset, options.batch_size, self.device, step, None, workers=options.workers,
+                indices=shard, precision=options.precision)[0], all_ranks=True)
 
 
 def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,
                  timer: PhaseTimer) -> Session:
-    """Load the model through its backend; the backend knows its fold site."""
+    """Load the model through its backend; the backend knows its fold site.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this joins the process group first: gloo on CPU, NCCL
+    on CUDA, one GPU per rank.
+    """
+    device = rank_device(device)
+    here = init_if_needed(device)
     with timer("load_model"):
         loaded = load_backend(model, pretrained, device)
     site = loaded.site
     stored = loaded.source_state_dict
     original = {k: stored[k] for k in site.keys} if set(site.keys) <= set(stored) else site_tensors(loaded.model,
                                                                                                    site)
-    return Session(loaded, site, original, options, device, timer)
+    return Session(loaded, site, original, options, device, timer, here)
 
 
 def evaluation_inputs(session: Session, dataset: EvalDataset, templates: Sequence[str], forget: TextEmbeddings,

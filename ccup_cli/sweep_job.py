@@ -36,6 +36,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
 
     spec, dataset = admitted.spec, admitted.dataset
     session = open_session(spec.model, spec.pretrained, options, device, timer)
+    device = session.device  # this rank's device under torchrun
     retain = spec.retain if spec.retain is not None else default_retain(spec.forget, dataset.classnames)
     forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates, admitted.retain_templates)
     inputs = evaluation_inputs(session, dataset, admitted.templates, forget_emb, retain_emb)
@@ -49,6 +50,9 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
                           sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})
     out = Path(options.out).absolute()
+    report["rows"] = rows
+    if not session.world.is_main:  # under torchrun, rank 0 alone writes
+        return report
     with timer("write"), atomic_dir(out, options.overwrite) as tmp:
         (tmp / "sweep.jsonl").write_text("".join(rep.dumps_line(
             {"method": r["method"], "alpha": r["alpha"], "params": r["params"], "metrics": r["metrics"]})
@@ -65,6 +69,5 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
         report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
                                                                  "sha256": sha256_file(tmp / "sweep.jsonl")}}
         finish_report(report, timer, device, session.loaded, options)
-        rep.write_report(tmp / "report.json", report)
-    report["rows"] = rows
+        rep.write_report(tmp / "report.json", {k: v for k, v in report.items() if k != "rows"})
     return report

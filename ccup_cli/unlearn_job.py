@@ -63,6 +63,7 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
 
     spec, dataset = admitted.spec, admitted.dataset
     session = open_session(spec.model, spec.pretrained, options, device, timer)
+    device = session.device  # this rank's device under torchrun
     loaded, site = session.loaded, session.site
     retain = spec.retain if spec.retain is not None else default_retain(
         spec.forget, dataset.classnames if dataset else None)
@@ -111,11 +112,12 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
         report["dataset"] = dataset_record(dataset, inputs.feature_cache_hit)
         report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
 
-    if options.out is not None:
+    writes = options.out is not None and session.world.is_main  # under torchrun, rank 0 alone writes
+    if writes:
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
                                     {"alpha": repr(float(proj.alpha)), "fold_site": site.path}, resolved, report)
     finish_report(report, timer, device, session.loaded, options)
-    if options.out is not None:  # the report inside the folder carries the final timings too
+    if writes:  # the report inside the folder carries the final timings too
         rep.write_report(Path(options.out) / "report.json", report)
     return report
