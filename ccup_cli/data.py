@@ -8,47 +8,22 @@ to get each image as a PIL image (the model's own open_clip transform is applied
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .catalog import DATASET_NAMES, MINI_NAME, check_dataset_name, generic_vocabulary, preset_classnames  # noqa: F401
 from .errors import DatasetError
 from .idx import load_idx_split
 
-PRESETS = Path(__file__).resolve().parent / "presets"
 ASSETS = Path(__file__).resolve().parent / "assets"
-MINI_NAME = "fashion-mnist-mini"
 MINI_FILE = ASSETS / MINI_NAME / "fashion-mnist-mini.npz"
 DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LIMIT_SEED = 0
-
-
-@lru_cache(maxsize=1)
-def _classname_presets() -> dict[str, list[str]]:
-    return json.loads((PRESETS / "classnames.json").read_text(encoding="utf-8"))
-
-
-def preset_classnames(name: str) -> list[str] | None:
-    """A copy of a dataset's readable class names, or None if none is shipped."""
-    if name == MINI_NAME:
-        name = "fashion-mnist"
-    if name == "imagenet":
-        from .templates import open_clip_metadata
-
-        return list(open_clip_metadata().IMAGENET_CLASSNAMES)
-    names = _classname_presets().get(name)
-    return list(names) if names is not None else None
-
-
-def generic_vocabulary() -> list[str]:
-    """The default retain vocabulary when no dataset is given: ImageNet-1k class names."""
-    return preset_classnames("imagenet") or []
 
 
 @dataclass
@@ -197,8 +172,6 @@ DATASETS: dict[str, Callable[[str | None, str, bool], EvalDataset]] = {
 }
 
 
-def dataset_names() -> list[str]:
-    return sorted(DATASETS)
 
 
 def image_folder(path: Path, name: str | None = None) -> EvalDataset:
@@ -263,11 +236,7 @@ def open_dataset(name: str, data_root: str | None = None, split: str = "test", d
     elif Path(name).exists() or "/" in name or name.startswith((".", "~")):
         ds = image_folder(Path(name).expanduser())
     else:
-        import difflib
-
-        close = difflib.get_close_matches(name, dataset_names(), n=2)
-        hint = f"did you mean {' or '.join(close)}?" if close else f"use one of {', '.join(dataset_names())} or a folder"
-        raise DatasetError(f'unknown dataset "{name}"', hint)
+        check_dataset_name(name)
     if len(ds) == 0:
         raise DatasetError(f"dataset {name} ({split}) is empty", "check --data-root and --eval-split")
     if classnames_file is not None:

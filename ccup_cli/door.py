@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backend import backend_for
-from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset, preset_classnames
+from .catalog import DATASET_NAMES, MINI_NAME, check_dataset_name, preset_classnames
 from .defaults import EMBEDDED_MODEL
 from .errors import SpecError
 from .options import RunOptions
@@ -19,6 +20,9 @@ from .provenance import PhaseTimer
 from .spec import UnlearnSpec, check_classes_in
 from .templates import load_templates
 from .writer import check_output
+
+if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset is opened
+    from .data import EvalDataset
 
 
 def default_eval(model: str | None, eval_name: str | None) -> str | None:
@@ -36,6 +40,8 @@ def canonical_names(names: list[str], classnames: list[str]) -> list[str]:
 
 def open_eval_dataset(name: str, data_root, split: str, download: bool, limit, classnames_file,
                       timer: PhaseTimer) -> EvalDataset:
+    from .data import open_dataset
+
     with timer("open_dataset"):
         return open_dataset(name, data_root, split, download, limit, classnames_file)
 
@@ -45,7 +51,7 @@ class Admitted:
     """A spec that passed the door, with what the door opened on the way."""
 
     spec: UnlearnSpec  # eval defaulted, class names in the dataset's spelling
-    dataset: EvalDataset | None
+    dataset: EvalDataset | None  # data.EvalDataset
     templates: list[str]
     retain_templates: list[str]
     train: EvalDataset | None = None  # finetune's labelled images
@@ -62,7 +68,9 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
         raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None
     names = {"forget": spec.forget, "retain": spec.retain}
-    preset = preset_classnames(spec.eval) if spec.eval in DATASETS and spec.classnames is None else None
+    if spec.eval:
+        check_dataset_name(spec.eval)
+    preset = preset_classnames(spec.eval) if spec.eval in DATASET_NAMES and spec.classnames is None else None
     if preset:  # a named dataset's classes are known before its files are opened
         check_classes_in(names, preset, spec.eval)
     if spec.eval:
@@ -88,14 +96,16 @@ def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:
     train split, so it needs ``finetune_data``; training data equal to the eval data is refused.
     """
     if spec.finetune_data is not None:
-        name, root = spec.finetune_data, spec.data_root if spec.finetune_data in DATASETS else None
+        name, root = spec.finetune_data, spec.data_root if spec.finetune_data in DATASET_NAMES else None
     elif spec.eval == MINI_NAME:
         name, root = "fashion-mnist", None
-    elif spec.eval in DATASETS:
+    elif spec.eval in DATASET_NAMES:
         name, root = spec.eval, spec.data_root
     else:
         raise SpecError(f"finetune_data: the eval data {spec.eval} is a folder, which has no train split",
                         "pass --finetune-data DATASET_OR_FOLDER with labelled images that are not the eval images")
+    from .data import open_dataset
+
     train = open_dataset(name, root, spec.finetune_train_split, spec.download, None, spec.classnames)
     if [c.lower() for c in train.classnames] != [c.lower() for c in eval_data.classnames]:
         raise SpecError(f"finetune_data: {name} has classes {', '.join(train.classnames[:6])}..., "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import generic_vocabulary
+from .catalog import generic_vocabulary
 from .options import Progress, step_counter
 from .templates import build_prompts
 from .text import cached_encode_prompts, class_embeddings, text_cache_key

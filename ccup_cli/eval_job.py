@@ -8,7 +8,7 @@ from pathlib import Path
 from . import defaults
 from . import report as rep
 from .backend import backend_for
-from .data import DATASETS, preset_classnames
+from .catalog import DATASET_NAMES, check_dataset_name, preset_classnames
 from .door import canonical_names, default_eval, open_eval_dataset
 from .errors import SpecError
 from .options import RunOptions, resolve_device
@@ -83,7 +83,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
         check_output(report_path, options.overwrite, what="report")
     templates = load_templates(req.templates)
     backend_for(req.model, req.pretrained)  # a missing optional package is bad input, said here
-    preset = preset_classnames(eval_name) if eval_name in DATASETS and req.classnames is None else None
+    check_dataset_name(eval_name)
+    preset = preset_classnames(eval_name) if eval_name in DATASET_NAMES and req.classnames is None else None
     if preset:  # a named dataset's classes are known before its files are opened
         check_classes_in({"forget": req.forget}, preset, eval_name)
     dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,

@@ -65,3 +65,10 @@ def test_a_missing_spec_file_and_an_unknown_key_fail_without_torch(tmp_path):
     for args, needle in (([str(tmp_path / "missing.yaml")], "does not exist"), ([str(spec)], 'did you mean "alpha"')):
         result = probe("unlearn", *args)
         assert result["code"] == 2 and needle in result["stderr"] and result["heavy"] == [], result
+
+
+def test_the_catalog_lists_exactly_the_dataset_loaders():
+    from ccup_cli.catalog import DATASET_NAMES
+    from ccup_cli.data import DATASETS
+
+    assert sorted(DATASETS) == sorted(DATASET_NAMES)

@@ -1,0 +1,56 @@
+"""What ccup knows about datasets before opening one: their names and readable class names.
+
+Importable without numpy or torch, so a misspelt dataset or class name is answered at once;
+``data.py`` holds the loaders and must list exactly ``DATASET_NAMES``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import DatasetError
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+MINI_NAME = "fashion-mnist-mini"
+DATASET_NAMES = (MINI_NAME, "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "flowers102", "oxford-pets",
+                 "food101", "caltech101", "imagenet")
+
+
+@lru_cache(maxsize=1)
+def _classname_presets() -> dict[str, list[str]]:
+    return json.loads((PRESETS / "classnames.json").read_text(encoding="utf-8"))
+
+
+def preset_classnames(name: str) -> list[str] | None:
+    """A copy of a dataset's readable class names, or None if none is shipped."""
+    if name == MINI_NAME:
+        name = "fashion-mnist"
+    if name == "imagenet":
+        from .templates import open_clip_metadata
+
+        return list(open_clip_metadata().IMAGENET_CLASSNAMES)
+    names = _classname_presets().get(name)
+    return list(names) if names is not None else None
+
+
+def generic_vocabulary() -> list[str]:
+    """The default retain vocabulary when no dataset is given: ImageNet-1k class names."""
+    return preset_classnames("imagenet") or []
+
+
+def is_folder(name: str) -> bool:
+    """Whether ``--eval NAME`` means an ImageFolder path rather than a dataset name."""
+    return Path(name).exists() or "/" in name or name.startswith((".", "~"))
+
+
+def check_dataset_name(name: str) -> None:
+    """A known name or a folder path; else a DatasetError with close matches."""
+    if name in DATASET_NAMES or is_folder(name):
+        return
+    names = sorted(DATASET_NAMES)
+    close = difflib.get_close_matches(name, names, n=2)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"use one of {', '.join(names)} or a folder"
+    raise DatasetError(f'unknown dataset "{name}"', hint)
