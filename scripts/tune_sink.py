@@ -191,7 +191,7 @@ def test_targets(args) -> None:
         f"\n\nIssue 12's targets on the full {len(study.ds)}-image test split, α = 1, default λ, for the default sink "
         f"({DEFAULT_SINK}, chosen on the validation split: section tune_sink), the paper's zero sink and the issue's "
         "retain-mean. P@10 and "
-        "P@100 are the worst forget class's; drops in points (negative: a gain). Reported only; nothing is chosen "
+        "P@100 are the worst forget class's; the first table gives drops in points (negative: a gain), the second Δ = after − before in points (positive: a gain). Reported only; nothing is chosen "
         "here.\n\n" + "\n".join(_detail_table(rows)))
     print(body)
     if not args.no_doc:
