@@ -73,7 +73,8 @@ def main() -> None:
         inputs = SweepInputs(site, original, pre, classifier, test, *emb)
         sweeps["+".join(forget)] = run_sweep(inputs, ["ccup", "nullspace"], [i / 10 for i in range(11)], forget,
                                              {"ccup": {"lambda_retain": defaults.LAMBDA_RETAIN,
-                                                       "lambda_identity": defaults.LAMBDA_IDENTITY},
+                                                       "lambda_identity": defaults.LAMBDA_IDENTITY,
+                                                       "sink": defaults.SINK},
                                               "nullspace": {"energy": defaults.ENERGY}})
         if args.finetune_steps > 0:
             tuned = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
