@@ -309,7 +309,9 @@ def _leace(req, train_after, train_labels, test_after, test_labels, forget_ids, 
     import importlib.util
 
     note = ("comparison only: LEACE needs labelled images of the forgotten classes, which CCUP does not; "
-            "fitted on the probe training images")
+            "fitted on the probe training images (normalised patched features). It guarantees that no linear "
+            "predictor of the forget-class indicator beats a constant on the data it was fitted on; a probe "
+            "over all classes, tested on other images, can still find part of what is left")
     if not req.leace:
         return {"status": "off", "note": note}
     if importlib.util.find_spec("concept_erasure") is None:
@@ -329,5 +331,5 @@ def _leace(req, train_after, train_labels, test_after, test_labels, forget_ids, 
         eraser = LeaceEraser.fit(x, z)
         erased_train = eraser(x).float()
         erased_test = eraser(F.normalize(test_after.double(), dim=-1)).float()
-        rows = probe_curve(erased_train, train_labels, erased_test, test_labels, **args)
+        rows = probe_curve(erased_train, train_labels, erased_test, test_labels, **args, normalize=False)
     return {"status": "measured", "note": note, "rows": rows}

@@ -26,14 +26,14 @@ def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def train_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int = 0,
-                l2: float = PROBE_L2, steps: int = PROBE_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+                l2: float = PROBE_L2, steps: int = PROBE_STEPS, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic-regression weights ``[C, d]`` and bias ``[C]`` (float64) on normalised ``features [n, d]``.
 
     Minimises mean cross-entropy + ``l2 · ‖weight‖²`` by Nesterov-accelerated gradient descent with
     the analytic gradient and step 1/L (L bounds the Hessian), so it needs no autograd and its
     result depends only on the data, ``seed`` (the starting point) and ``steps``.
     """
-    x = F.normalize(features.double(), dim=-1)
+    x = F.normalize(features.double(), dim=-1) if normalize else features.double()
     y = torch.as_tensor(labels, dtype=torch.long)
     n = max(len(y), 1)
     onehot = torch.zeros(len(y), n_classes, dtype=torch.float64)
@@ -55,8 +55,10 @@ def train_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, se
     return previous[:-1].T.contiguous(), previous[-1].clone()
 
 
-def probe_predict(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    return (F.normalize(features.double(), dim=-1) @ weight.T + bias).argmax(dim=1)
+def probe_predict(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor,
+                  normalize: bool = True) -> torch.Tensor:
+    x = F.normalize(features.double(), dim=-1) if normalize else features.double()
+    return (x @ weight.T + bias).argmax(dim=1)
 
 
 def _split_accuracy(pred: torch.Tensor, labels: torch.Tensor, ids: Sequence[int]) -> float | None:
@@ -73,13 +75,15 @@ def _mean_std(values: list[float | None]) -> dict:
 
 def probe_curve(train_features: torch.Tensor, train_labels: np.ndarray, test_features: torch.Tensor,
                 test_labels: np.ndarray, n_classes: int, forget_ids: Sequence[int], shots: Sequence[int],
-                draws: int = 5, seed: int = 0, pool: dict[int, list[np.ndarray]] | None = None) -> list[dict]:
+                draws: int = 5, seed: int = 0, pool: dict[int, list[np.ndarray]] | None = None,
+                normalize: bool = True) -> list[dict]:
     """Probe accuracy against k: one row per k with forget and retain top-1 (mean, std over draws).
 
     ``train_features [m, d]`` are the labelled pool (any projection: patched, original, erased),
     ``test_features [n, d]`` the evaluation images. Draw j of shot k uses the images
     ``pool[k][j]`` (indices into the training pool; default ``k_shot_indices(labels, k, seed + j)``),
-    so the same draws serve every feature set and the comparison is paired.
+    so the same draws serve every feature set and the comparison is paired. ``normalize`` False
+    keeps features as given (LEACE-erased features: re-normalising them is not a linear map).
     """
     train_labels = np.asarray(train_labels)
     test_y = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
@@ -90,8 +94,8 @@ def probe_curve(train_features: torch.Tensor, train_labels: np.ndarray, test_fea
         forget_acc, retain_acc = [], []
         for j, idx in enumerate(chosen):
             w, b = train_probe(train_features[torch.as_tensor(idx)], torch.as_tensor(train_labels[idx]),
-                               n_classes, seed=seed + j)
-            pred = probe_predict(w, b, test_features)
+                               n_classes, seed=seed + j, normalize=normalize)
+            pred = probe_predict(w, b, test_features, normalize)
             forget_acc.append(_split_accuracy(pred, test_y, forget_ids))
             retain_acc.append(_split_accuracy(pred, test_y, retain_ids))
         rows.append({"k": int(k), "forget": _mean_std(forget_acc), "retain": _mean_std(retain_acc)})
