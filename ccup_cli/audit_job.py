@@ -18,7 +18,7 @@ from .backend import backend_for
 from .data import DATASETS, MINI_NAME, EvalDataset, open_dataset
 from .door import canonical_names, default_eval, open_eval_dataset
 from .errors import CheckpointError, DatasetError, SpecError
-from .lineage import Lineage, output_folder, trace
+from .lineage import Lineage, trace
 from .options import RunOptions, resolve_device
 from .provenance import PhaseTimer, finish_report, start_report
 from .spec import check_classes_in
@@ -89,6 +89,7 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
         problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
     if problems:
         raise SpecError(problems)
+    req.probe_shots = sorted(set(req.probe_shots))  # the verdict reads the largest k
     patched_file = _checkpoint_file(req.patched)
     lineage = trace(req.patched)
     last = lineage.steps[-1].spec if lineage else {}
@@ -98,8 +99,6 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
     if lineage is None and req.model is None:
         raise SpecError(f"model: {req.patched} is no ccup output folder, so the original model is unknown",
                         "pass --model NAME (and --pretrained for the original weights)")
-    if output_folder(pretrained) is not None and lineage is None:
-        raise SpecError(f"pretrained: {pretrained} is itself a ccup output", "give the original model's weights")
     forget = req.forget or (lineage.forget if lineage else [])
     if not forget:
         raise SpecError("forget: no forget classes given, and none recorded beside the checkpoint",
