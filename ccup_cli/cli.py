@@ -304,7 +304,8 @@ def audit_command(
     patched: str = typer.Argument(..., metavar="PATCHED", help="An unlearn output folder, or a checkpoint "
                                   "(with --model)."),
     forget: Optional[str] = typer.Option(None, "--forget", help="Forgotten classes; default: from the folder."),
-    aliases: Optional[Path] = typer.Option(None, "--aliases", help="YAML file: class: [alias, ...]."),
+    aliases: Optional[Path] = typer.Option(None, "--aliases", help="YAML file mapping each class to a list "
+                                           "of its other names."),
     templates: Optional[str] = typer.Option(None, "--templates", help="A second template set (openai, simple, "
                                             "photo, or a file); default: templates the unlearning did not use."),
     probe_shots: str = typer.Option("4,16", "--probe-shots", help="k of the k-shot linear probes; '' for none."),
