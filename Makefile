@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PINS)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers]' $(TORCH_PINS)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers,audit]' $(TORCH_PINS)
 	touch $(STAMP)
 
 test: install

@@ -339,6 +339,54 @@ def export_command(
                      highlight=False)
 
 
+@job_command("audit", _DATA_FIELDS)
+def audit_command(
+    patched: str = typer.Argument(..., metavar="PATCHED", help="An unlearn output folder, or a checkpoint "
+                                  "(with --model)."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Forgotten classes; default: from the folder."),
+    aliases: Optional[Path] = typer.Option(None, "--aliases", help="YAML file mapping each class to a list "
+                                           "of its other names."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="A second template set (openai, simple, "
+                                            "photo, or a file); default: templates the unlearning did not use."),
+    probe_shots: str = typer.Option("4,16", "--probe-shots", help="k of the k-shot linear probes; '' for none."),
+    probe_draws: int = typer.Option(5, "--probe-draws", min=1, help="Draws of the k images, averaged."),
+    probe_seed: int = typer.Option(0, "--probe-seed", help="Seed of the draws and of the probes."),
+    leace: bool = typer.Option(True, "--leace/--no-leace", help="The LEACE comparison row (needs "
+                               "concept-erasure; fitted on labelled images)."),
+    eval_split: str = typer.Option("test", "--eval-split"),
+    download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: audit.json, audit.md, PNG figures."),
+    flags: RunFlags = None,
+    fields: dict = None,
+) -> None:
+    """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
+    from . import report as rep
+    from .audit_job import AuditRequest, run_audit
+    from .audit_page import audit_table
+    from .errors import SpecError
+    from .spec import split_csv
+
+    try:
+        shots = [int(k) for k in split_csv(probe_shots)]
+    except ValueError:
+        raise SpecError(f"probe-shots: {probe_shots!r} is not a list of whole numbers", "e.g. --probe-shots 4,16") \
+            from None
+    req = AuditRequest(patched=patched, **fields, eval_split=eval_split, download=download,
+                       forget=split_csv(forget or ""), aliases=str(aliases) if aliases else None, templates=templates,
+                       probe_shots=shots, probe_draws=probe_draws, probe_seed=probe_seed, leace=leace)
+    with flags.options(out) as options:
+        report = run_audit(req, options)
+    if flags.json_out:
+        sys.stdout.write(rep.dumps(report))
+    elif not flags.quiet:
+        _warn(report)
+        stdout.print(f"[bold]verdict:[/] {report['verdict']['headline']}", highlight=False)
+        stdout.print(report["statement"], highlight=False)
+        stdout.print(audit_table(report))
+        if out is not None:
+            stdout.print(f"written: {report['outputs']['folder']} (audit.md, audit.json, figures)")
+
+
 @app.command("models")
 def models_command() -> None:
     """List the architectures open_clip knows, the embedded one first."""

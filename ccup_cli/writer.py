@@ -43,11 +43,12 @@ def _output_key(filename: str) -> str:
 def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, method_metadata: dict[str, str],
                             spec, report: dict) -> None:
     """model.safetensors (the source with ``replaced`` swapped in), the backend's config files, spec.yaml,
-    report.json. An open_clip source gives an open_clip local-dir folder; a transformers source a
-    folder that ``CLIPModel.from_pretrained`` loads.
+    report.json, and README.md (a model-card summary) with small figures. An open_clip source gives an
+    open_clip local-dir folder; a transformers source a folder that ``CLIPModel.from_pretrained`` loads.
 
     ``report["outputs"]`` is filled in with each file's path and sha256 before the report is written.
     """
+    from .audit_page import write_unlearn_summary
     from .checkpoint import save_safetensors
 
     out = Path(out).absolute()
@@ -63,6 +64,7 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
                                         tmp / "model.safetensors", metadata)
             configs = loaded.write_config_files(tmp)
             (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+            summary = write_unlearn_summary(tmp, report)
         except OSError as err:
             raise os_error_to_output_error(err, out) from err
         report["outputs"] = {
@@ -71,5 +73,6 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
             **{_output_key(name): {"path": str(out / name), "sha256": sha256_file(path)}
                for name, path in configs.items()},
             "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
+            "summary": {name: str(out / name) for name in summary},
         }
         rep.write_report(tmp / "report.json", report)

@@ -52,7 +52,8 @@ def test_unlearn_end_to_end_json(base, tmp_path):
     assert len(report["spec"]["retain"]) == 8  # the dataset's other classes
     assert set(report["metrics"]) == {"before", "after", "delta"}
     assert report["metrics"]["before"]["forget"]["n"] == 6
-    assert leftovers(out) == ["model.safetensors", "open_clip_config.json", "report.json", "spec.yaml"]
+    assert leftovers(out) == ["README.md", "model.safetensors", "open_clip_config.json", "per_class_top1.png",
+                              "report.json", "spec.yaml"]
     assert json.loads((out / "report.json").read_text())["outputs"]["checkpoint"]["sha256"] == \
         report["outputs"]["checkpoint"]["sha256"]
 
