@@ -69,7 +69,7 @@ def load_domains(name_or_file: str) -> dict[str, list[str]]:
     else:
         close = difflib.get_close_matches(name_or_file, domain_preset_names(), n=1)
         hint = f'did you mean "{close[0]}"?' if close else \
-            f"name a preset ({', '.join(domain_preset_names())}) or a YAML file of domain: [templates]"
+            f"name a preset ({', '.join(domain_preset_names())}) or a YAML file mapping each domain to its templates"
         raise SpecError(f'domains: "{name_or_file}" is neither a domain preset nor a file', hint)
     raw = _read_domain_file(str(path))
     if not isinstance(raw, dict) or not raw:
@@ -203,7 +203,7 @@ def admit_sides(spec, dataset, forget_templates: Sequence[str], retain_templates
         domains_name = DATASET_DOMAIN_PRESETS.get(spec.eval or "")
         if domains_name is None:
             problems.append("domains: forget_domains needs a domain table and the eval data has no preset; "
-                            "set domains: to fashion-mnist-domains or a YAML file of domain: [templates]")
+                            "set domains: to fashion-mnist-domains or a YAML file mapping each domain to its templates")
     if domains_name is not None:
         table = load_domains(domains_name)
         dataset_domains = getattr(dataset, "domain_names", None)
