@@ -290,7 +290,8 @@ def eval_command(
         raise typer.Exit(1)
 
 
-@job_command("sweep", ("forget", "retain", "sink", "templates", "retain_templates") + _DATA_FIELDS)
+@job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "templates", "retain_templates")
+             + _DATA_FIELDS)
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),

@@ -198,6 +198,9 @@ def admit_sides(spec, dataset, forget_templates: Sequence[str], retain_templates
     from .catalog import generic_vocabulary
 
     problems, table = [], None
+    if spec.method == "finetune":
+        problems.append("method: finetune trains on class labels and takes no forget_domains, domains or "
+                        "forget/retain prompts; use ccup or nullspace")
     domains_name = spec.domains
     if domains_name is None and spec.forget_domains:
         domains_name = DATASET_DOMAIN_PRESETS.get(spec.eval or "")

@@ -189,3 +189,23 @@ def test_unlearn_in_one_domain_reports_domain_metrics(tiny_vit_file, tmp_path):
     assert after["forget"]["n"] == 2 and after["domains"]["photo"]["forget"]["n"] == 0
     assert report["text"]["forget_groups"] == ["sandal in sketch", "sandal sketch"]
     assert report["text"]["forget_prompts"] == 2 and report["text"]["retain_prompts"] == 1 + 2 * 2
+
+
+def test_sweep_takes_forget_domains_and_finetune_refuses_them(tiny_vit_file, tmp_path):
+    folder = tmp_path / "dom"
+    for d in ("photo", "sketch"):
+        make_image_folder(folder / d, ["sandal", "bag"], per_class=2, size=16)
+    table = tmp_path / "domains.yaml"
+    table.write_text("photo: ['a photo of a {}.']\nsketch: ['a sketch of a {}.']\n")
+    common = ["--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", folder, "--domains", table,
+              "--forget", "sandal", "--forget-domains", "sketch", "--workers", "0", "--device", "cpu"]
+    result = runner.invoke(app, ["sweep", *map(str, common), "--alphas", "0,1", "--methods", "ccup",
+                                 "--out", str(tmp_path / "sweep"), "-q"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
+    assert [r["metrics"]["forget"]["n"] for r in rows] == [2, 2]  # sandal in sketch only, not 4
+    assert "domains" in rows[0]["metrics"]
+    result = _unlearn(*common, "--method", "finetune")
+    assert result.exit_code == 2 and "method: finetune" in result.output
