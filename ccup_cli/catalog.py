@@ -15,7 +15,8 @@ from .errors import DatasetError
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 MINI_NAME = "fashion-mnist-mini"
-DATASET_NAMES = (MINI_NAME, "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "flowers102", "oxford-pets",
+MINI_DOMAINS_NAME = "fashion-mnist-domains-mini"  # the mini subset drawn in the three domains (domains.py)
+DATASET_NAMES = (MINI_NAME, MINI_DOMAINS_NAME, "fashion-mnist-domains", "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "flowers102", "oxford-pets",
                  "food101", "caltech101", "imagenet")
 
 
@@ -26,7 +27,7 @@ def _classname_presets() -> dict[str, list[str]]:
 
 def preset_classnames(name: str) -> list[str] | None:
     """A copy of a dataset's readable class names, or None if none is shipped."""
-    if name == MINI_NAME:
+    if name in (MINI_NAME, MINI_DOMAINS_NAME, "fashion-mnist-domains"):
         name = "fashion-mnist"
     if name == "imagenet":
         from .templates import open_clip_metadata

@@ -165,6 +165,10 @@ _SPEC_FLAGS = {
                                                "or 'none'.")),
     "forget": (Optional[str], typer.Option(None, "--forget", help="Classes to forget, comma-separated.")),
     "retain": (Optional[str], typer.Option(None, "--retain", help="Classes to keep, comma-separated.")),
+    "forget_domains": (Optional[str], typer.Option(None, "--forget-domains", help="Forget only in these domains, "
+                                                   "comma-separated (e.g. sketch); alone: the whole domain.")),
+    "domains": (Optional[str], typer.Option(None, "--domains", help="Domain -> templates: a preset "
+                                            "(fashion-mnist-domains) or a YAML file.")),
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="With --alpha auto: the forget top-1 to reach.")),
@@ -242,6 +246,8 @@ def unlearn_command(
         if "metrics" in report:
             ds = report["dataset"]
             stdout.print(rep.metrics_table(report["metrics"], f"{ds['name']} ({ds['n_images']} images)"))
+            if "domains" in report["metrics"]["before"]:
+                stdout.print(rep.domain_grid_table(report["metrics"], report["spec"]))
         if out is None:
             stdout.print("[dim]no --out given: nothing was written[/]")
 
@@ -284,7 +290,8 @@ def eval_command(
         raise typer.Exit(1)
 
 
-@job_command("sweep", ("forget", "retain", "sink", "templates", "retain_templates") + _DATA_FIELDS)
+@job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "templates", "retain_templates")
+             + _DATA_FIELDS)
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),

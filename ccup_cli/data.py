@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .catalog import DATASET_NAMES, MINI_NAME, check_dataset_name, generic_vocabulary, preset_classnames  # noqa: F401
+from .catalog import (  # noqa: F401
+    DATASET_NAMES,
+    MINI_DOMAINS_NAME,
+    MINI_NAME,
+    check_dataset_name,
+    generic_vocabulary,
+    preset_classnames,
+)
 from .errors import DatasetError
 from .idx import load_idx_split
 
@@ -37,6 +44,8 @@ class EvalDataset:
     item_ids: list[str]  # one stable id per image (a path, or file#index)
     load_image: Callable[[int], Image.Image] = field(repr=False)
     content_id: str = ""  # identifies the bytes behind item_ids (file hashes, sizes)
+    domains: np.ndarray | None = None  # [n] int64 index into domain_names; None: a single-domain dataset
+    domain_names: list[str] | None = None  # e.g. ["photo", "sketch", "silhouette"]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,15 +68,19 @@ class EvalDataset:
         indices = np.asarray(indices, dtype=np.int64)
         parent = self.load_image
         return EvalDataset(self.name, self.split, self.classnames, self.labels[indices],
-                           [self.item_ids[i] for i in indices], lambda i: parent(int(indices[i])), self.content_id)
+                           [self.item_ids[i] for i in indices], lambda i: parent(int(indices[i])), self.content_id,
+                           None if self.domains is None else self.domains[indices], self.domain_names)
 
     def limit_per_class(self, limit: int, seed: int = LIMIT_SEED) -> EvalDataset:
-        """At most ``limit`` images per class, chosen by a seeded shuffle, in original order."""
+        """At most ``limit`` images per class (per class and domain in a domain dataset), chosen by a
+        seeded shuffle, in original order."""
         rng = np.random.default_rng(seed)
         keep = []
+        cells = [None] if self.domains is None else range(len(self.domain_names))
         for c in range(len(self.classnames)):
-            idx = np.flatnonzero(self.labels == c)
-            keep.append(np.sort(rng.permutation(idx)[:limit]))
+            for d in cells:
+                idx = np.flatnonzero((self.labels == c) & (True if d is None else self.domains == d))
+                keep.append(np.sort(rng.permutation(idx)[:limit]))
         return self.subset(np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64))
 
 
@@ -155,8 +168,23 @@ def _imagenet(root: str | None, split: str, download: bool) -> EvalDataset:
     return ds
 
 
+def _fashion_domains(root: str | None, split: str, download: bool) -> EvalDataset:
+    from .domain_data import rendered_domains
+
+    base = _idx_dataset("fashion-mnist", DEBIAN_FASHION_ROOT, "FashionMNIST")(root, split, download)
+    return rendered_domains("fashion-mnist-domains", base)
+
+
+def _mini_domains(root: str | None, split: str, download: bool) -> EvalDataset:
+    from .domain_data import rendered_domains
+
+    return rendered_domains(MINI_DOMAINS_NAME, _mini(root, split, download))
+
+
 DATASETS: dict[str, Callable[[str | None, str, bool], EvalDataset]] = {
     MINI_NAME: _mini,
+    MINI_DOMAINS_NAME: _mini_domains,
+    "fashion-mnist-domains": _fashion_domains,
     "fashion-mnist": _idx_dataset("fashion-mnist", DEBIAN_FASHION_ROOT, "FashionMNIST"),
     "mnist": _idx_dataset("mnist", None, "MNIST"),
     "cifar10": _torchvision("cifar10", "CIFAR10", lambda s: {"train": s == "train"}),
@@ -234,7 +262,10 @@ def open_dataset(name: str, data_root: str | None = None, split: str = "test", d
     if name in DATASETS:
         ds = DATASETS[name](data_root, split, download)
     elif Path(name).exists() or "/" in name or name.startswith((".", "~")):
-        ds = image_folder(Path(name).expanduser())
+        from .domain_data import domain_folder, is_domain_folder
+
+        folder = Path(name).expanduser()
+        ds = domain_folder(folder) if is_domain_folder(folder) else image_folder(folder)
     else:
         check_dataset_name(name)
     if len(ds) == 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .backend import backend_for
-from .catalog import DATASET_NAMES, MINI_NAME, check_dataset_name, preset_classnames
+from .catalog import DATASET_NAMES, MINI_DOMAINS_NAME, MINI_NAME, check_dataset_name, preset_classnames
 from .defaults import EMBEDDED_MODEL
 from .errors import SpecError
 from .options import RunOptions
@@ -25,10 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset 
     from .data import EvalDataset
 
 
-def default_eval(model: str | None, eval_name: str | None) -> str | None:
-    """The embedded model evaluates on the embedded subset unless told otherwise."""
+def default_eval(model: str | None, eval_name: str | None, domains: bool = False) -> str | None:
+    """The embedded model evaluates on the embedded subset (in its three domains when the spec
+    names domains) unless told otherwise."""
     if eval_name is None and (model is None or model == EMBEDDED_MODEL):
-        return MINI_NAME
+        return MINI_DOMAINS_NAME if domains else MINI_NAME
     return eval_name
 
 
@@ -55,11 +56,14 @@ class Admitted:
     templates: list[str]
     retain_templates: list[str]
     train: EvalDataset | None = None  # finetune's labelled images
+    sides: tuple | None = None  # prompt_sides.PromptSide (forget, retain) when domains or free prompts are used
+    domains: dict[str, list[str]] | None = None  # domain -> templates
 
 
 def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: bool) -> Admitted:
     """Validate a spec against its templates, dataset and output before any model is loaded."""
-    spec_eval = default_eval(spec.model, spec.eval)
+    uses_domains = bool(spec.forget_domains or spec.domains)
+    spec_eval = default_eval(spec.model, spec.eval, uses_domains)
     if spec_eval != spec.eval:
         spec = spec.model_copy(update={"eval": spec_eval})
     templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
@@ -80,13 +84,18 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
         spec = spec.model_copy(update={
             "forget": canonical_names(spec.forget, dataset.classnames),
             "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+    sides, domain_table = None, None
+    if uses_domains or spec.forget_prompts or spec.retain_prompts:
+        from .prompt_sides import admit_sides
+
+        spec, sides, domain_table = admit_sides(spec, dataset, templates, retain_templates)
     train = None
     if spec.method == "finetune":
         with timer("open_train_data"):
             train = finetune_dataset(spec, dataset)
     if options.out is not None:
         check_output(options.out, options.overwrite, (spec.pretrained, spec.model))
-    return Admitted(spec, dataset, templates, retain_templates, train)
+    return Admitted(spec, dataset, templates, retain_templates, train, sides, domain_table)
 
 
 def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:

@@ -179,6 +179,7 @@ def zero_shot_metrics(
     labels: np.ndarray | torch.Tensor,
     classnames: Sequence[str],
     forget: Sequence[str] = (),
+    forget_images: np.ndarray | None = None,
 ) -> dict:
     """Metrics of a zero-shot classifier: logits = 100 · normalise(f) · t_c.
 
@@ -187,17 +188,23 @@ def zero_shot_metrics(
     (other images, every class a candidate), ``retain_only`` (other images, retain classes
     only as candidates), ``overall``. ``forget`` also carries the true class's mean softmax
     probability and mean rank (1 = top). ``retrieval``: retrieval_metrics from the same logits.
+
+    ``forget_images [n]`` bool (domain forgetting: the images of the forgotten class × domain
+    cells) replaces "images of forget classes" as the forget split; ``retain`` is then every
+    other image, and ``retain_only`` the images of non-forget classes among themselves.
     """
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     logits = LOGIT_SCALE * F.normalize(image_features.float(), dim=-1) @ class_embeddings.float().T
     forget_ids = _forget_ids(classnames, forget)
     retain_ids = [i for i in range(len(classnames)) if i not in forget_ids]
-    is_forget = torch.isin(labels_t, torch.as_tensor(forget_ids, dtype=torch.long))
+    of_forget_class = torch.isin(labels_t, torch.as_tensor(forget_ids, dtype=torch.long))
+    is_forget = of_forget_class if forget_images is None else torch.as_tensor(np.asarray(forget_images, dtype=bool))
+    only = ~of_forget_class
     everything = list(range(len(classnames)))
     metrics = {
         "forget": _split_metrics(logits[is_forget], labels_t[is_forget], everything, classnames),
         "retain": _split_metrics(logits[~is_forget], labels_t[~is_forget], everything, classnames),
-        "retain_only": _split_metrics(logits[~is_forget], labels_t[~is_forget], retain_ids, classnames),
+        "retain_only": _split_metrics(logits[only], labels_t[only], retain_ids, classnames),
         "overall": _split_metrics(logits, labels_t, everything, classnames),
     }
     if forget_ids and bool(is_forget.any()):
@@ -233,7 +240,16 @@ def metrics_for(
     class_embeddings: torch.Tensor,
     dataset: EvalDataset,
     forget: Sequence[str],
+    forget_domains: Sequence[str] = (),
 ) -> dict:
-    """Metrics of the model whose fold site holds ``tensors``, from cached features."""
+    """Metrics of the model whose fold site holds ``tensors``, from cached features.
+
+    A domain dataset adds ``domains.<domain>`` (``domain_metrics.by_domain``); with
+    ``forget_domains`` the forget split is the forgotten class × domain cells.
+    """
     feats = project(site, tensors, pre_projection_features)
-    return zero_shot_metrics(feats, class_embeddings, dataset.labels, dataset.classnames, forget)
+    if dataset.domains is None:
+        return zero_shot_metrics(feats, class_embeddings, dataset.labels, dataset.classnames, forget)
+    from .domain_metrics import domain_aware_metrics
+
+    return domain_aware_metrics(feats, class_embeddings, dataset, forget, forget_domains)

@@ -92,6 +92,30 @@ def metrics_table(metrics: dict, title: str):
     return table
 
 
+def domain_grid_table(metrics: dict, spec: dict):
+    """Class × domain grid of before → after top-1 for the forget classes (all classes when a
+    whole domain is forgotten); forgotten cells are marked ✗."""
+    from rich.table import Table
+
+    before, after = metrics["before"], metrics.get("after") or {}
+    domains = list(before.get("domains", {}))
+    forget_domains = set(spec.get("forget_domains") or [])
+    classes = spec.get("forget") or list(before["overall"]["per_class"])
+    table = Table(title="top-1 % by class and domain, before → after", title_justify="left")
+    table.add_column("class")
+    for d in domains:
+        table.add_column(d + (" ✗" if d in forget_domains else ""), justify="right")
+    for c in classes:
+        row = [c]
+        for d in domains:
+            b = before["domains"][d]["overall"]["per_class"].get(c)
+            a = _at(after, f"domains.{d}.overall.per_class")
+            a = a.get(c) if isinstance(a, dict) else None
+            row.append(f"{_pct(b)} → {_pct(a)}" if after else _pct(b))
+        table.add_row(*row)
+    return table
+
+
 def summary_table(report: dict):
     """The projector and outputs of an unlearn run, without images."""
     from rich.table import Table
@@ -104,7 +128,11 @@ def summary_table(report: dict):
     source = report["model"]["pretrained"] or "random init"
     table.add_row("model", report["model"]["name"] if report["model"]["name"] == "ccup-tiny-fashion" and
                   source.endswith("open_clip_model.safetensors") else f"{report['model']['name']} ({source})")
-    table.add_row("forget", ", ".join(spec["forget"]))
+    table.add_row("forget", ", ".join(spec["forget"]) or "every class")
+    if spec.get("forget_domains"):
+        table.add_row("in domains", ", ".join(spec["forget_domains"]))
+    if spec.get("forget_prompts"):
+        table.add_row("forget prompts", str(len(spec["forget_prompts"])))
     table.add_row("retain", f"{report['text']['retain_classes']} classes")
     if proj["method"] == "finetune":
         ft = report["finetune"]

@@ -69,6 +69,23 @@ class Session:
                                            retain_templates, self.cache_id, self.text_cache_name,
                                            self.options.progress, cache=self._cached_text)
 
+    def embed_prompt_sides(self, forget_side, retain_side) -> tuple[TextEmbeddings, TextEmbeddings]:
+        """Embeddings of ``prompt_sides.PromptSide`` sides (domains, free prompts); groups as classes."""
+        from .prompt_sides import embed_side
+        from .text import text_cache_key
+
+        def encode_cached(prompts: list[str]):
+            key = text_cache_key(self.cache_id, self.text_cache_name, prompts) if self.cache_id else None
+            return self._cached_text(self.loaded.encode_prompts, prompts, key, self.options.batch_size)
+
+        with self.timer("text"), self._text_precision():
+            forget = embed_side(encode_cached, forget_side)
+            retain = embed_side(encode_cached, retain_side)
+        if retain is None:
+            empty = torch.empty(0, forget.per_class.shape[1])
+            retain = TextEmbeddings([], ["{}"], empty, empty)
+        return forget, retain
+
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Unnormalised text features ``[n, d]`` of free prompts (a sink phrase in the templates)."""
         with self._text_precision():

@@ -34,6 +34,13 @@ class UnlearnSpec(BaseModel):
     forget: list[str] = Field(default_factory=list, description="class names to forget")
     retain: list[str] | None = Field(None, description="class names to keep; default: the eval dataset's other "
                                                         "classes, else ImageNet-1k names less the forget classes")
+    forget_domains: list[str] = Field(default_factory=list, description="forget only in these domains "
+                                      "(e.g. sketch); without forget classes, every class in them")
+    domains: str | None = Field(None, description="domain -> templates: a preset (fashion-mnist-domains) or a "
+                                "YAML file; default with forget_domains: the eval dataset's preset")
+    forget_prompts: list[str] = Field(default_factory=list, description="free prompts added to the forget side "
+                                      "as they stand")
+    retain_prompts: list[str] = Field(default_factory=list, description="free prompts added to the retain side")
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
                                                            "picks the smallest meeting max_forget_acc")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
@@ -95,7 +102,7 @@ class UnlearnSpec(BaseModel):
             raise ValueError(problems[0].removeprefix("sink: "))
         return value
 
-    @field_validator("forget", "retain")
+    @field_validator("forget", "retain", "forget_domains", "forget_prompts", "retain_prompts")
     @classmethod
     def _clean_names(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
@@ -155,7 +162,7 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     """
     merged = dict(file_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("forget", "retain"):
+    for key in ("forget", "retain", "forget_domains"):
         if key in merged:
             merged[key] = split_csv(merged[key])
     problems = []
@@ -172,7 +179,9 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
         for e in err.errors():
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{_field_path(e['loc'])}: {msg}")
-    problems += semantic_problems(merged.get("forget"), merged.get("retain"))
+    problems += semantic_problems(merged.get("forget"), merged.get("retain"),
+                                  other_forget=bool(merged.get("forget_domains") or merged.get("forget_prompts")))
+    problems += prompt_problems(merged)
     if spec is not None and spec.alpha == "auto" and spec.max_forget_acc is None:
         problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05)")
     if problems or spec is None:
@@ -184,11 +193,32 @@ def _names(value: Any) -> list[str]:
     return [str(v).strip() for v in value] if isinstance(value, list) else []
 
 
-def semantic_problems(forget: Any, retain: Any) -> list[str]:
-    """Checks across fields: empty, duplicate and overlapping class lists (raw values)."""
+def prompt_problems(merged: dict[str, Any]) -> list[str]:
+    """Empty or repeated entries of forget_domains, forget_prompts and retain_prompts (raw values)."""
+    problems = []
+    for field in ("forget_domains", "forget_prompts", "retain_prompts"):
+        seen: set[str] = set()
+        for i, entry in enumerate(_names(merged.get(field))):
+            if not entry:
+                problems.append(f"{field}[{i}]: empty entry; remove it")
+            elif entry in seen:
+                problems.append(f'{field}[{i}]: "{entry}" is listed twice; remove the duplicate')
+            seen.add(entry)
+    overlap = set(_names(merged.get("forget_prompts"))) & set(_names(merged.get("retain_prompts")))
+    for i, entry in enumerate(_names(merged.get("retain_prompts"))):
+        if entry in overlap:
+            problems.append(f'retain_prompts[{i}]: "{entry}" is also in forget_prompts')
+    return problems
+
+
+def semantic_problems(forget: Any, retain: Any, other_forget: bool = False) -> list[str]:
+    """Checks across fields: empty, duplicate and overlapping class lists (raw values).
+
+    ``other_forget``: forget_domains or forget_prompts are given, so no forget class is needed.
+    """
     problems = []
     lists = {"forget": _names(forget), "retain": _names(retain)}
-    if not lists["forget"] and (forget is None or isinstance(forget, list)):
+    if not lists["forget"] and not other_forget and (forget is None or isinstance(forget, list)):
         problems.append("forget: the list is empty; name at least one class, e.g. --forget cat,dog")
     for field, names in lists.items():
         seen: dict[str, int] = {}

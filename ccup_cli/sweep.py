@@ -31,6 +31,8 @@ class SweepInputs:
     forget: TextEmbeddings
     retain: TextEmbeddings
     feature_cache_hit: bool = False
+    forget_domains: tuple[str, ...] = ()  # domain forgetting: the forget split is these domains' cells
+    forget_names: list[str] | None = None  # the classes of the forget split, when not the spec's forget list
 
 
 def run_sweep(
@@ -53,7 +55,7 @@ def run_sweep(
             W = blend(full, alpha)
             tensors = inputs.original_tensors if alpha == 0 else fold(inputs.site, inputs.original_tensors, W)
             metrics = metrics_for(inputs.site, tensors, inputs.pre_projection_features, inputs.classifier,
-                                  inputs.dataset, forget_names)
+                                  inputs.dataset, forget_names, inputs.forget_domains)
             rows.append({"method": method, "alpha": alpha, "params": params[method], "metrics": metrics})
     return rows
 

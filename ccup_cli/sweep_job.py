@@ -38,14 +38,23 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     session = open_session(spec.model, spec.pretrained, options, device, timer)
     device = session.device  # this rank's device under torchrun
     retain = spec.retain if spec.retain is not None else default_retain(spec.forget, dataset.classnames)
-    forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates, admitted.retain_templates)
+    forget_names = spec.forget
+    if admitted.sides is not None:  # domains or free prompts (prompt_sides.py)
+        from .prompt_sides import forgotten_classes
+
+        forget_emb, retain_emb = session.embed_prompt_sides(*admitted.sides)
+        forget_names = forgotten_classes(spec.forget, spec.forget_domains, dataset.classnames)
+    else:
+        forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates,
+                                                     admitted.retain_templates)
     inputs = evaluation_inputs(session, dataset, admitted.templates, forget_emb, retain_emb)
+    inputs.forget_domains = tuple(spec.forget_domains)
     with timer("sweep"):
         params = {}
         for entry in methods:
             name, override = split_variant(entry)
             params[entry] = {**method_params(get_method(name), spec), **override}
-        rows = run_sweep(inputs, methods, alphas, spec.forget, params, session.encode_text)
+        rows = run_sweep(inputs, methods, alphas, forget_names, params, session.encode_text)
     resolved = spec.model_copy(update={"retain": retain})
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
                           sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})

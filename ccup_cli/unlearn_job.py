@@ -38,7 +38,8 @@ def choose_alpha(inputs, spec: UnlearnSpec, params: dict, encode=None) -> tuple[
     """The smallest α on ``AUTO_ALPHAS`` whose forget top-1 meets ``spec.max_forget_acc``, and the curve."""
     from .sweep import run_sweep, smallest_alpha_meeting
 
-    rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, spec.forget, {spec.method: params}, encode)
+    forget_names = inputs.forget_names if inputs.forget_names is not None else spec.forget
+    rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, forget_names, {spec.method: params}, encode)
     chosen = smallest_alpha_meeting(rows, spec.method, spec.max_forget_acc)
     curve = [{"alpha": r["alpha"], "forget_top1": r["metrics"]["forget"]["top1"],
               "retain_top1": r["metrics"]["retain"]["top1"],
@@ -67,8 +68,18 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
     loaded, site = session.loaded, session.site
     retain = spec.retain if spec.retain is not None else default_retain(
         spec.forget, dataset.classnames if dataset else None)
-    forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates, admitted.retain_templates)
+    if admitted.sides is not None:  # domains or free prompts (prompt_sides.py)
+        from .prompt_sides import forgotten_classes
+
+        forget_emb, retain_emb = session.embed_prompt_sides(*admitted.sides)
+        metric_forget = forgotten_classes(spec.forget, spec.forget_domains, dataset.classnames if dataset else [])
+    else:
+        forget_emb, retain_emb = session.embed_sides(spec.forget, retain, admitted.templates,
+                                                     admitted.retain_templates)
+        metric_forget = spec.forget
     inputs = evaluation_inputs(session, dataset, admitted.templates, forget_emb, retain_emb) if dataset else None
+    if inputs is not None:
+        inputs.forget_names, inputs.forget_domains = metric_forget, tuple(spec.forget_domains)
     params = method_params(get_method(spec.method), spec)
 
     auto = None
@@ -95,6 +106,8 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
         "forget_classes": len(spec.forget), "retain_classes": len(retain),
         "forget_templates": len(admitted.templates), "retain_templates": len(admitted.retain_templates),
         "embeddings": result.embedding_mode,
+        **({"forget_prompts": len(admitted.sides[0].prompts), "retain_prompts": len(admitted.sides[1].prompts),
+            "forget_groups": admitted.sides[0].labels} if admitted.sides is not None else {}),
         "cache_hit": {"forget": forget_emb.cache_hit, "retain": retain_emb.cache_hit},
         "fast_path": loaded.supports_fast_text(),
     }
@@ -106,9 +119,9 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
     if inputs is not None:
         with timer("metrics"):
             before = metrics_for(site, session.original, inputs.pre_projection_features, inputs.classifier, dataset,
-                                 spec.forget)
+                                 metric_forget, spec.forget_domains)
             after = metrics_for(site, result.folded_tensors, inputs.pre_projection_features, inputs.classifier,
-                                dataset, spec.forget)
+                                dataset, metric_forget, spec.forget_domains)
         report["dataset"] = dataset_record(dataset, inputs.feature_cache_hit)
         report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
 

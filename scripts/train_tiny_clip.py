@@ -13,6 +13,15 @@ the config's mean and std), so ``local-dir:`` users reproduce the numbers.
 
 Writes ``ccup_cli/assets/ccup-tiny-fashion/`` (config, fp16 safetensors weights,
 training log) and the registry JSON ``ccup_cli/assets/model_configs/ccup-tiny-fashion.json``.
+
+``--domains`` trains the domain-aware variant of issue 14 instead (written as
+``ccup-tiny-fashion-domains``, never over the shipped model): each training image is drawn in
+a random domain of ``ccup_cli/domains.py`` (photo, sketch, silhouette), and its caption names
+the domain ("a sketch of a sandal", "a silhouette of a bag") with per-domain templates; a
+share of captions stay domain-neutral ("a sandal."). Per-domain templates in
+``DOMAIN_HELDOUT_TEMPLATES`` are held out and measure generalisation. Smoke run (seconds)::
+
+    python scripts/train_tiny_clip.py --domains --max-steps 2 --train-limit 64 --test-limit 60 --out /tmp/x
 """
 
 from __future__ import annotations
@@ -75,6 +84,28 @@ HELDOUT_TEMPLATES = [
     "an online shop picture of a {}.", "a thumbnail of a {}.",
 ]
 
+# --domains: caption templates per rendering. The training lists include the templates of the
+# domain preset ccup uses for forget/retain sides (ccup_cli/presets/domains/fashion-mnist-domains.yaml);
+# the held-out lists are never trained on.
+DOMAIN_WORDS = ("sketch", "drawing", "doodle", "painting", "rendering", "rendition", "art of", "cartoon", "tattoo",
+                "graffiti", "sculpture", "origami", "plushie", "toy", "plastic", "embroidered", "video game",
+                "black and white")
+DOMAIN_TRAIN_EXTRA = {
+    "sketch": ["a sketch of a {}.", "a sketch of the {}.", "a pencil drawing of a {}.", "an outline drawing of the {}.",
+               "a line drawing of a {}.", "a drawing of a {}.", "a drawing of the {}.", "a doodle of a {}.",
+               "a black and white sketch of a {}.", "an ink drawing of a {}.", "a sketched {}."],
+    "silhouette": ["a silhouette of a {}.", "a black silhouette of a {}.", "the filled shape of a {}.",
+                   "the silhouette of the {}.", "a shadow of a {}.", "a dark shape of a {}.",
+                   "a black cutout of a {}.", "a solid black {}.", "a silhouetted {}."],
+}
+DOMAIN_HELDOUT_TEMPLATES = {
+    "photo": HELDOUT_TEMPLATES,
+    "sketch": ["a rough sketch of a {}.", "a hand-drawn {}.", "a quick drawing of the {}."],
+    "silhouette": ["a {} in silhouette.", "the dark outline shape of a {}.", "a shadowy {}."],
+}
+NEUTRAL_TEMPLATES = ["a {}.", "{}", "an item of clothing: a {}."]
+NEUTRAL_SHARE = 0.2  # --domains: share of captions that name no domain
+
 VALIDATION_SIZE = 5000
 CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather than a synonym
 
@@ -83,6 +114,25 @@ def train_templates() -> list[str]:
     from ccup_cli.templates import load_templates
 
     return load_templates("openai") + EXTRA_TRAIN_TEMPLATES
+
+
+def domain_train_templates() -> dict[str, list[str]]:
+    """Training templates per domain: photo keeps the photo-like ones of the plain set; every
+    domain also trains on the templates of ccup's ``fashion-mnist-domains`` preset."""
+    from ccup_cli.prompt_sides import load_domains
+
+    photo = [t for t in train_templates() if not any(w in t for w in DOMAIN_WORDS) and t not in NEUTRAL_TEMPLATES]
+    table = {"photo": photo, **{d: list(t) for d, t in DOMAIN_TRAIN_EXTRA.items()}}
+    for domain, templates in load_domains("fashion-mnist-domains").items():
+        table[domain] += [t for t in templates if t not in table[domain]]
+    return table
+
+
+def render_all(images: np.ndarray, domain_names) -> np.ndarray:
+    """``[n_domains, n, 28, 28]`` uint8: every image in every domain (domains.py)."""
+    from ccup_cli.domains import render
+
+    return np.stack([np.stack([render(im, d) for im in images]) if len(images) else images for d in domain_names])
 
 
 def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +175,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (smoke tests)")
+    parser.add_argument("--domains", action="store_true", help="train ccup-tiny-fashion-domains: photo, sketch "
+                        "and silhouette renderings with domain captions (issue 14)")
+    parser.add_argument("--train-limit", type=int, default=0, help="first N training images only (smoke tests)")
+    parser.add_argument("--test-limit", type=int, default=0, help="first N test images only (smoke tests)")
+    parser.add_argument("--eval-templates", type=int, default=0, help="first N templates of each final "
+                        "measurement only (smoke tests; 0: all)")
     args = parser.parse_args()
+    model_name = MODEL_NAME + "-domains" if args.domains else MODEL_NAME
 
     import open_clip
 
@@ -140,18 +197,29 @@ def main() -> None:
     test_images, test_labels = load_idx_split(args.data_root, "test")
     train_idx, _ = split_indices(len(images), args.seed)
     images, labels = images[train_idx], labels[train_idx]
+    if args.train_limit:
+        images, labels = images[: args.train_limit], labels[: args.train_limit]
+    if args.test_limit:
+        test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
+    domain_names = ("photo", "sketch", "silhouette") if args.domains else ("photo",)
+    rendered = render_all(images, domain_names) if args.domains else images[None]  # [n_domains, n, 28, 28]
 
     model = open_clip.CLIP(**MODEL_CFG).to(device)
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     templates = train_templates()
     # every training caption, tokenised once: [class][synonym x template] -> token ids
     caption_tokens = [tokenizer(build_prompts(SYNONYMS[c][0], templates)) for c in CLASSNAMES]
+    if args.domains:  # [domain][class] -> token ids; the last domain slot holds the neutral captions
+        per_domain = domain_train_templates()
+        domain_tokens = [[tokenizer(build_prompts(SYNONYMS[c][0], per_domain[d])) for c in CLASSNAMES]
+                         for d in domain_names]
+        domain_tokens.append([tokenizer(build_prompts(SYNONYMS[c][0], NEUTRAL_TEMPLATES)) for c in CLASSNAMES])
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                               lr=args.lr, betas=(0.9, 0.98))
-    steps_per_epoch = len(images) // args.batch_size
+    steps_per_epoch = max(1, len(images) // args.batch_size)
     total = steps_per_epoch * args.epochs if not args.max_steps else args.max_steps
     warmup = min(300, total // 10)
 
@@ -160,19 +228,20 @@ def main() -> None:
             return args.lr * (step + 1) / warmup
         return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    images_t = torch.as_tensor(images)
+    images_t = torch.as_tensor(rendered)
     labels_t = torch.as_tensor(labels)
     log = []
     step, t0 = 0, time.time()
     gen = torch.Generator().manual_seed(args.seed)
     for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(len(images_t), generator=gen)
+        perm = torch.randperm(images_t.shape[1], generator=gen)
         for b in range(steps_per_epoch):
             if step >= total:
                 break
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
-            x = images_t[idx]
+            drawn = torch.randint(0, len(domain_names), (len(idx),), generator=gen)
+            x = images_t[drawn, idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None], x.flip(-1), x)
             y = labels_t[idx]
@@ -181,9 +250,17 @@ def main() -> None:
             choice = torch.randint(0, 10**9, (len(idx),), generator=gen)
             canonical = torch.rand(len(idx), generator=gen) < CANONICAL_SHARE
             n_t = len(templates)
-            tokens = torch.stack([
-                caption_tokens[c][(k % n_t) if canon else (k % len(caption_tokens[c]))]
-                for c, k, canon in zip(y.tolist(), choice.tolist(), canonical.tolist())])
+            if args.domains:  # the drawn domain's captions, or the neutral ones; synonyms as above
+                neutral = torch.rand(len(idx), generator=gen) < NEUTRAL_SHARE
+                slots = torch.where(neutral, len(domain_names), drawn).tolist()
+                tokens = torch.stack([
+                    domain_tokens[s][c][(k % (len(domain_tokens[s][c]) // len(SYNONYMS[CLASSNAMES[c]][0])))
+                                        if canon else (k % len(domain_tokens[s][c]))]
+                    for s, c, k, canon in zip(slots, y.tolist(), choice.tolist(), canonical.tolist())])
+            else:
+                tokens = torch.stack([
+                    caption_tokens[c][(k % n_t) if canon else (k % len(caption_tokens[c]))]
+                    for c, k, canon in zip(y.tolist(), choice.tolist(), canonical.tolist())])
             for group in optim.param_groups:
                 group["lr"] = lr_at(step)
             img = F.normalize(model.encode_image(to_model_input(x).to(device)), dim=-1)
@@ -211,10 +288,27 @@ def main() -> None:
         print(log[-1], flush=True)
 
     model.eval()
-    default_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, templates[:80], lambda c: [c])
-    heldout_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, HELDOUT_TEMPLATES,
+    cap = (lambda ts: list(ts)[: args.eval_templates]) if args.eval_templates else list
+    default_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(templates[:80]), lambda c: [c])
+    heldout_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(HELDOUT_TEMPLATES),
                                      lambda c: SYNONYMS[c][1])
+    domain_figures = {}
+    if args.domains:
+        test_rendered = render_all(test_images, domain_names)
+        per_domain = domain_train_templates()
+        for k, d in enumerate(domain_names):
+            domain_figures[d] = {
+                "openai_templates": zero_shot_accuracy(model, tokenizer, test_rendered[k], test_labels,
+                                                       cap(templates[:80]), lambda c: [c]),
+                "domain_templates": zero_shot_accuracy(model, tokenizer, test_rendered[k], test_labels,
+                                                       cap(per_domain[d]), lambda c: [c]),
+                "heldout_templates_and_synonyms": zero_shot_accuracy(
+                    model, tokenizer, test_rendered[k], test_labels, cap(DOMAIN_HELDOUT_TEMPLATES[d]),
+                    lambda c: SYNONYMS[c][1]),
+            }
     summary = {
+        "model": model_name, "domains": list(domain_names) if args.domains else None,
+        "test_top1_by_domain": domain_figures or None, "test_images": len(test_images),
         "seed": args.seed, "epochs": args.epochs, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
         "device": device, "train_seconds": round(time.time() - t0, 1), "train_images": len(images),
         "test_top1_openai_templates": default_acc, "test_top1_heldout_templates_and_synonyms": heldout_acc,
@@ -225,14 +319,14 @@ def main() -> None:
     from safetensors.torch import save_file
 
     out = Path(args.out)
-    model_dir = out / MODEL_NAME
+    model_dir = out / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     (out / "model_configs").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(model_dir / "open_clip_model.safetensors"), metadata={"format": "pt", "name": MODEL_NAME})
+    save_file(state, str(model_dir / "open_clip_model.safetensors"), metadata={"format": "pt", "name": model_name})
     (model_dir / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
-    (out / "model_configs" / f"{MODEL_NAME}.json").write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
+    (out / "model_configs" / f"{model_name}.json").write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
     (model_dir / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
