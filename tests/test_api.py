@@ -52,5 +52,8 @@ def test_default_retain_is_imagenet_less_the_forget_classes(tiny):
 
 def test_encode_prompts_is_exported(tiny):
     model, tokenizer = tiny
-    feats = ccup_cli.encode_prompts(model, tokenizer, ["a photo of a cat.", "a dog"])
-    assert feats.shape == (2, 32)
+    prompts = ["a photo of a cat.", "a dog"]
+    feats = ccup_cli.encode_prompts(model, tokenizer, prompts)
+    with torch.no_grad():
+        reference = model.encode_text(tokenizer(prompts))
+    assert feats.shape == (2, 32) and torch.allclose(feats, reference, atol=1e-4)

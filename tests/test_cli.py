@@ -209,7 +209,10 @@ def test_pickle_that_runs_code_is_refused(tiny_models, tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"visual.proj": _RunsCode()}, f)
-    torch.save({"x": torch.zeros(1)}, tmp_path / "fine.pt")  # torch's format itself is accepted
+    torch.save({"x": torch.ones(1)}, tmp_path / "fine.pt")  # torch's format itself is accepted
+    from ccup_cli.checkpoint import read_state_dict
+
+    assert torch.equal(read_state_dict(tmp_path / "fine.pt")["x"], torch.ones(1))
     assert_bad_input(run("unlearn", "--model", TINY_VIT, "--pretrained", evil, "--forget", "cat",
                          "--out", tmp_path / "o"), "refused")
     import os
