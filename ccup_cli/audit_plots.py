@@ -12,24 +12,31 @@ def _pyplot():
     return plt
 
 
-def plot_per_class(before: dict, after: dict, forget: list[str], path, title: str) -> None:
-    """Per-class zero-shot top-1 before and after, as paired bars; forget classes marked."""
+def _paired_bars(labels: list[str], before: list[float], after: list[float], path, ylabel: str, title: str,
+                 width_per_bar: float) -> None:
+    """Before (grey) and after (blue) bars per label, values in [0, 1], the legend above the bars."""
     plt = _pyplot()
-    names = list(before)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 1.5), 3.0), dpi=100)
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [before[n] for n in names], width=0.4, label="before", color="#999999")
-    ax.bar([x + 0.2 for x in xs], [after.get(n, 0.0) for n in names], width=0.4, label="after", color="#3b75af")
+    fig, ax = plt.subplots(figsize=(max(4.0, width_per_bar * len(labels) + 1.5), 3.0), dpi=100)
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before", color="#999999")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after", color="#3b75af")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels([f"{n} *" if n in forget else n for n in names], rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylim(0, 1.18)  # headroom for the legend above the bars
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("zero-shot top-1")
-    ax.set_title(title + "  (* forgotten)", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_per_class(before: dict, after: dict, forget: list[str], path, title: str) -> None:
+    """Per-class zero-shot top-1 before and after, as paired bars; forget classes marked."""
+    names = list(before)
+    _paired_bars([f"{n} *" if n in forget else n for n in names], [before[n] for n in names],
+                 [after.get(n, 0.0) for n in names], path, "zero-shot top-1", title + "  (* forgotten)", 0.45)
 
 
 def plot_confusion_shift(confusion: dict, path) -> None:
@@ -59,21 +66,8 @@ def plot_confusion_shift(confusion: dict, path) -> None:
 
 def plot_retrieval(rows: list[tuple[str, float | None, float | None]], path) -> None:
     """Text-search precision@100 before and after, one pair of bars per query (class name or alias)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 1.5), 3.0), dpi=100)
-    xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [b or 0 for _, b, _ in rows], width=0.4, label="before", color="#999999")
-    ax.bar([x + 0.2 for x in xs], [a or 0 for _, _, a in rows], width=0.4, label="after", color="#3b75af")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([q for q, _, _ in rows], rotation=45, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.18)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("text search precision@100")
-    ax.set_title("searching for the forgotten classes", fontsize=8)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _paired_bars([q for q, _, _ in rows], [b or 0 for _, b, _ in rows], [a or 0 for _, _, a in rows], path,
+                 "text search precision@100", "searching for the forgotten classes", 0.5)
 
 
 def plot_probe_curve(probes: dict, path) -> None:

@@ -228,6 +228,12 @@ def image_folder(path: Path, name: str | None = None) -> EvalDataset:
             if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
                 files.append(f)
                 labels.append(label)
+    return files_dataset(path, name or path.name, classnames, files, labels)
+
+
+def files_dataset(path: Path, name: str, classnames: list[str], files: list[Path], labels: list[int],
+                  **extra) -> EvalDataset:
+    """An ``EvalDataset`` of image files under ``path`` (keyed on their sizes and times); ``extra``: domains."""
     if not files:
         raise DatasetError(f"dataset folder {path} holds no images", "put .png or .jpg files in its class folders")
     sizes = hashlib.sha256("".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
@@ -237,8 +243,8 @@ def image_folder(path: Path, name: str | None = None) -> EvalDataset:
             img.load()
             return img
 
-    return EvalDataset(name or path.name, "folder", classnames, np.asarray(labels, dtype=np.int64),
-                       [str(f.relative_to(path)) for f in files], load, sizes)
+    return EvalDataset(name, "folder", classnames, np.asarray(labels, dtype=np.int64),
+                       [str(f.relative_to(path)) for f in files], load, sizes, **extra)
 
 
 def read_classnames_file(path: str | Path, expected: int) -> list[str]:

@@ -13,7 +13,6 @@ A domain dataset is an ``EvalDataset`` whose ``domains [n]`` array names each im
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +76,7 @@ def domain_folder(path: Path, name: str | None = None):
     Class names are the class folder names (sorted union over domains), renamed by an optional
     ``classnames.txt`` at the root (``folder<TAB>name`` lines); domain names are the folder names.
     """
-    from .data import EvalDataset
+    from .data import IMAGE_SUFFIXES, files_dataset
 
     domain_dirs = _visible_dirs(path)
     class_folders = sorted({p.name for d in domain_dirs for p in _visible_dirs(d)})
@@ -99,15 +98,5 @@ def domain_folder(path: Path, name: str | None = None):
                     files.append(f)
                     labels.append(label_of[class_dir.name])
                     domains.append(d)
-    if not files:
-        raise DatasetError(f"domain folder {path} holds no images", "put .png or .jpg files in its class folders")
-    sizes = hashlib.sha256("".join(f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
-
-    def load(i: int) -> Image.Image:
-        with Image.open(files[i]) as img:
-            img.load()
-            return img
-
-    return EvalDataset(name or path.name, "folder", classnames, np.asarray(labels, dtype=np.int64),
-                       [str(f.relative_to(path)) for f in files], load, sizes,
-                       np.asarray(domains, dtype=np.int64), [d.name for d in domain_dirs])
+    return files_dataset(path, name or path.name, classnames, files, labels,
+                         domains=np.asarray(domains, dtype=np.int64), domain_names=[d.name for d in domain_dirs])

@@ -64,7 +64,8 @@ def encode_pre_projection(
     def encode() -> torch.Tensor:
         pin = torch.device(device).type == "cuda"
         chunks = []
-        batches = image_batches(dataset, backend.preprocess, batch_size, workers, indices, pin_memory=pin)
+        batches = image_batches(dataset, backend.preprocess, batch_size, workers=workers, indices=indices,
+                                pin_memory=pin)
         with torch.inference_mode(), encoder_precision(precision, device):
             for batch in batches:
                 chunks.append(backend.encode_images(batch.to(device, non_blocking=pin)).float().cpu())

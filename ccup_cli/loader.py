@@ -79,22 +79,17 @@ def _worker_context(images: TransformedImages):
     return None, True
 
 
-def image_batches(
-    dataset: EvalDataset,
-    transform: Callable,
-    batch_size: int = 256,
-    workers: int | None = None,
-    indices: Sequence[int] | None = None,
-    pin_memory: bool = False,
-) -> Iterator[torch.Tensor]:
+def image_batches(dataset: EvalDataset, transform: Callable, batch_size: int = 256,
+                  **loader_options) -> Iterator[torch.Tensor]:
     """Batches ``[b, 3, H, W]`` of transformed images, in order, ``batch_size`` at a time.
 
-    ``workers`` None picks ``default_workers``; 0 decodes in this process. ``indices``
-    restricts to those images (a rank's shard), in the order given. Workers decode chunks of
+    ``loader_options`` go to ``image_loader``: ``workers`` (None picks ``default_workers``; 0
+    decodes in this process), ``indices`` (a rank's shard, in the order given) and
+    ``pin_memory``. Workers decode chunks of
     ``WORKER_CHUNK`` images, joined here into model batches, so the model sees the same
     batches whatever ``workers`` is.
     """
-    loader = image_loader(dataset, transform, batch_size, workers, indices, pin_memory)
+    loader = image_loader(dataset, transform, batch_size, **loader_options)
     pending: list[torch.Tensor] = []
     count = 0
     for chunk in loader:
