@@ -18,7 +18,10 @@ training log) and the registry JSON ``ccup_cli/assets/model_configs/ccup-tiny-fa
 ``ccup-tiny-fashion-domains``, never over the shipped model): each training image is drawn in
 a random domain of ``ccup_cli/domains.py`` (photo, sketch, silhouette), and its caption names
 the domain ("a sketch of a sandal", "a silhouette of a bag") with per-domain templates; a
-share of captions stay domain-neutral ("a sandal."). Per-domain templates in
+share of captions stay domain-neutral ("a sandal."). A caption is a positive for every image
+of its class in the batch, except that one naming a domain is a negative for its class drawn in
+another domain: without that, "a sketch of a sandal" and "a photo of a sandal" train to the same
+point and no map can tell the domains apart. Per-domain templates in
 ``DOMAIN_HELDOUT_TEMPLATES`` are held out and measure generalisation. Smoke run (seconds)::
 
     python scripts/train_tiny_clip.py --domains --max-steps 2 --train-limit 64 --test-limit 60 --out /tmp/x
@@ -160,8 +163,9 @@ def zero_shot_accuracy(model, tokenizer, images, labels, templates, synonyms_of)
         text = torch.stack(class_vecs)
         correct = 0
         for start in range(0, len(images), 1000):
-            img = F.normalize(model.encode_image(to_model_input(images[start : start + 1000])), dim=-1)
-            correct += (img @ text.T).argmax(-1).eq(torch.as_tensor(labels[start : start + 1000])).sum().item()
+            pixels = to_model_input(images[start : start + 1000]).to(text.device)
+            img = F.normalize(model.encode_image(pixels), dim=-1)
+            correct += (img @ text.T).argmax(-1).cpu().eq(torch.as_tensor(labels[start : start + 1000])).sum().item()
     return correct / len(images)
 
 
@@ -177,6 +181,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=0, help="stop early (smoke tests)")
     parser.add_argument("--domains", action="store_true", help="train ccup-tiny-fashion-domains: photo, sketch "
                         "and silhouette renderings with domain captions (issue 14)")
+    parser.add_argument("--photo-share", type=float, default=None, help="--domains: share of training images "
+                        "drawn as photos, the rest split evenly (default: every domain alike)")
+    parser.add_argument("--neutral-share", type=float, default=NEUTRAL_SHARE, help="--domains: share of captions "
+                        "that name no domain")
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images only (smoke tests)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images only (smoke tests)")
     parser.add_argument("--eval-templates", type=int, default=0, help="first N templates of each final "
@@ -241,6 +249,9 @@ def main() -> None:
                 break
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             drawn = torch.randint(0, len(domain_names), (len(idx),), generator=gen)
+            if args.photo_share is not None:  # photo (domain 0) with that probability, else another one
+                others = torch.randint(1, len(domain_names), (len(idx),), generator=gen)
+                drawn = torch.where(torch.rand(len(idx), generator=gen) < args.photo_share, 0, others)
             x = images_t[drawn, idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x = torch.where(flip[:, None, None], x.flip(-1), x)
@@ -251,7 +262,7 @@ def main() -> None:
             canonical = torch.rand(len(idx), generator=gen) < CANONICAL_SHARE
             n_t = len(templates)
             if args.domains:  # the drawn domain's captions, or the neutral ones; synonyms as above
-                neutral = torch.rand(len(idx), generator=gen) < NEUTRAL_SHARE
+                neutral = torch.rand(len(idx), generator=gen) < args.neutral_share
                 slots = torch.where(neutral, len(domain_names), drawn).tolist()
                 tokens = torch.stack([
                     domain_tokens[s][c][(k % (len(domain_tokens[s][c]) // len(SYNONYMS[CLASSNAMES[c]][0])))
@@ -266,11 +277,15 @@ def main() -> None:
             img = F.normalize(model.encode_image(to_model_input(x).to(device)), dim=-1)
             txt = F.normalize(encode_tokens(model, tokens.to(device)), dim=-1)
             logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-            # several captions in a batch describe the same class: all of them are positives
-            same = (y[:, None] == y[None, :]).float().to(device)
-            target = same / same.sum(1, keepdim=True)
-            loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-                          + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+            # several captions in a batch describe the same class: all of them are positives, except
+            # that a caption naming a domain is a negative for the same class drawn in another domain
+            same = y[:, None] == y[None, :]
+            if args.domains:
+                slot = torch.as_tensor(slots)
+                same &= (slot[None, :] == len(domain_names)) | (slot[None, :] == drawn[:, None])
+            same = same.float().to(device)  # [image, caption]
+            loss = 0.5 * (torch.sum(-same / same.sum(1, keepdim=True) * F.log_softmax(logits, 1), 1).mean()
+                          + torch.sum(-same.T / same.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1), 1).mean())
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -310,6 +325,7 @@ def main() -> None:
         "model": model_name, "domains": list(domain_names) if args.domains else None,
         "test_top1_by_domain": domain_figures or None, "test_images": len(test_images),
         "seed": args.seed, "epochs": args.epochs, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
+        "photo_share": args.photo_share, "neutral_share": args.neutral_share if args.domains else None,
         "device": device, "train_seconds": round(time.time() - t0, 1), "train_images": len(images),
         "test_top1_openai_templates": default_acc, "test_top1_heldout_templates_and_synonyms": heldout_acc,
         "epochs_log": log,
