@@ -172,8 +172,9 @@ _SPEC_FLAGS = {
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="With --alpha auto: the forget top-1 to reach.")),
-    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, or finetune "
-                                           "(the gradient baseline; needs labelled training images).")),
+    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), ccup-proto (adds synthetic "
+                                           "image prototypes; for domains), nullspace, or finetune (the gradient "
+                                           "baseline; needs labelled training images).")),
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
                                          "retain-mean-orthogonal (default), zero (the paper), retain-mean, neutral, "
                                          "neutral-orthogonal, or a phrase.")),
@@ -252,7 +253,7 @@ def unlearn_command(
             stdout.print("[dim]no --out given: nothing was written[/]")
 
 
-@job_command("eval", _DATA_FIELDS)
+@job_command("eval", _DATA_FIELDS + ("forget_domains",))
 def eval_command(
     forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
     eval_split: str = typer.Option("test", "--eval-split"),
@@ -271,7 +272,9 @@ def eval_command(
     from .eval_job import EvalRequest, run_eval
     from .spec import split_csv
 
+    forget_domains = split_csv(fields.pop("forget_domains", None) or "")
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
+                      forget_domains=forget_domains,
                       templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc,
                       max_forget_retrieval=max_forget_retrieval)
     with flags.options() as options:
@@ -282,6 +285,8 @@ def eval_command(
         ds = report["dataset"]
         stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
                                                           f"({ds['n_images']} images)"))
+        if "domains" in report["metrics"]["before"] and (req.forget or req.forget_domains):
+            stdout.print(rep.domain_grid_table(report["metrics"], report["request"]))
     if _rank() > 0:
         return
     for failure in failures:

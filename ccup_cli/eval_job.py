@@ -28,6 +28,7 @@ class EvalRequest:
     eval_limit: int | None = None
     download: bool = False
     forget: list[str] = field(default_factory=list)
+    forget_domains: list[str] = field(default_factory=list)  # the forget split is these domains' cells
     templates: str = defaults.FORGET_TEMPLATES
     classnames: str | None = None
     max_forget_acc: float | None = None
@@ -41,9 +42,10 @@ def validate_eval_request(req: EvalRequest) -> None:
         value = getattr(req, name)
         if value is not None and not 0.0 <= value <= 1.0:
             problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
-    for name in ("max_forget_acc", "max_forget_retrieval"):
-        if getattr(req, name) is not None and not req.forget:
-            problems.append(f"{name.replace('_', '-')}: needs --forget to know which classes to check")
+    if req.max_forget_acc is not None and not (req.forget or req.forget_domains):
+        problems.append("max-forget-acc: needs --forget or --forget-domains to know which images to check")
+    if req.max_forget_retrieval is not None and not req.forget:
+        problems.append("max-forget-retrieval: needs --forget to know which classes to check")
     if req.eval_limit is not None and req.eval_limit <= 0:
         problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
     if problems:
@@ -91,6 +93,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
                                 req.classnames, timer)
     check_classes_in({"forget": req.forget}, dataset.classnames, dataset.name)
     forget = canonical_names(req.forget, dataset.classnames)
+    if req.forget_domains:
+        forget = _domain_forget_split(req, dataset, forget)
     device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
     from .evaluate import metrics_for
@@ -102,9 +106,9 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     pre, hit = session.encode_images(dataset)
     classifier = session.classifier(dataset.classnames, templates)
     with timer("metrics"):
-        before = metrics_for(session.site, session.original, pre, classifier, dataset, forget)
+        before = metrics_for(session.site, session.original, pre, classifier, dataset, forget, req.forget_domains)
     report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
-                          request={**req.__dict__, "eval": eval_name, "forget": forget})
+                          request={**req.__dict__, "eval": eval_name, "forget": forget if req.forget else []})
     report["metrics"] = {"before": before}
     failures = threshold_failures(req, before)
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
@@ -114,3 +118,18 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes
         rep.write_report(Path(report_path).absolute(), report)
     return report, failures
+
+
+def _domain_forget_split(req: EvalRequest, dataset, forget: list[str]) -> list[str]:
+    """The forget classes of a ``--forget-domains`` check (every class for a whole domain), after
+    checking the domains against the dataset's."""
+    from .prompt_sides import domain_problems, forgotten_classes
+
+    known = getattr(dataset, "domain_names", None)
+    if known is None:
+        raise SpecError(f"forget-domains: the eval data {dataset.name} has no domains",
+                        "use a domain dataset (fashion-mnist-domains, or a root/<domain>/<class>/ folder)")
+    problems = domain_problems(req.forget_domains, {d: [] for d in known})
+    if problems:
+        raise SpecError(problems)
+    return forgotten_classes(forget, req.forget_domains, dataset.classnames)

@@ -101,7 +101,8 @@ def domain_grid_table(metrics: dict, spec: dict):
     domains = list(before.get("domains", {}))
     forget_domains = set(spec.get("forget_domains") or [])
     classes = spec.get("forget") or list(before["overall"]["per_class"])
-    table = Table(title="top-1 % by class and domain, before → after", title_justify="left")
+    title = "top-1 % by class and domain" + (", before → after" if after else "")
+    table = Table(title=title, title_justify="left")
     table.add_column("class")
     for d in domains:
         table.add_column(d + (" ✗" if d in forget_domains else ""), justify="right")
