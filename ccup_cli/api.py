@@ -94,15 +94,17 @@ def apply_unlearning(
     retain_warn_cosine: float = defaults.RETAIN_WARN_COSINE,
     device: str | torch.device | None = None,
     encode=None,
+    synthesize=None,
 ) -> UnlearnResult:
     """Solve ``method`` on embeddings already computed and fold W into ``original_tensors``.
 
     ``original_tensors`` are the fold-site tensors as stored in the checkpoint (their dtype
     is kept); ``params`` holds the method's parameters (``methods.Method.params``);
-    ``encode(prompts) -> [n, d]`` encodes text a parameter names (a sink phrase).
+    ``encode(prompts) -> [n, d]`` encodes text a parameter names (a sink phrase);
+    ``synthesize(targets, params)`` makes image prototypes (``methods.Synthesize``, ccup-proto).
     """
     projector = build_projector(method, forget, retain, alpha, params, device or forget.per_template.device,
-                                encode)
+                                encode, synthesize)
     folded = fold(site, original_tensors, projector.W)
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
@@ -116,7 +118,7 @@ def apply_unlearning(
 def unlearn(
     model: nn.Module,
     tokenizer,
-    forget: Sequence[str],
+    forget: Sequence[str] = (),
     retain: Sequence[str] | None = None,
     alpha: float = 1.0,
     method: str = "ccup",
@@ -127,28 +129,92 @@ def unlearn(
     energy: float = defaults.ENERGY,
     sink: str = defaults.SINK,
     inplace: bool = False,
+    forget_domains: Sequence[str] = (),
+    domains: str | dict[str, list[str]] | None = None,
+    forget_prompts: Sequence[str] = (),
+    retain_prompts: Sequence[str] = (),
+    preprocess=None,
+    prototype_steps: int = defaults.PROTOTYPE_STEPS,
+    prototypes_per_group: int = defaults.PROTOTYPES_PER_GROUP,
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
 
     ``retain`` defaults to ImageNet-1k class names less the forget classes. ``templates``
     and ``retain_templates`` are a set name (openai, simple, photo), a file, or a list of
     ``"{}"`` strings. ``method`` is a closed-form entry of ``methods.METHODS`` (ccup,
-    nullspace); each reads its own parameters among λ_retain, λ_identity, sink and energy.
-    ``sink`` (ccup) says where the forget prompts go: "zero" is the paper's method; the
-    default also keeps text search from finding the forgotten class (``sinks.py``).
+    ccup-proto, nullspace); each reads its own parameters among λ_retain, λ_identity, sink,
+    energy and the prototype settings. ``sink`` (ccup) says where the forget prompts go:
+    "zero" is the paper's method; the default also keeps text search from finding the
+    forgotten class (``sinks.py``).
+
+    Narrower forgetting (``prompt_sides.build_sides``): ``domains`` (a preset name, a YAML file
+    or a ``{domain: templates}`` dict) with ``forget_domains`` forgets the classes only in those
+    domains (every retain class, when ``forget`` is empty); ``forget_prompts`` and
+    ``retain_prompts`` are added to the sides as they stand. ``method="ccup-proto"`` also needs
+    ``preprocess`` (the model's image transform) to synthesize its image prototypes.
     """
     forget = list(forget)
-    if not forget:
-        raise ValueError("forget must name at least one class")
+    if not forget and not forget_domains and not forget_prompts:
+        raise ValueError("forget must name at least one class (or give forget_domains or forget_prompts)")
     entry = get_method(method)
     if not entry.closed_form:
         raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
     retain = default_retain(forget) if retain is None else list(retain)
     site = locate_fold_site(model)
     encode = _eval_mode_encoder(model, tokenizer)
-    forget_emb, retain_emb = embed_forget_and_retain(encode, forget, retain, _templates(templates),
-                                                     _templates(retain_templates))
-    values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink}
+    if domains is not None or forget_domains or forget_prompts or retain_prompts:
+        forget_emb, retain_emb = _prompt_side_embeddings(encode, forget, retain, templates, retain_templates,
+                                                         domains, forget_domains, forget_prompts, retain_prompts)
+    else:
+        forget_emb, retain_emb = embed_forget_and_retain(encode, forget, retain, _templates(templates),
+                                                         _templates(retain_templates))
+    values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink,
+              "prototype_steps": prototype_steps, "prototypes_per_group": prototypes_per_group}
     params = {p: values[p] for p in entry.params}
+    synthesize = _synthesizer(model, preprocess) if preprocess is not None else None
     return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace, encode=encode)
+                            inplace, encode=encode, synthesize=synthesize)
+
+
+def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates, domains, forget_domains,
+                            forget_prompts, retain_prompts) -> tuple[TextEmbeddings, TextEmbeddings]:
+    """Both sides built by ``prompt_sides.build_sides`` and embedded (groups as classes)."""
+    from .prompt_sides import build_sides, domain_problems, embed_side, load_domains
+
+    table = load_domains(domains) if isinstance(domains, str) else (dict(domains) if domains else None)
+    if table is not None and forget_domains:
+        problems = domain_problems(forget_domains, table)
+        if problems:
+            raise ValueError("; ".join(problems))
+    sides = build_sides(forget, retain, _templates(templates), _templates(retain_templates), retain, table,
+                        forget_domains, forget_prompts, retain_prompts)
+    cached = lambda prompts: (encode(prompts), False)  # noqa: E731
+    forget_emb, retain_emb = embed_side(cached, sides[0]), embed_side(cached, sides[1])
+    if retain_emb is None:
+        empty = torch.empty(0, forget_emb.per_class.shape[1])
+        retain_emb = TextEmbeddings([], ["{}"], empty, empty)
+    return forget_emb, retain_emb
+
+
+def _synthesizer(model: nn.Module, preprocess):
+    """``methods.Synthesize`` for an in-memory open_clip model (ccup-proto), run in eval mode."""
+    from .prototypes import pixel_geometry, synthesize
+
+    size, mean, std = pixel_geometry(preprocess)
+
+    def run(targets: torch.Tensor, params: dict) -> torch.Tensor:
+        was_training = model.training
+        trainable = [p.requires_grad for p in model.parameters()]
+        model.eval()
+        model.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                return synthesize(model.encode_image, targets, size, mean, std,
+                                  per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
+                                  device=next(model.parameters()).device)
+        finally:
+            model.train(was_training)
+            for p, flag in zip(model.parameters(), trainable):
+                p.requires_grad_(flag)
+
+    return run

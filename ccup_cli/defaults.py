@@ -12,6 +12,8 @@ LAMBDA_IDENTITY = 1e-4
 # where CCUP sends the forget prompts: chosen on the validation split, scoring text search beside
 # classification (scripts/tune_sink.py); "zero" is the paper's exact method
 SINK = "retain-mean-orthogonal"
+PROTOTYPE_STEPS = 100  # ccup-proto: optimisation steps per synthetic image prototype
+PROTOTYPES_PER_GROUP = 4  # ccup-proto: synthetic images per prompt group (class, or class x domain)
 ENERGY = 0.99  # nullspace: share of the squared singular values its rank keeps
 RETAIN_WARN_COSINE = 0.9
 FORGET_TEMPLATES = "openai"

@@ -23,6 +23,11 @@ class TextEmbeddings:
     per_template: torch.Tensor
     per_class: torch.Tensor
     cache_hit: bool = False
+    keys: list[str] | None = None  # the class each per_class row is about (a domain group's class); None: classnames
+
+    @property
+    def class_keys(self) -> list[str]:
+        return list(self.keys) if self.keys is not None else list(self.classnames)
 
 
 def embed_classes(

@@ -29,7 +29,7 @@ class Method:
     params: tuple[str, ...]  # spec fields the method reads; they go into the report
     forget_side: str | None  # "per-template" or "per-class (template average)"; None: needs no text map
     uses_retain: bool
-    solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, device, encode) -> full W
+    solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, device, encode, synthesize) -> W
     needs_images: bool = False
 
     @property
@@ -42,10 +42,12 @@ class Method:
 
 
 Encode = Callable[[list[str]], "torch.Tensor"]  # prompts -> text features [n, d]
+# (targets [k, d], params) -> image-side prototype features [k * per_target, d] of the original model
+Synthesize = Callable[["torch.Tensor", dict], "torch.Tensor"]
 
 
 def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device,
-          encode: Encode | None) -> torch.Tensor:
+          encode: Encode | None, synthesize: Synthesize | None = None) -> torch.Tensor:
     from .projector import ccup_map
     from .sinks import resolve_sink
 
@@ -56,10 +58,28 @@ def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any]
 
 
 def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device,
-               encode: Encode | None) -> torch.Tensor:
+               encode: Encode | None, synthesize: Synthesize | None = None) -> torch.Tensor:
     from .projector import nullspace_map
 
     return nullspace_map(forget.per_class, params["energy"], device)[0]
+
+
+def _ccup_proto(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any], device,
+                encode: Encode | None, synthesize: Synthesize | None = None) -> torch.Tensor:
+    import torch
+
+    from .bilinear import bilinear_map
+
+    if synthesize is None:
+        raise ValueError("ccup-proto synthesizes image prototypes and needs the model's image tower "
+                         "(run it through `ccup unlearn` or `ccup_cli.unlearn`)")
+    heads = torch.cat([forget.per_class, retain.per_class]) if len(retain.classnames) else forget.per_class
+    keys = forget.class_keys + (retain.class_keys if len(retain.classnames) else [])
+    per = params["prototypes_per_group"]
+    protos = synthesize(heads, params)
+    forget_rows = [i < len(forget.classnames) for i in range(len(heads)) for _ in range(per)]
+    return bilinear_map(heads, keys, protos, [k for k in keys for _ in range(per)], forget_rows,
+                        params["lambda_retain"], params["lambda_identity"], device)
 
 
 METHODS: dict[str, Method] = {
@@ -67,6 +87,10 @@ METHODS: dict[str, Method] = {
                    ("lambda_retain", "lambda_identity", "sink"), "per-template", True, _ccup),
     "nullspace": Method("nullspace", "I − U Uᵀ over the forget class embeddings", ("energy",),
                         "per-class (template average)", False, _nullspace),
+    "ccup-proto": Method("ccup-proto", "logit-level closed form over text heads and synthetic image prototypes "
+                         "(bilinear.py, prototypes.py)",
+                         ("lambda_retain", "lambda_identity", "prototype_steps", "prototypes_per_group"),
+                         "per-class (group mean)", True, _ccup_proto),
     "finetune": Method("finetune", "gradient baseline on labelled train images",
                        ("finetune_steps", "finetune_lr", "finetune_batch_size", "finetune_seed"),
                        None, False, None, needs_images=True),
@@ -91,23 +115,26 @@ def method_params(method: Method, values: Any) -> dict[str, Any]:
 
 
 def solve_full_map(name: str, forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
-                   device=None, encode: Encode | None = None) -> torch.Tensor:
+                   device=None, encode: Encode | None = None, synthesize: Synthesize | None = None) -> torch.Tensor:
     """The full-strength map ``W [d, d]`` float64 of a closed-form method.
 
-    ``encode`` turns prompts into text features, for parameters that name text (a sink phrase).
+    ``encode`` turns prompts into text features, for parameters that name text (a sink phrase);
+    ``synthesize`` makes image-side prototypes from text targets (ccup-proto).
     """
     method = get_method(name)
     if method.solve is None:
         raise ValueError(f"method {name} has no closed form; it runs as its own job")
-    return method.solve(forget, retain, params, device, encode)
+    return method.solve(forget, retain, params, device, encode, synthesize)
 
 
 def build_projector(name: str, forget: TextEmbeddings, retain: TextEmbeddings, alpha: float,
-                    params: dict[str, Any], device=None, encode: Encode | None = None):
+                    params: dict[str, Any], device=None, encode: Encode | None = None,
+                    synthesize: Synthesize | None = None):
     """The ``projector.Projector`` of a closed-form method at strength ``alpha``."""
     from .projector import projector_at
 
-    return projector_at(solve_full_map(name, forget, retain, params, device, encode), alpha, name, params)
+    return projector_at(solve_full_map(name, forget, retain, params, device, encode, synthesize), alpha, name,
+                        params)
 
 
 def split_variant(entry: str) -> tuple[str, dict[str, Any]]:

@@ -35,11 +35,13 @@ class PromptSide:
 
     prompts: list[str] = field(default_factory=list)
     groups: list[tuple[str, int, int]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # per group: the class it is about (its label if none)
 
-    def add(self, label: str, prompts: Sequence[str]) -> None:
+    def add(self, label: str, prompts: Sequence[str], key: str | None = None) -> None:
         start = len(self.prompts)
         self.prompts.extend(prompts)
         self.groups.append((label, start, len(self.prompts)))
+        self.keys.append(label if key is None else key)
 
     @property
     def labels(self) -> list[str]:
@@ -138,16 +140,16 @@ def build_sides(
         kept = [d for d in domains if d not in set(forgotten)]
         for c in targets:
             for d in forgotten:
-                forget_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]])
+                forget_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]], c)
         for c in targets:
             for d in kept:
-                retain_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]])
+                retain_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]], c)
         taken = {c.lower() for c in targets}
         for c in retain:
             if c.lower() in taken:
                 continue
             for d in domains:
-                retain_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]])
+                retain_side.add(f"{c} in {d}", [fill(t, c) for t in domains[d]], c)
     else:
         for c in forget:
             forget_side.add(c, [fill(t, c) for t in forget_templates])
@@ -182,7 +184,7 @@ def embed_side(encode_cached: Callable[[list[str]], tuple], side: PromptSide):
     feats, hit = encode_cached(side.prompts)
     per_prompt = F.normalize(feats.float(), dim=-1)
     per_group = torch.stack([per_prompt[a:b].mean(dim=0) for _, a, b in side.groups])
-    return TextEmbeddings(side.labels, ["{}"], per_prompt, F.normalize(per_group, dim=-1), hit)
+    return TextEmbeddings(side.labels, ["{}"], per_prompt, F.normalize(per_group, dim=-1), hit, list(side.keys))
 
 
 DATASET_DOMAIN_PRESETS = {"fashion-mnist-domains": "fashion-mnist-domains",

@@ -51,6 +51,10 @@ class UnlearnSpec(BaseModel):
     lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
     sink: str = Field(defaults.SINK, description="ccup: where forget prompts go: zero (the paper), retain-mean, "
                                                   "retain-mean-orthogonal, neutral, neutral-orthogonal, or a phrase")
+    prototype_steps: int = Field(defaults.PROTOTYPE_STEPS, gt=0, le=10_000,
+                                 description="ccup-proto: optimisation steps per synthetic image prototype")
+    prototypes_per_group: int = Field(defaults.PROTOTYPES_PER_GROUP, gt=0, le=64,
+                                      description="ccup-proto: synthetic images per prompt group")
     energy: float = Field(defaults.ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
     retain_warn_cosine: float = Field(defaults.RETAIN_WARN_COSINE, ge=-1, le=1,
                                       description="warn about retain classes this close to a forget class")

@@ -42,6 +42,7 @@ def run_sweep(
     forget_names: Sequence[str],
     params: dict[str, dict],
     encode: Encode | None = None,
+    synthesize=None,
 ) -> list[dict]:
     """One row per (method, α): the metrics of that model, in the report's metric format.
 
@@ -50,7 +51,8 @@ def run_sweep(
     """
     rows = []
     for method in methods:
-        full = solve_full_map(split_variant(method)[0], inputs.forget, inputs.retain, params[method], None, encode)
+        full = solve_full_map(split_variant(method)[0], inputs.forget, inputs.retain, params[method], None, encode,
+                              synthesize)
         for alpha in alphas:
             W = blend(full, alpha)
             tensors = inputs.original_tensors if alpha == 0 else fold(inputs.site, inputs.original_tensors, W)

@@ -54,7 +54,8 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
         for entry in methods:
             name, override = split_variant(entry)
             params[entry] = {**method_params(get_method(name), spec), **override}
-        rows = run_sweep(inputs, methods, alphas, forget_names, params, session.encode_text)
+        rows = run_sweep(inputs, methods, alphas, forget_names, params, session.encode_text,
+                         session.synthesize_prototypes)
     resolved = spec.model_copy(update={"retain": retain})
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
                           sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})

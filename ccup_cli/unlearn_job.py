@@ -34,12 +34,12 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     return _run_closed_form(admitted, options, timer, device)
 
 
-def choose_alpha(inputs, spec: UnlearnSpec, params: dict, encode=None) -> tuple[float, dict]:
+def choose_alpha(inputs, spec: UnlearnSpec, params: dict, encode=None, synthesize=None) -> tuple[float, dict]:
     """The smallest α on ``AUTO_ALPHAS`` whose forget top-1 meets ``spec.max_forget_acc``, and the curve."""
     from .sweep import run_sweep, smallest_alpha_meeting
 
     forget_names = inputs.forget_names if inputs.forget_names is not None else spec.forget
-    rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, forget_names, {spec.method: params}, encode)
+    rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, forget_names, {spec.method: params}, encode, synthesize)
     chosen = smallest_alpha_meeting(rows, spec.method, spec.max_forget_acc)
     curve = [{"alpha": r["alpha"], "forget_top1": r["metrics"]["forget"]["top1"],
               "retain_top1": r["metrics"]["retain"]["top1"],
@@ -86,11 +86,11 @@ def _run_closed_form(admitted: Admitted, options: RunOptions, timer: PhaseTimer,
     alpha = spec.alpha
     if alpha == "auto":
         with timer("auto_alpha"):
-            alpha, auto = choose_alpha(inputs, spec, params, session.encode_text)
+            alpha, auto = choose_alpha(inputs, spec, params, session.encode_text, session.synthesize_prototypes)
     with timer("solve_and_fold"):
         result = apply_unlearning(loaded.model, site, session.original, forget_emb, retain_emb, spec.method, alpha,
                                   params, inplace=True, retain_warn_cosine=spec.retain_warn_cosine, device=device,
-                                  encode=session.encode_text)
+                                  encode=session.encode_text, synthesize=session.synthesize_prototypes)
 
     resolved = spec.model_copy(update={"retain": retain})
     report = start_report("unlearn", options.argv, loaded, resolved)
