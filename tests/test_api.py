@@ -57,3 +57,24 @@ def test_encode_prompts_is_exported(tiny):
     with torch.no_grad():
         reference = model.encode_text(tokenizer(prompts))
     assert feats.shape == (2, 32) and torch.allclose(feats, reference, atol=1e-4)
+
+
+def test_unlearn_takes_domain_sides_and_ccup_proto(tiny):
+    import open_clip
+
+    model, tokenizer = tiny
+    table = {"photo": ["a photo of a {}."], "sketch": ["a sketch of a {}.", "a drawing of a {}."]}
+    result = ccup_cli.unlearn(model, tokenizer, forget=["sandal"], retain=["bag"], domains=table,
+                              forget_domains=["sketch"], retain_prompts=["Acme shoes"])
+    assert result.forget.classnames == ["sandal in sketch"]
+    assert result.retain.classnames == ["sandal in photo", "bag in photo", "bag in sketch", "Acme shoes"]
+    assert result.forget.per_template.shape[0] == 2 and result.projector.rank > 0
+    with pytest.raises(ValueError, match='unknown domain "skecth"'):
+        ccup_cli.unlearn(model, tokenizer, forget=["sandal"], domains=table, forget_domains=["skecth"])
+    preprocess = open_clip.image_transform(32, is_train=False)
+    proto = ccup_cli.unlearn(model, tokenizer, forget=["sandal"], retain=["bag"], domains=table,
+                             forget_domains=["sketch"], method="ccup-proto", preprocess=preprocess,
+                             prototype_steps=2, prototypes_per_group=2)
+    assert proto.projector.method == "ccup-proto" and proto.projector.params["prototypes_per_group"] == 2
+    assert not torch.allclose(proto.W, torch.eye(proto.W.shape[0], dtype=torch.float64))
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # pixels only were optimised
