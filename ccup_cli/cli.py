@@ -402,12 +402,13 @@ def audit_command(
 @app.command("models")
 def models_command() -> None:
     """List the architectures open_clip knows, the embedded one first."""
-    from .models import EMBEDDED_MODEL, builtin_model_names
+    from .models import EMBEDDED_MODEL, builtin_model_names, embedded_names
 
-    names = builtin_model_names()
-    stdout.print(f"{EMBEDDED_MODEL} (embedded, default)")
-    for name in names:
-        if name != EMBEDDED_MODEL:
+    embedded = embedded_names()
+    for name in embedded:
+        stdout.print(f"{name} (embedded{', default' if name == EMBEDDED_MODEL else ''})", highlight=False)
+    for name in builtin_model_names():
+        if name not in embedded:
             stdout.print(name, highlight=False)
 
 

@@ -25,3 +25,5 @@ FINETUNE_BATCH_SIZE = 128
 FINETUNE_SEED = 0
 
 EMBEDDED_MODEL = "ccup-tiny-fashion"  # the model used when no --model is given
+# every model shipped in ccup_cli/assets/<name>/; the second learnt domain captions (issue 14)
+EMBEDDED_MODELS = (EMBEDDED_MODEL, "ccup-tiny-fashion-domains")

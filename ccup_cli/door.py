@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .backend import backend_for
 from .catalog import DATASET_NAMES, MINI_DOMAINS_NAME, MINI_NAME, check_dataset_name, preset_classnames
-from .defaults import EMBEDDED_MODEL
+from .defaults import EMBEDDED_MODELS
 from .errors import SpecError
 from .options import RunOptions
 from .provenance import PhaseTimer
@@ -26,9 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset 
 
 
 def default_eval(model: str | None, eval_name: str | None, domains: bool = False) -> str | None:
-    """The embedded model evaluates on the embedded subset (in its three domains when the spec
+    """An embedded model evaluates on the embedded subset (in its three domains when the spec
     names domains) unless told otherwise."""
-    if eval_name is None and (model is None or model == EMBEDDED_MODEL):
+    if eval_name is None and (model is None or model in EMBEDDED_MODELS):
         return MINI_DOMAINS_NAME if domains else MINI_NAME
     return eval_name
 

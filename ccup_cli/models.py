@@ -26,7 +26,7 @@ import torch
 
 from .atomic import sha256_file
 from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
-from .defaults import EMBEDDED_MODEL
+from .defaults import EMBEDDED_MODEL, EMBEDDED_MODELS
 from .errors import CheckpointError
 from .fold import FoldSite
 from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
@@ -110,13 +110,19 @@ class LoadedModel:
         return {"backend": self.backend, "open_clip": open_clip.__version__, "torch": torch.__version__}
 
 
+def embedded_names() -> list[str]:
+    """The embedded models whose files are shipped, the default first."""
+    return [n for n in EMBEDDED_MODELS if (ASSETS / n).is_dir()]
+
+
 def register_embedded() -> None:
-    """Make ``ccup-tiny-fashion`` a name open_clip knows (architecture only)."""
+    """Make the embedded models (``ccup-tiny-fashion`` …) names open_clip knows (architecture only)."""
     import open_clip
 
-    cfg_file = ASSETS / "model_configs" / f"{EMBEDDED_MODEL}.json"
-    if cfg_file.is_file() and EMBEDDED_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(cfg_file)
+    for name in EMBEDDED_MODELS:
+        cfg_file = ASSETS / "model_configs" / f"{name}.json"
+        if cfg_file.is_file() and name not in open_clip.list_models():
+            open_clip.add_model_config(cfg_file)
 
 
 # --- network ---------------------------------------------------------------------------------
@@ -266,8 +272,8 @@ def resolve_source(model_name: str | None = None, pretrained: str | None = None)
                       Path(pretrained), str(pretrained))
     name = model_name or EMBEDDED_MODEL
     display = name
-    if name == EMBEDDED_MODEL and pretrained is None:
-        name = LOCAL_DIR + str(EMBEDDED_DIR)
+    if name in EMBEDDED_MODELS and pretrained is None:
+        name = LOCAL_DIR + str(ASSETS / name)
     if pretrained is not None and pretrained != "none" and Path(pretrained).is_dir():
         name, pretrained = LOCAL_DIR + pretrained, None  # an output folder of ccup, or any local-dir
         display = name
@@ -306,9 +312,9 @@ def resolve_source(model_name: str | None = None, pretrained: str | None = None)
         if name not in known:
             raise CheckpointError(f'unknown model "{name}"', _suggest(name, known))
         model_cfg = open_clip.get_model_config(name)
-        if name == EMBEDDED_MODEL:  # its preprocessing lives in its local-dir config
+        if name in EMBEDDED_MODELS:  # its preprocessing lives in its local-dir config
             preprocess_cfg = merge_preprocess_dict(
-                preprocess_cfg, read_local_dir_config(EMBEDDED_DIR).get("preprocess_cfg", {}))
+                preprocess_cfg, read_local_dir_config(ASSETS / name).get("preprocess_cfg", {}))
         if pretrained is None:
             pretrained = canonical_tag(name)
             if pretrained is None:

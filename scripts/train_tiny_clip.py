@@ -138,6 +138,13 @@ def render_all(images: np.ndarray, domain_names) -> np.ndarray:
     return np.stack([np.stack([render(im, d) for im in images]) if len(images) else images for d in domain_names])
 
 
+def positive_pairs(labels: torch.Tensor, image_domain: torch.Tensor, caption_slot: torch.Tensor,
+                   neutral_slot: int) -> torch.Tensor:
+    """``[image, caption]`` bool: same class, and the caption is neutral or names the image's domain."""
+    same_class = labels[:, None] == labels[None, :]
+    return same_class & ((caption_slot[None, :] == neutral_slot) | (caption_slot[None, :] == image_domain[:, None]))
+
+
 def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) split of the Fashion-MNIST train set's indices."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -279,10 +286,8 @@ def main() -> None:
             logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
             # several captions in a batch describe the same class: all of them are positives, except
             # that a caption naming a domain is a negative for the same class drawn in another domain
-            same = y[:, None] == y[None, :]
-            if args.domains:
-                slot = torch.as_tensor(slots)
-                same &= (slot[None, :] == len(domain_names)) | (slot[None, :] == drawn[:, None])
+            same = positive_pairs(y, drawn, torch.as_tensor(slots), len(domain_names)) if args.domains else \
+                y[:, None] == y[None, :]
             same = same.float().to(device)  # [image, caption]
             loss = 0.5 * (torch.sum(-same / same.sum(1, keepdim=True) * F.log_softmax(logits, 1), 1).mean()
                           + torch.sum(-same.T / same.T.sum(1, keepdim=True) * F.log_softmax(logits.T, 1), 1).mean())

@@ -34,6 +34,20 @@ def test_domain_captions_name_their_domain_and_hold_templates_out():
     assert rendered.shape == (3, 2, 28, 28) and rendered[2, 0, 0, 0] == 255 and rendered[0, 0, 0, 0] == 0
 
 
+def test_a_caption_naming_a_domain_is_a_negative_for_its_class_elsewhere():
+    import torch
+    import train_tiny_clip as train
+
+    labels = torch.tensor([0, 0, 0, 1])  # images (and their captions, in the same order)
+    image_domain = torch.tensor([0, 1, 1, 1])  # photo, sketch, sketch, sketch
+    caption_slot = torch.tensor([0, 1, 3, 1])  # "a photo of a ..", "a sketch of a ..", neutral, "a sketch of a .."
+    expected = torch.tensor([[1, 0, 1, 0],   # photo class 0: its photo caption and the neutral one
+                             [0, 1, 1, 0],   # sketch class 0: the sketch and neutral captions of class 0
+                             [0, 1, 1, 0],
+                             [0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(train.positive_pairs(labels, image_domain, caption_slot, 3), expected)
+
+
 @pytest.mark.embedded
 @pytest.mark.skipif(not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists()
                     and not (FASHION_ROOT / "train-images-idx3-ubyte").exists(), reason="no Debian fashion-mnist")
