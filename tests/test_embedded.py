@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from ccup_cli.cli import app
 from ccup_cli.data import MINI_FILE, open_dataset
-from ccup_cli.models import ASSETS, EMBEDDED_DIR, EMBEDDED_MODEL
+from ccup_cli.defaults import EMBEDDED_MODELS
+from ccup_cli.models import ASSETS, EMBEDDED_DIR, EMBEDDED_MODEL, embedded_names
 
 pytestmark = pytest.mark.embedded
 
@@ -34,15 +35,34 @@ def demo_report(tmp_path_factory) -> dict:
     return report
 
 
-def test_assets_are_small_and_complete():
-    weights = EMBEDDED_DIR / "open_clip_model.safetensors"
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_assets_are_small_and_complete(name):
+    folder = ASSETS / name
+    weights = folder / "open_clip_model.safetensors"
     assert weights.stat().st_size <= 16 * 2**20
     assert MINI_FILE.stat().st_size <= 2 * 2**20
     assert (MINI_FILE.parent / "LICENSE").read_text().count("MIT License") == 1
-    assert (EMBEDDED_DIR / "MODEL_CARD.md").is_file()
-    local = json.loads((EMBEDDED_DIR / "open_clip_config.json").read_text())
-    registry = json.loads((ASSETS / "model_configs" / f"{EMBEDDED_MODEL}.json").read_text())
+    assert (folder / "MODEL_CARD.md").is_file()
+    local = json.loads((folder / "open_clip_config.json").read_text())
+    registry = json.loads((ASSETS / "model_configs" / f"{name}.json").read_text())
     assert local["model_cfg"] == registry
+    assert embedded_names() == list(EMBEDDED_MODELS)
+
+
+def test_domain_model_forgets_sandal_in_sketch_far_more_than_in_photo():
+    from ccup_cli.options import RunOptions
+    from ccup_cli.spec import build_spec
+    from ccup_cli.unlearn_job import run_unlearn
+
+    spec = build_spec({"model": "ccup-tiny-fashion-domains", "forget": ["sandal"], "forget_domains": ["sketch"]}, {})
+    report = run_unlearn(spec, RunOptions(device="cpu", workers=0))
+    assert report["dataset"]["name"] == "fashion-mnist-domains-mini"
+    cell = {(d, when): report["metrics"][when]["domains"][d]["overall"]["per_class"]["sandal"]
+            for d in ("photo", "sketch") for when in ("before", "after")}
+    sketch_drop = cell[("sketch", "before")] - cell[("sketch", "after")]
+    photo_drop = cell[("photo", "before")] - cell[("photo", "after")]
+    assert cell[("sketch", "before")] > 0.8 and cell[("sketch", "after")] <= 0.05
+    assert sketch_drop > photo_drop + 0.5
 
 
 def test_mini_subset_is_stratified():
@@ -111,6 +131,8 @@ def test_package_install_ships_the_assets(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-compile",
                     "-q", "--target", str(target), str(source)], check=True, capture_output=True)
     for needed in ("ccup_cli/assets/ccup-tiny-fashion/open_clip_model.safetensors",
+                   "ccup_cli/assets/ccup-tiny-fashion-domains/open_clip_model.safetensors",
+                   "ccup_cli/assets/model_configs/ccup-tiny-fashion-domains.json",
                    "ccup_cli/assets/ccup-tiny-fashion/open_clip_config.json",
                    "ccup_cli/assets/ccup-tiny-fashion/MODEL_CARD.md",
                    "ccup_cli/assets/model_configs/ccup-tiny-fashion.json",
