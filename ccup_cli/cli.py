@@ -172,9 +172,9 @@ _SPEC_FLAGS = {
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="With --alpha auto: the forget top-1 to reach.")),
-    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), ccup-proto (adds synthetic "
-                                           "image prototypes; for domains), nullspace, or finetune (the gradient "
-                                           "baseline; needs labelled training images).")),
+    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, finetune (the "
+                                           "gradient baseline; needs labelled training images), or ccup-proto "
+                                           "(experimental; measured worse than ccup).")),
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
                                          "retain-mean-orthogonal (default), zero (the paper), retain-mean, neutral, "
                                          "neutral-orthogonal, or a phrase.")),

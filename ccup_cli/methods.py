@@ -87,8 +87,8 @@ METHODS: dict[str, Method] = {
                    ("lambda_retain", "lambda_identity", "sink"), "per-template", True, _ccup),
     "nullspace": Method("nullspace", "I − U Uᵀ over the forget class embeddings", ("energy",),
                         "per-class (template average)", False, _nullspace),
-    "ccup-proto": Method("ccup-proto", "logit-level closed form over text heads and synthetic image prototypes "
-                         "(bilinear.py, prototypes.py)",
+    "ccup-proto": Method("ccup-proto", "experimental: logit-level closed form over text heads and synthetic image "
+                         "prototypes (bilinear.py, prototypes.py); measured worse than ccup on domains",
                          ("lambda_retain", "lambda_identity", "prototype_steps", "prototypes_per_group"),
                          "per-class (group mean)", True, _ccup_proto),
     "finetune": Method("finetune", "gradient baseline on labelled train images",
