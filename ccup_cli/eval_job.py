@@ -78,7 +78,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     options = options.check()
     validate_eval_request(req)
     timer = PhaseTimer()
-    eval_name = default_eval(req.model, req.eval)
+    eval_name = default_eval(req.model, req.eval, domains=bool(req.forget_domains))
     if eval_name is None:
         raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
     if report_path is not None:

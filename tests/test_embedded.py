@@ -63,6 +63,13 @@ def test_domain_model_forgets_sandal_in_sketch_far_more_than_in_photo():
     photo_drop = cell[("photo", "before")] - cell[("photo", "after")]
     assert cell[("sketch", "before")] > 0.8 and cell[("sketch", "after")] <= 0.05
     assert sketch_drop > photo_drop + 0.5
+    # ccup eval --forget-domains on the same model also defaults to the domain mini set
+    from ccup_cli.eval_job import EvalRequest, run_eval
+
+    checked, _ = run_eval(EvalRequest(model="ccup-tiny-fashion-domains", forget_domains=["sketch"]),
+                          RunOptions(device="cpu", workers=0))
+    assert checked["dataset"]["name"] == "fashion-mnist-domains-mini"
+    assert checked["metrics"]["before"]["forget"]["n"] == checked["metrics"]["before"]["domains"]["sketch"]["overall"]["n"]
 
 
 def test_mini_subset_is_stratified():
