@@ -198,23 +198,13 @@ def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates,
 
 def _synthesizer(model: nn.Module, preprocess):
     """``methods.Synthesize`` for an in-memory open_clip model (ccup-proto), run in eval mode."""
-    from .prototypes import pixel_geometry, synthesize
+    from .prototypes import frozen_weights, pixel_geometry, synthesize
 
     size, mean, std = pixel_geometry(preprocess)
 
     def run(targets: torch.Tensor, params: dict) -> torch.Tensor:
-        was_training = model.training
-        trainable = [p.requires_grad for p in model.parameters()]
-        model.eval()
-        model.requires_grad_(False)
-        try:
-            with torch.enable_grad():
-                return synthesize(model.encode_image, targets, size, mean, std,
-                                  per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
-                                  device=next(model.parameters()).device)
-        finally:
-            model.train(was_training)
-            for p, flag in zip(model.parameters(), trainable):
-                p.requires_grad_(flag)
+        with frozen_weights(model):
+            return synthesize(model.encode_image, targets, size, mean, std, per_target=params["prototypes_per_group"],
+                              steps=params["prototype_steps"], device=next(model.parameters()).device)
 
     return run

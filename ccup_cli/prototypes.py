@@ -14,7 +14,8 @@ model on a CPU; for a ViT-B-32 on a CPU, many minutes: use ``--device cuda`` the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,22 @@ def synthesize(
         with torch.no_grad():
             out.append(encode((torch.sigmoid(raw) - mean_t) / std_t).float().cpu())
     return torch.cat(out)
+
+
+@contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, no weight gradients, gradients enabled (for the pixels); all restored after."""
+    was_training = model.training
+    trainable = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
 
 
 def pixel_geometry(preprocess: Callable) -> tuple[tuple[int, int], list[float], list[float]]:

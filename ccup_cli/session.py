@@ -97,20 +97,13 @@ class Session:
         Called before the fold, so the final map is still the checkpoint's. Weights are frozen
         for the duration; only the input pixels are optimised.
         """
-        from .prototypes import pixel_geometry, synthesize
+        from .prototypes import frozen_weights, pixel_geometry, synthesize
 
         size, mean, std = pixel_geometry(self.loaded.preprocess)
-        model = self.loaded.model
-        trainable = [p.requires_grad for p in model.parameters()]
-        model.requires_grad_(False)
-        try:
-            with self.timer("prototypes"), torch.enable_grad():
-                return synthesize(lambda px: self.loaded.encode_images(px, projected=True), targets, size, mean, std,
-                                  per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
-                                  device=self.device)
-        finally:
-            for p, flag in zip(model.parameters(), trainable):
-                p.requires_grad_(flag)
+        with self.timer("prototypes"), frozen_weights(self.loaded.model):
+            return synthesize(lambda px: self.loaded.encode_images(px, projected=True), targets, size, mean, std,
+                              per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
+                              device=self.device)
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""
