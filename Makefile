@@ -16,15 +16,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers,audit]' $(TORCH_PINS)
 	touch $(STAMP)
 
+# two pytest-xdist workers: the tests are independent (each worker has its own temp, cache and HF folders)
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 demo: install
 	rm -rf demo-out
 	$(BIN)/ccup unlearn --forget sandal,sneaker --alpha 1.0 --out demo-out/
 
+# ruff, then the import contracts of pyproject.toml (layers only run downward; no cycles)
 lint: install
 	$(BIN)/ruff check ccup_cli tests scripts
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache build *.egg-info

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["unlearn", "UnlearnResult", "encode_prompts"]
 
-_LAZY = {"unlearn": "api", "UnlearnResult": "api", "encode_prompts": "text"}
+_LAZY = {"unlearn": "api", "UnlearnResult": "api", "encode_prompts": "text.encode"}
 
 
 def __getattr__(name: str):

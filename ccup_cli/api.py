@@ -6,61 +6,29 @@
     result = ccup_cli.unlearn(model, tokenizer, forget=["cat", "dog"], alpha=0.9)
     result.model  # a patched copy (or the same model with inplace=True)
 
-``unlearn`` encodes the prompts and calls ``apply_unlearning``, the lower-level step the jobs
-use with embeddings, fold-site tensors and a device of their own.
+``unlearn`` encodes the prompts and calls ``methods.apply.apply_unlearning``, the lower-level
+step the unlearn job shares, with embeddings, fold-site tensors and a ``MethodContext``.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import defaults
-from .embeddings import TextEmbeddings, close_retain_classes, default_retain, embed_forget_and_retain
-from .fold import FoldSite, fold, site_tensors
-from .methods import build_projector, get_method
-from .open_clip_tower import locate_fold_site
-from .projector import Projector
-from .templates import load_templates
-from .text import encode_prompts
+from .backends.fold import site_tensors
+from .backends.open_clip_tower import locate_fold_site
+from .methods.apply import UnlearnResult, apply_unlearning
+from .methods.prompt_sides import build_sides, domain_problems, embed_side, load_domains
+from .methods.prototypes import frozen_weights, pixel_geometry, synthesize
+from .methods.table import MethodContext, get_method
+from .presets import defaults
+from .text.embeddings import TextEmbeddings, default_retain, embed_forget_and_retain
+from .text.encode import encode_prompts
+from .text.templates import load_templates
 
-
-@dataclass
-class UnlearnResult:
-    """What ``unlearn`` computed: the map, where it went, and the patched model."""
-
-    projector: Projector
-    site: FoldSite
-    original_tensors: dict[str, torch.Tensor]  # fold-site tensors before, in the model's dtype
-    folded_tensors: dict[str, torch.Tensor]  # fold-site tensors after
-    model: nn.Module
-    forget: TextEmbeddings
-    retain: TextEmbeddings
-    close_retain: list[dict] = field(default_factory=list)  # retain classes near a forget class
-    embedding_mode: dict = field(default_factory=dict)
-
-    @property
-    def W(self) -> torch.Tensor:
-        return self.projector.W
-
-    def text_side(self) -> dict:
-        """For each class, cos(t_c, W t_c): how much of its own direction the image map keeps.
-
-        Before unlearning W = I, so the value is 1.0 for every class.
-        """
-        W = self.projector.W
-        out = {}
-        for role, emb in (("forget", self.forget), ("retain", self.retain)):
-            t = emb.per_class.to(W.device, torch.float64)
-            response = t @ W.T  # rows: W t_c
-            cos = F.cosine_similarity(response, t, dim=-1).clamp(-1, 1)
-            out[role] = {c: {"before": 1.0, "after": float(v)} for c, v in zip(emb.classnames, cos.cpu())}
-        return out
+__all__ = ["UnlearnResult", "apply_unlearning", "unlearn"]
 
 
 def _eval_mode_encoder(model: nn.Module, tokenizer):
@@ -79,40 +47,6 @@ def _eval_mode_encoder(model: nn.Module, tokenizer):
 
 def _templates(value: str | Sequence[str]) -> list[str]:
     return load_templates(value) if isinstance(value, str) else list(value)
-
-
-def apply_unlearning(
-    model: nn.Module,
-    site: FoldSite,
-    original_tensors: dict[str, torch.Tensor],
-    forget: TextEmbeddings,
-    retain: TextEmbeddings,
-    method: str,
-    alpha: float,
-    params: dict,
-    inplace: bool = False,
-    retain_warn_cosine: float = defaults.RETAIN_WARN_COSINE,
-    device: str | torch.device | None = None,
-    encode=None,
-    synthesize=None,
-) -> UnlearnResult:
-    """Solve ``method`` on embeddings already computed and fold W into ``original_tensors``.
-
-    ``original_tensors`` are the fold-site tensors as stored in the checkpoint (their dtype
-    is kept); ``params`` holds the method's parameters (``methods.Method.params``);
-    ``encode(prompts) -> [n, d]`` encodes text a parameter names (a sink phrase);
-    ``synthesize(targets, params)`` makes image prototypes (``methods.Synthesize``, ccup-proto).
-    """
-    projector = build_projector(method, forget, retain, alpha, params, device or forget.per_template.device,
-                                encode, synthesize)
-    folded = fold(site, original_tensors, projector.W)
-    target = model if inplace else copy.deepcopy(model)
-    with torch.no_grad():
-        state = target.state_dict()
-        target.load_state_dict({k: v.to(state[k].dtype) for k, v in folded.items()}, strict=False)
-    close = close_retain_classes(forget, retain, retain_warn_cosine)
-    return UnlearnResult(projector, site, original_tensors, folded, target, forget, retain, close,
-                         get_method(method).embedding_mode())
 
 
 def unlearn(
@@ -171,16 +105,14 @@ def unlearn(
     values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink,
               "prototype_steps": prototype_steps, "prototypes_per_group": prototypes_per_group}
     params = {p: values[p] for p in entry.params}
-    synthesize = _synthesizer(model, preprocess) if preprocess is not None else None
+    synthesizer = _synthesizer(model, preprocess) if preprocess is not None else None
     return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace, encode=encode, synthesize=synthesize)
+                            inplace, context=MethodContext(encode=encode, synthesize=synthesizer))
 
 
 def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates, domains, forget_domains,
                             forget_prompts, retain_prompts) -> tuple[TextEmbeddings, TextEmbeddings]:
     """Both sides built by ``prompt_sides.build_sides`` and embedded (groups as classes)."""
-    from .prompt_sides import build_sides, domain_problems, embed_side, load_domains
-
     table = load_domains(domains) if isinstance(domains, str) else (dict(domains) if domains else None)
     if table is not None and forget_domains:
         problems = domain_problems(forget_domains, table)
@@ -198,8 +130,6 @@ def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates,
 
 def _synthesizer(model: nn.Module, preprocess):
     """``methods.Synthesize`` for an in-memory open_clip model (ccup-proto), run in eval mode."""
-    from .prototypes import frozen_weights, pixel_geometry, synthesize
-
     size, mean, std = pixel_geometry(preprocess)
 
     def run(targets: torch.Tensor, params: dict) -> torch.Tensor:

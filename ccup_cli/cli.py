@@ -101,7 +101,7 @@ def _warn(report: dict) -> None:
 
 def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[str, ...] = ()):
     """The spec file (if any) with the given flags over it, validated at once."""
-    from .spec import build_spec, read_spec_file
+    from .spec.schema import build_spec, read_spec_file
 
     file_values = read_spec_file(spec_file) if spec_file is not None else {}
     for key in ignore_file_keys:
@@ -134,7 +134,7 @@ class RunFlags:
     @contextlib.contextmanager
     def options(self, out: Optional[Path] = None):
         """``RunOptions`` for the job, with a progress bar on stderr while it runs."""
-        from .options import RunOptions
+        from .run.options import RunOptions
 
         with _progress(self.tables) as progress:
             yield RunOptions(device=self.device, batch_size=self.batch_size, out=out, overwrite=self.overwrite,
@@ -233,8 +233,8 @@ def unlearn_command(
 ) -> None:
     """Fold a forgetting projection into the image tower and write a patched checkpoint."""
     spec = _spec_from(spec_file, fields)
-    from . import report as rep
-    from .unlearn_job import run_unlearn
+    from .jobs.unlearn import run_unlearn
+    from .output import report as rep
 
     with flags.options(out) as options:
         report = run_unlearn(spec, options)
@@ -268,9 +268,9 @@ def eval_command(
     fields: dict = None,
 ) -> None:
     """Zero-shot accuracy of a model, with thresholds for CI (exit 1 when one fails)."""
-    from . import report as rep
-    from .eval_job import EvalRequest, run_eval
-    from .spec import split_csv
+    from .jobs.eval import EvalRequest, run_eval
+    from .output import report as rep
+    from .spec.schema import split_csv
 
     forget_domains = split_csv(fields.pop("forget_domains", None) or "")
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
@@ -308,15 +308,15 @@ def sweep_command(
 ) -> None:
     """Evaluate every strength of every method from one pass over the images."""
     from .errors import SpecError
-    from .spec import parse_alphas, split_csv
+    from .spec.schema import parse_alphas, split_csv
 
     try:
         alpha_list = parse_alphas(alphas)
     except ValueError as err:
         raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
     spec = _spec_from(spec_file, fields, ignore_file_keys=("alpha", "method"))
-    from . import report as rep
-    from .sweep_job import run_sweep_job
+    from .jobs.sweep import run_sweep_job
+    from .output import report as rep
 
     with flags.options(out) as options:
         report = run_sweep_job(spec, alpha_list, split_csv(methods), options)
@@ -339,8 +339,8 @@ def export_command(
     fields: dict = None,
 ) -> None:
     """Convert an open_clip model into a Hugging Face transformers CLIP folder."""
-    from . import report as rep
-    from .export_job import run_export
+    from .jobs.export import run_export
+    from .output import report as rep
 
     with flags.options(out) as options:
         report = run_export(source, fields["pretrained"], to, options)
@@ -372,11 +372,11 @@ def audit_command(
     fields: dict = None,
 ) -> None:
     """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
-    from . import report as rep
-    from .audit_job import AuditRequest, run_audit
-    from .audit_page import audit_table
+    from .audit.page import audit_table
     from .errors import SpecError
-    from .spec import split_csv
+    from .jobs.audit import AuditRequest, run_audit
+    from .output import report as rep
+    from .spec.schema import split_csv
 
     try:
         shots = [int(k) for k in split_csv(probe_shots)]
@@ -402,7 +402,7 @@ def audit_command(
 @app.command("models")
 def models_command() -> None:
     """List the architectures open_clip knows, the embedded one first."""
-    from .models import EMBEDDED_MODEL, builtin_model_names, embedded_names
+    from .backends.open_clip import EMBEDDED_MODEL, builtin_model_names, embedded_names
 
     embedded = embedded_names()
     for name in embedded:
@@ -415,7 +415,7 @@ def models_command() -> None:
 @app.command("version")
 def version_command() -> None:
     """Print ccup's version."""
-    from .provenance import ccup_version
+    from .run.provenance import ccup_version
 
     stdout.print(ccup_version())
 

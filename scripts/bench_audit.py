@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.audit_job import PROBE_PHASES, AuditRequest, run_audit  # noqa: E402
-from ccup_cli.eval_job import EvalRequest, run_eval  # noqa: E402
-from ccup_cli.options import RunOptions  # noqa: E402
-from ccup_cli.spec import build_spec  # noqa: E402
-from ccup_cli.unlearn_job import run_unlearn  # noqa: E402
+from ccup_cli.jobs.audit import PROBE_PHASES, AuditRequest, run_audit  # noqa: E402
+from ccup_cli.jobs.eval import EvalRequest, run_eval  # noqa: E402
+from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
+from ccup_cli.run.options import RunOptions  # noqa: E402
+from ccup_cli.spec.schema import build_spec  # noqa: E402
 
 # the embedded model's synonyms (scripts/train_tiny_clip.py): trained ones, then held-out ones
 ALIASES = {"sandal": ["sandals", "flip flop", "open shoe", "strappy sandal", "beach sandal"],

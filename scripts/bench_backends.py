@@ -3,7 +3,7 @@
 
     python scripts/bench_backends.py [--eval fashion-mnist] [--forget sandal,sneaker] [--repeats 1]
 
-1. Export ``ccup-tiny-fashion`` with ``ccup_cli.export.export_to_transformers``.
+1. Export ``ccup-tiny-fashion`` with ``ccup_cli.backends.export.export_to_transformers``.
 2. Exactness: class embeddings (80 ``openai`` templates) and image features (each form
    with its own preprocessing) of the transformers folder against open_clip's.
 3. In each form, ``ccup unlearn --eval`` (the job, writing its output folder) and then
@@ -29,17 +29,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.data import open_dataset  # noqa: E402
-from ccup_cli.eval_job import EvalRequest, run_eval  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection  # noqa: E402
-from ccup_cli.export import export_to_transformers  # noqa: E402
-from ccup_cli.hf_backend import load_transformers_model  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.options import RunOptions  # noqa: E402
-from ccup_cli.spec import build_spec  # noqa: E402
-from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
-from ccup_cli.text import class_embeddings, encode_prompts  # noqa: E402
-from ccup_cli.unlearn_job import run_unlearn  # noqa: E402
+from ccup_cli.backends.export import export_to_transformers  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.backends.transformers import load_transformers_model  # noqa: E402
+from ccup_cli.data.datasets import open_dataset  # noqa: E402
+from ccup_cli.jobs.eval import EvalRequest, run_eval  # noqa: E402
+from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
+from ccup_cli.run.options import RunOptions  # noqa: E402
+from ccup_cli.spec.schema import build_spec  # noqa: E402
+from ccup_cli.text.encode import class_embeddings, encode_prompts  # noqa: E402
+from ccup_cli.text.templates import build_prompts, load_templates  # noqa: E402
 
 BATCH = 256
 

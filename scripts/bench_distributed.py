@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def rank_main(eval_name: str) -> None:
     import torch.distributed as dist
 
-    from ccup_cli import distributed as D
-    from ccup_cli.data import open_dataset
-    from ccup_cli.evaluate import encode_pre_projection
-    from ccup_cli.models import load_model
+    from ccup_cli.backends.features import encode_pre_projection
+    from ccup_cli.backends.open_clip import load_model
+    from ccup_cli.data.datasets import open_dataset
+    from ccup_cli.runtime import distributed as D
 
     here = D.init_if_needed("cpu")
     loaded = load_model()

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from ccup_cli.options import RunOptions  # noqa: E402
-from ccup_cli.spec import build_spec  # noqa: E402
-from ccup_cli.unlearn_job import run_unlearn  # noqa: E402
+from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
+from ccup_cli.run.options import RunOptions  # noqa: E402
+from ccup_cli.spec.schema import build_spec  # noqa: E402
 
 CASES = [  # (label, forget classes, forget domains)
     ("sandal in sketch", ["sandal"], ["sketch"]),
@@ -115,18 +115,18 @@ def additivity(base: dict, options: RunOptions) -> list[str]:
     import torch
     import torch.nn.functional as F
 
-    from ccup_cli.door import admit
-    from ccup_cli.fold import project
-    from ccup_cli.provenance import PhaseTimer
-    from ccup_cli.session import open_session
+    from ccup_cli.backends.fold import project
+    from ccup_cli.run.door import admit
+    from ccup_cli.run.provenance import PhaseTimer
+    from ccup_cli.run.session import open_session
 
     spec = build_spec({k: v for k, v in {**base, "forget": ["sandal"], "forget_domains": ["sketch"],
                                           "domains": "fashion-mnist-domains"}.items() if v is not None}, {})
     timer = PhaseTimer()
-    admitted = admit(spec, options, timer, need_eval=True)
-    session = open_session(admitted.spec.model, admitted.spec.pretrained, options, "cpu", timer)
-    forget_emb, retain_emb = session.embed_prompt_sides(*admitted.sides)
-    ds = admitted.dataset
+    plan = admit(spec, options, timer, need_eval=True)
+    session = open_session(plan.spec.model, plan.spec.pretrained, options, "cpu", timer)
+    forget_emb, retain_emb = session.embed_prompt_sides(*plan.sides)
+    ds = plan.dataset
     pre, _ = session.encode_images(ds)
     feats = F.normalize(project(session.site, session.original, pre), dim=-1).double()
     labels, doms = np.asarray(ds.labels), np.asarray(ds.domains)

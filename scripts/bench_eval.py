@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.eval_job import EvalRequest, run_eval  # noqa: E402
-from ccup_cli.options import RunOptions  # noqa: E402
-from ccup_cli.spec import build_spec  # noqa: E402
-from ccup_cli.sweep_job import run_sweep_job  # noqa: E402
-from ccup_cli.unlearn_job import run_unlearn  # noqa: E402
+from ccup_cli.jobs.eval import EvalRequest, run_eval  # noqa: E402
+from ccup_cli.jobs.sweep import run_sweep_job  # noqa: E402
+from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
+from ccup_cli.run.options import RunOptions  # noqa: E402
+from ccup_cli.spec.schema import build_spec  # noqa: E402
 
 
 def main() -> None:

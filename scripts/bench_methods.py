@@ -28,14 +28,15 @@ from benchdoc import write_section  # noqa: E402
 
 from ccup_cli import defaults  # noqa: E402
 from ccup_cli.api import unlearn  # noqa: E402
-from ccup_cli.data import open_dataset  # noqa: E402
-from ccup_cli.embeddings import embed_classes, embed_forget_and_retain  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
-from ccup_cli.finetune import finetune_unlearn  # noqa: E402
-from ccup_cli.fold import site_tensors  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.sweep import SweepInputs, run_sweep  # noqa: E402
-from ccup_cli.templates import load_templates  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.fold import site_tensors  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.data.datasets import open_dataset  # noqa: E402
+from ccup_cli.methods.finetune import finetune_unlearn  # noqa: E402
+from ccup_cli.metrics.compare import metrics_for  # noqa: E402
+from ccup_cli.run.sweep import SweepInputs, run_sweep  # noqa: E402
+from ccup_cli.text.embeddings import embed_classes, embed_forget_and_retain  # noqa: E402
+from ccup_cli.text.templates import load_templates  # noqa: E402
 
 FORGET_SETS = [["sandal"], ["sandal", "sneaker"], ["shirt", "t-shirt"],
                ["trouser", "bag", "dress", "coat", "ankle boot"]]

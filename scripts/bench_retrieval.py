@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.evaluate import LOGIT_SCALE, _retrieval_from_scores, zero_shot_metrics  # noqa: E402
+from ccup_cli.metrics.zero_shot import LOGIT_SCALE, _retrieval_from_scores, zero_shot_metrics  # noqa: E402
 
 SHAPES = [(10_000, 10, 64), (10_000, 100, 512), (50_000, 1000, 512)]  # (images, classes, d)
 

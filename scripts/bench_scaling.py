@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.checkpoint import save_safetensors  # noqa: E402
-from ccup_cli.fold import fold  # noqa: E402
-from ccup_cli.open_clip_tower import locate_fold_site  # noqa: E402
-from ccup_cli.projector import ccup_map, projector_at  # noqa: E402
+from ccup_cli.backends.checkpoint import save_safetensors  # noqa: E402
+from ccup_cli.backends.fold import fold  # noqa: E402
+from ccup_cli.backends.open_clip_tower import locate_fold_site  # noqa: E402
+from ccup_cli.methods.projector import ccup_map, projector_at  # noqa: E402
 
 
 def median_time(fn, repeats: int = 5) -> float:

@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.data import generic_vocabulary  # noqa: E402
-from ccup_cli.embeddings import default_retain, embed_classes  # noqa: E402
-from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
-from ccup_cli.text import encode_prompts  # noqa: E402
+from ccup_cli.data.catalog import generic_vocabulary  # noqa: E402
+from ccup_cli.text.embeddings import default_retain, embed_classes  # noqa: E402
+from ccup_cli.text.encode import encode_prompts  # noqa: E402
+from ccup_cli.text.templates import build_prompts, load_templates  # noqa: E402
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.data import open_dataset  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection  # noqa: E402
-from ccup_cli.loader import default_workers  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.data.datasets import open_dataset  # noqa: E402
+from ccup_cli.data.loader import default_workers  # noqa: E402
 
 TARGET = 1.3
 

@@ -33,16 +33,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
-from ccup_cli.data import open_dataset  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection, zero_shot_metrics  # noqa: E402
-from ccup_cli.fold import project, site_tensors  # noqa: E402
-from ccup_cli.loader import default_workers  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.open_clip_tower import identity_projection  # noqa: E402
-from ccup_cli.precision import PRECISIONS  # noqa: E402
-from ccup_cli.projector import ccup_map  # noqa: E402
-from ccup_cli.templates import build_prompts, load_templates  # noqa: E402
-from ccup_cli.text import class_embeddings, encode_prompts  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.fold import project, site_tensors  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.backends.open_clip_tower import identity_projection  # noqa: E402
+from ccup_cli.data.datasets import open_dataset  # noqa: E402
+from ccup_cli.data.loader import default_workers  # noqa: E402
+from ccup_cli.methods.projector import ccup_map  # noqa: E402
+from ccup_cli.metrics.zero_shot import zero_shot_metrics  # noqa: E402
+from ccup_cli.runtime.precision import PRECISIONS  # noqa: E402
+from ccup_cli.text.encode import class_embeddings, encode_prompts  # noqa: E402
+from ccup_cli.text.templates import build_prompts, load_templates  # noqa: E402
 
 SOLVE_TOLERANCE = 1e-6
 TOP1_TOLERANCE_POINTS = 0.1

@@ -18,8 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccup_cli.data import MINI_FILE  # noqa: E402
-from ccup_cli.idx import load_idx_split  # noqa: E402
+from ccup_cli.data.datasets import MINI_FILE  # noqa: E402
+from ccup_cli.data.idx import load_idx_split  # noqa: E402
 
 
 def main() -> None:

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccup_cli.idx import load_idx_split  # noqa: E402
-from ccup_cli.templates import build_prompts  # noqa: E402
-from ccup_cli.text import class_embeddings, encode_prompts, encode_tokens  # noqa: E402
+from ccup_cli.data.idx import load_idx_split  # noqa: E402
+from ccup_cli.text.encode import class_embeddings, encode_prompts, encode_tokens  # noqa: E402
+from ccup_cli.text.templates import build_prompts  # noqa: E402
 
 MODEL_NAME = "ccup-tiny-fashion"
 CLASSNAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -114,7 +114,7 @@ CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather
 
 
 def train_templates() -> list[str]:
-    from ccup_cli.templates import load_templates
+    from ccup_cli.text.templates import load_templates
 
     return load_templates("openai") + EXTRA_TRAIN_TEMPLATES
 
@@ -122,7 +122,7 @@ def train_templates() -> list[str]:
 def domain_train_templates() -> dict[str, list[str]]:
     """Training templates per domain: photo keeps the photo-like ones of the plain set; every
     domain also trains on the templates of ccup's ``fashion-mnist-domains`` preset."""
-    from ccup_cli.prompt_sides import load_domains
+    from ccup_cli.methods.prompt_sides import load_domains
 
     photo = [t for t in train_templates() if not any(w in t for w in DOMAIN_WORDS) and t not in NEUTRAL_TEMPLATES]
     table = {"photo": photo, **{d: list(t) for d, t in DOMAIN_TRAIN_EXTRA.items()}}
@@ -133,7 +133,7 @@ def domain_train_templates() -> dict[str, list[str]]:
 
 def render_all(images: np.ndarray, domain_names) -> np.ndarray:
     """``[n_domains, n, 28, 28]`` uint8: every image in every domain (domains.py)."""
-    from ccup_cli.domains import render
+    from ccup_cli.data.domains import render
 
     return np.stack([np.stack([render(im, d) for im in images]) if len(images) else images for d in domain_names])
 

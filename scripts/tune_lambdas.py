@@ -27,14 +27,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchdoc import write_section  # noqa: E402
 from train_tiny_clip import split_indices  # noqa: E402
 
-from ccup_cli.data import _array_dataset, preset_classnames  # noqa: E402
-from ccup_cli.embeddings import embed_classes  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
-from ccup_cli.fold import fold, site_tensors  # noqa: E402
-from ccup_cli.idx import load_idx_split  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.projector import ccup_map  # noqa: E402
-from ccup_cli.templates import load_templates  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.fold import fold, site_tensors  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.data.catalog import preset_classnames  # noqa: E402
+from ccup_cli.data.dataset import array_dataset  # noqa: E402
+from ccup_cli.data.idx import load_idx_split  # noqa: E402
+from ccup_cli.methods.projector import ccup_map  # noqa: E402
+from ccup_cli.metrics.compare import metrics_for  # noqa: E402
+from ccup_cli.text.embeddings import embed_classes  # noqa: E402
+from ccup_cli.text.templates import load_templates  # noqa: E402
 
 FORGET_SETS = [["sandal", "sneaker"], ["shirt", "t-shirt"], ["sandal"], ["trouser", "bag", "dress", "coat", "ankle boot"]]
 LAMBDA_RETAIN = [0.1, 0.3, 1.0, 3.0, 10.0]
@@ -51,7 +53,7 @@ def main() -> None:
     images, labels = load_idx_split(args.data_root, "train")
     _, val_idx = split_indices(len(images), args.seed)
     classnames = preset_classnames("fashion-mnist")
-    ds = _array_dataset("fashion-mnist-val", "validation", classnames, images[val_idx], labels[val_idx], "val")
+    ds = array_dataset("fashion-mnist-val", "validation", classnames, images[val_idx], labels[val_idx], "val")
     loaded = load_model()
     site = loaded.site
     pre, _ = encode_pre_projection(loaded, ds)

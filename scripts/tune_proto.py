@@ -27,13 +27,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ccup_cli import defaults  # noqa: E402
-from ccup_cli.backend import load_backend  # noqa: E402
-from ccup_cli.domains import DOMAIN_NAMES, render  # noqa: E402
-from ccup_cli.idx import load_idx_split  # noqa: E402
-from ccup_cli.methods import solve_full_map  # noqa: E402
-from ccup_cli.prompt_sides import build_sides, embed_side, load_domains  # noqa: E402
-from ccup_cli.prototypes import pixel_geometry, synthesize  # noqa: E402
-from ccup_cli.templates import fill, load_templates  # noqa: E402
+from ccup_cli.backends.base import load_backend  # noqa: E402
+from ccup_cli.data.domains import DOMAIN_NAMES, render  # noqa: E402
+from ccup_cli.data.idx import load_idx_split  # noqa: E402
+from ccup_cli.methods.prompt_sides import build_sides, embed_side, load_domains  # noqa: E402
+from ccup_cli.methods.prototypes import pixel_geometry, synthesize  # noqa: E402
+from ccup_cli.methods.table import MethodContext, solve_full_map  # noqa: E402
+from ccup_cli.text.templates import fill, load_templates  # noqa: E402
 
 CASES = {"sandal in sketch": (["sandal"], ["sketch"]), "shirt,t-shirt in silhouette": (["shirt", "t-shirt"],
                                                                                      ["silhouette"]),
@@ -116,8 +116,8 @@ def main() -> None:
                 params = {"lambda_retain": defaults.LAMBDA_RETAIN, "lambda_identity": lam, "sink": defaults.SINK,
                           "prototype_steps": defaults.PROTOTYPE_STEPS,
                           "prototypes_per_group": defaults.PROTOTYPES_PER_GROUP}
-                W = solve_full_map(method, f_emb, r_emb, params, None,
-                                   lambda p: backend.encode_prompts(p), synthesize_once)
+                context = MethodContext(encode=lambda p: backend.encode_prompts(p), synthesize=synthesize_once)
+                W = solve_full_map(method, f_emb, r_emb, params, context)
                 after = cell_top1(W)
                 drop = {k: 100 * (after[k] - base[k]) for k in base}
                 same_class = [v for (c, d), v in drop.items() if c in targets and (c, d) not in cells]

@@ -33,16 +33,18 @@ from benchdoc import write_section  # noqa: E402
 from train_tiny_clip import split_indices  # noqa: E402
 from tune_lambdas import FORGET_SETS  # noqa: E402
 
-from ccup_cli.data import _array_dataset, preset_classnames  # noqa: E402
-from ccup_cli.embeddings import embed_classes  # noqa: E402
-from ccup_cli.evaluate import encode_pre_projection, metrics_for  # noqa: E402
-from ccup_cli.fold import fold, project, site_tensors  # noqa: E402
-from ccup_cli.idx import load_idx_split  # noqa: E402
-from ccup_cli.models import load_model  # noqa: E402
-from ccup_cli.projector import ccup_map  # noqa: E402
-from ccup_cli.sinks import DEFAULT_SINK, SINK_NAMES, forget_class_directions, resolve_sink  # noqa: E402
-from ccup_cli.templates import load_templates  # noqa: E402
-from ccup_cli.text import encode_prompts  # noqa: E402
+from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
+from ccup_cli.backends.fold import fold, project, site_tensors  # noqa: E402
+from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.data.catalog import preset_classnames  # noqa: E402
+from ccup_cli.data.dataset import array_dataset  # noqa: E402
+from ccup_cli.data.idx import load_idx_split  # noqa: E402
+from ccup_cli.methods.projector import ccup_map  # noqa: E402
+from ccup_cli.methods.sinks import DEFAULT_SINK, SINK_NAMES, forget_class_directions, resolve_sink  # noqa: E402
+from ccup_cli.metrics.compare import metrics_for  # noqa: E402
+from ccup_cli.text.embeddings import embed_classes  # noqa: E402
+from ccup_cli.text.encode import encode_prompts  # noqa: E402
+from ccup_cli.text.templates import load_templates  # noqa: E402
 
 PHRASES = ["thing", "nothing"]  # free-text sinks, filled into the forget templates like "neutral"
 # study-only variants (not spec values): the retain mean kept away from the retain class directions too
@@ -61,7 +63,7 @@ class Study:
         if split == "validation":
             _, val_idx = split_indices(len(images), seed)
             images, labels = images[val_idx], labels[val_idx]
-        self.ds = _array_dataset(f"fashion-mnist-{split}", split, self.classnames, images, labels, split)
+        self.ds = array_dataset(f"fashion-mnist-{split}", split, self.classnames, images, labels, split)
         self.loaded = load_model()
         self.site = self.loaded.site
         self.pre, _ = encode_pre_projection(self.loaded, self.ds)

@@ -109,7 +109,7 @@ def hf_clip_folder(tmp_path_factory) -> Path:
     transformers = pytest.importorskip("transformers")
     from open_clip.tokenizer import SimpleTokenizer
 
-    from ccup_cli.export import build_tokenizer
+    from ccup_cli.backends.export import build_tokenizer
 
     config = transformers.CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -126,3 +126,19 @@ def hf_clip_folder(tmp_path_factory) -> Path:
     transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) \
         .save_pretrained(str(folder))
     return folder
+
+
+def assert_same_metrics(a, b, rel: float = 1e-6, path: str = "metrics") -> None:
+    """Two metric trees agree: the same keys, counts and None exactly, floats within ``rel``.
+
+    Two runs of the same model can differ in the last float32 bits when the thread count (and
+    so the order of a reduction) differs, as between pytest-xdist workers.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_same_metrics(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=rel), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

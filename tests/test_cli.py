@@ -172,7 +172,7 @@ def test_out_pointing_at_the_input_checkpoint(base, tiny_vit_file, tmp_path):
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EACCES, "no permission")])
 def test_no_space_or_no_permission_leaves_nothing(base, tmp_path, monkeypatch, code, words):
-    import ccup_cli.checkpoint as checkpoint
+    import ccup_cli.backends.checkpoint as checkpoint
 
     def failing_save(tensors, path, metadata):
         with open(path, "wb") as f:
@@ -185,7 +185,7 @@ def test_no_space_or_no_permission_leaves_nothing(base, tmp_path, monkeypatch, c
 
 
 def test_ctrl_c_during_the_write_leaves_no_partial_file(base, tmp_path, monkeypatch):
-    import ccup_cli.checkpoint as checkpoint
+    import ccup_cli.backends.checkpoint as checkpoint
 
     def interrupted_save(tensors, path, metadata):
         with open(path, "wb") as f:
@@ -210,7 +210,7 @@ def test_pickle_that_runs_code_is_refused(tiny_models, tmp_path):
     with open(evil, "wb") as f:
         pickle.dump({"visual.proj": _RunsCode()}, f)
     torch.save({"x": torch.ones(1)}, tmp_path / "fine.pt")  # torch's format itself is accepted
-    from ccup_cli.checkpoint import read_state_dict
+    from ccup_cli.backends.checkpoint import read_state_dict
 
     assert torch.equal(read_state_dict(tmp_path / "fine.pt")["x"], torch.ones(1))
     assert_bad_input(run("unlearn", "--model", TINY_VIT, "--pretrained", evil, "--forget", "cat",
@@ -266,7 +266,7 @@ def test_custom_config_json_as_model(tmp_path, fashion_folder):
 
 
 def test_random_init_leaves_the_callers_rng_alone(tiny_models):
-    from ccup_cli.models import load_model
+    from ccup_cli.backends.open_clip import load_model
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(123)
@@ -282,7 +282,7 @@ def test_hf_hub_model_offline_fails_fast_with_a_fix(tmp_path):
 
 
 def test_unexpected_error_exits_1_with_debug_hint(base, tmp_path, monkeypatch):
-    import ccup_cli.unlearn_job as pipeline
+    import ccup_cli.jobs.unlearn as pipeline
 
     def boom(*a, **k):
         raise ZeroDivisionError("boom")

@@ -68,7 +68,7 @@ def test_a_missing_spec_file_and_an_unknown_key_fail_without_torch(tmp_path):
 
 
 def test_the_catalog_lists_exactly_the_dataset_loaders():
-    from ccup_cli.catalog import DATASET_NAMES
-    from ccup_cli.data import DATASETS
+    from ccup_cli.data.catalog import DATASET_NAMES
+    from ccup_cli.data.datasets import DATASETS
 
     assert sorted(DATASETS) == sorted(DATASET_NAMES)

@@ -1,0 +1,1 @@
+"""Is it really gone? The audit figures from features, probes, aliases, lineage, its page and plots."""

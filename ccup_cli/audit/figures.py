@@ -1,0 +1,147 @@
+"""What ``ccup audit`` measures, from image features already encoded (no model, no files).
+
+Every function takes projected image features ``[n, d]`` (before = original model, after =
+patched) and normalised text vectors, so one pass over the images serves every part:
+zero-shot under other names and templates, text search by name and by alias, where the
+forgotten classes' images went, and the verdict that sums it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..metrics.zero_shot import LOGIT_SCALE, zero_shot_metrics
+
+# The verdict's thresholds (fractions). Zero-shot and search use the issue's targets; a probe
+# "recovers" a class when it gets this share of what the same probe gets on the original model.
+ZERO_SHOT_GONE = 0.05
+SEARCH_GONE_P100 = 0.10
+PROBE_RECOVERED_SHARE = 0.8
+
+HONEST_STATEMENT = (
+    "A linear map at the end of the image tower removes zero-shot recognition of the forgotten classes "
+    "(and text search, to the extent the image side carries it). It does not remove what a probe trained "
+    "on labelled images can decode: the information stays linearly decodable.")
+
+
+def _logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+    return LOGIT_SCALE * F.normalize(features.float(), dim=-1) @ class_embeddings.float().T
+
+
+def split_top1(features: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray,
+               classnames: Sequence[str], forget: Sequence[str]) -> dict:
+    """Forget and retain top-1 (every class a candidate) and forget text-search P@10/P@100."""
+    m = zero_shot_metrics(features, class_embeddings, labels, classnames, forget)
+    return {"forget_top1": m["forget"]["top1"], "retain_top1": m["retain"]["top1"],
+            "per_class": m["overall"]["per_class"], "retrieval": m["retrieval"]}
+
+
+def alias_classifier(class_embeddings: torch.Tensor, classnames: Sequence[str],
+                     alias_vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The classifier with each aliased class represented by the mean of its alias vectors ``[a, d]``."""
+    out = class_embeddings.clone().float()
+    for name, vectors in alias_vectors.items():
+        out[list(classnames).index(name)] = F.normalize(vectors.float().mean(dim=0), dim=-1)
+    return out
+
+
+def alias_rows(before: torch.Tensor, after: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray,
+               classnames: Sequence[str], aliases: dict[str, list[str]],
+               alias_vectors: dict[str, torch.Tensor]) -> list[dict]:
+    """One row per alias: the class's top-1 when only its vector is replaced by the alias's, and
+    text search with the alias as the query (P@10, P@100), before and after."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    rows = []
+    for name, names in aliases.items():
+        c = list(classnames).index(name)
+        mine = labels_t.eq(c)
+        for alias, vector in zip(names, alias_vectors[name]):
+            row = {"class": name, "alias": alias}
+            for when, feats in (("before", before), ("after", after)):
+                swapped = class_embeddings.clone().float()
+                swapped[c] = vector.float()
+                pred = _logits(feats, swapped).argmax(dim=1)
+                top1 = float(pred[mine].eq(c).double().mean()) if bool(mine.any()) else None
+                row[when] = {"top1": top1, **search_precision(feats, vector, labels_t, c)}
+            rows.append(row)
+    return rows
+
+
+def search_precision(features: torch.Tensor, query: torch.Tensor, labels: torch.Tensor, class_id: int) -> dict:
+    """Text-to-image search with one query vector ``[d]``: share of the top 10 / 100 images of ``class_id``."""
+    scores = F.normalize(features.float(), dim=-1) @ F.normalize(query.float(), dim=-1)
+    n = len(scores)
+    top = scores.topk(min(100, n)).indices
+    hits = labels[top].eq(class_id).double()
+    return {"p_at_10": float(hits[: min(10, n)].mean()) if n else None,
+            "p_at_100": float(hits.mean()) if n else None}
+
+
+def confusion_shift(before: torch.Tensor, after: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray,
+                    classnames: Sequence[str], forget: Sequence[str]) -> dict:
+    """For each forget class, the share of its images predicted as each class, before and after."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    out = {}
+    preds = {when: _logits(f, class_embeddings).argmax(dim=1) for when, f in (("before", before), ("after", after))}
+    for name in forget:
+        c = list(classnames).index(name)
+        mine = labels_t.eq(c)
+        n = int(mine.sum())
+        out[name] = {"n": n}
+        for when, pred in preds.items():
+            counts = torch.bincount(pred[mine], minlength=len(classnames)).double()
+            shares = (counts / max(n, 1)).tolist()
+            out[name][when] = {classnames[i]: round(s, 4) for i, s in enumerate(shares) if s > 0}
+    return out
+
+
+def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None) -> dict:
+    """The headline: is the class gone for zero-shot, for text search, for a probe?"""
+    worst_zs = max((r["after"]["forget_top1"] for r in zero_shot if r["after"]["forget_top1"] is not None),
+                   default=None)
+    worst_alias = max((r["after"]["top1"] for r in aliases if r["after"]["top1"] is not None), default=None)
+    zs = max(v for v in (worst_zs, worst_alias) if v is not None) if (worst_zs, worst_alias) != (None, None) \
+        else None
+    search = [r["after"]["retrieval"]["forget"]["p_at_100"] for r in zero_shot
+              if r["after"]["retrieval"]["forget"]["p_at_100"] is not None]
+    search += [r["after"]["p_at_100"] for r in aliases if r["after"]["p_at_100"] is not None]
+    worst_search = max(search, default=None)
+    result = {
+        "zero_shot_removed": zs is not None and zs <= ZERO_SHOT_GONE,
+        "worst_forget_top1": zs,
+        "search_removed": worst_search is not None and worst_search <= SEARCH_GONE_P100,
+        "worst_forget_p_at_100": worst_search,
+        "probe_recovers": None, "probe_k": None, "probe_forget_patched": None, "probe_forget_original": None,
+        "thresholds": {"zero_shot_top1": ZERO_SHOT_GONE, "search_p_at_100": SEARCH_GONE_P100,
+                       "probe_recovered_share": PROBE_RECOVERED_SHARE},
+    }
+    if probes and probes.get("patched"):
+        last_p, last_o = probes["patched"][-1], probes["original"][-1]
+        fp, fo = last_p["forget"]["mean"], last_o["forget"]["mean"]
+        result.update(probe_k=last_p["k"], probe_forget_patched=fp, probe_forget_original=fo,
+                      probe_recovers=None if fp is None or not fo else fp >= PROBE_RECOVERED_SHARE * fo)
+    result["headline"] = headline(result)
+    return result
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def headline(v: dict) -> str:
+    """One sentence a person reads first."""
+    parts = [("GONE" if v["zero_shot_removed"] else "NOT GONE") + " for zero-shot recognition "
+             f"(worst forget top-1 {_pct(v['worst_forget_top1'])} under names, aliases and templates)",
+             ("GONE" if v["search_removed"] else "NOT GONE") + " for text search "
+             f"(worst forget P@100 {_pct(v['worst_forget_p_at_100'])})"]
+    if v["probe_recovers"] is not None:
+        parts.append(("RECOVERABLE" if v["probe_recovers"] else "not recovered") + f" by a {v['probe_k']}-shot "
+                     f"linear probe (forget {_pct(v['probe_forget_patched'])} vs {_pct(v['probe_forget_original'])} "
+                     "on the original)")
+    else:
+        parts.append("recoverability not measured (no probe)")
+    return "; ".join(parts) + "."

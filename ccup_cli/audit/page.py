@@ -1,0 +1,225 @@
+"""Pages people paste: ``audit.md`` (verdict first, then tables, then where the details are) and the
+``README.md`` summary of an unlearn output folder (model-card tone: what was done, with what,
+what it measured). Each page's figures are written beside it; without matplotlib a page says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..output import report as rep
+from .figures import HONEST_STATEMENT
+
+AUDIT_FIGURES = {"per_class": "per_class_top1.png", "confusion": "confusion_shift.png",
+                 "retrieval": "retrieval.png", "probes": "probe_accuracy.png"}
+UNLEARN_FIGURES = {"per_class": "per_class_top1.png"}
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _pm(cell: dict) -> str:
+    return "—" if cell["mean"] is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def audit_markdown(report: dict, figures: dict[str, str]) -> str:
+    """The audit page: the verdict, then the tables, then where the details are."""
+    v = report["verdict"]
+    ds = report["dataset"]
+    out = [f"# ccup audit: forget {', '.join(report['forget'])}", "",
+           f"**Verdict:** {v['headline']}", "", f"> {HONEST_STATEMENT}", "",
+           f"Model `{report['model']['name']}` against `{Path(report['patched']['path']).parent.name}/"
+           f"{Path(report['patched']['path']).name}` (sha256 `{report['patched']['sha256'][:12]}…`), "
+           f"on {ds['name']} {ds['split']} ({ds['n_images']} images).", ""]
+    out += ["## Zero-shot under other names and templates", "",
+            _table(["class names", "templates", "forget top-1 before %", "forget top-1 after %",
+                    "retain top-1 before %", "retain top-1 after %"],
+                   [[r["names"], r["templates"], _pct(r["before"]["forget_top1"]), _pct(r["after"]["forget_top1"]),
+                     _pct(r["before"]["retain_top1"]), _pct(r["after"]["retain_top1"])] for r in report["zero_shot"]]),
+            ""]
+    search_rows = [[f"{c} (name)", _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_10"]),
+                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_10"]),
+                    _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_100"]),
+                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_100"]), "—", "—"]
+                   for c in report["forget"] if c in report["zero_shot"][0]["before"]["retrieval"]["per_class"]]
+    search_rows += [[f"{r['class']} as \"{r['alias']}\"", _pct(r["before"]["p_at_10"]), _pct(r["after"]["p_at_10"]),
+                     _pct(r["before"]["p_at_100"]), _pct(r["after"]["p_at_100"]), _pct(r["before"]["top1"]),
+                     _pct(r["after"]["top1"])] for r in report["alias_rows"]]
+    out += ["## Text search and aliases", "",
+            _table(["query", "P@10 before %", "P@10 after %", "P@100 before %", "P@100 after %",
+                    "class top-1 before %", "class top-1 after %"], search_rows), ""]
+    conf_rows = []
+    for name, shares in report["confusion"].items():
+        top_after = sorted(shares["after"].items(), key=lambda kv: -kv[1])[:3]
+        top_before = sorted(shares["before"].items(), key=lambda kv: -kv[1])[:3]
+        conf_rows.append([name, ", ".join(f"{t} {100 * s:.0f}" for t, s in top_before),
+                          ", ".join(f"{t} {100 * s:.0f}" for t, s in top_after)])
+    out += ["## Where the forgotten images went (top predictions, %)", "",
+            _table(["class", "before", "after"], conf_rows), ""]
+    probes = report.get("probes")
+    if probes:
+        prow = []
+        for label, rows in (("patched", probes["patched"]), ("original", probes["original"]),
+                            ("LEACE on patched (needs labelled images)", (probes.get("leace") or {}).get("rows"))):
+            for r in rows or []:
+                prow.append([label, r["k"], _pm(r["forget"]), _pm(r["retain"])])
+        out += [f"## Recoverability: k-shot linear probes ({probes['draws']} draws, seed {probes['seed']})", "",
+                f"Trained on {probes['train_on']}, tested on the {probes['test_on']}. "
+                "Mean ± std over draws, in %.", "",
+                _table(["features", "k", "forget top-1", "retain top-1"], prow), "",
+                f"What this means: {HONEST_STATEMENT} LEACE (concept-erasure) is the reference for provable "
+                "linear erasure, shown as a comparison only: it needs labelled images of the forgotten classes. "
+                f"LEACE: {(probes.get('leace') or {}).get('status')}.", ""]
+    lineage = report.get("lineage")
+    if lineage and len(lineage["steps"]) > 1:
+        out += ["## Sequential unlearning: the chain", "",
+                _table(["step", "forget", "method / α", "source sha256", "output sha256"],
+                       [[i + 1, ", ".join(s["forget"] or []), f"{s['method']} / {s['alpha']}",
+                         (s["source"]["sha256"] or "—")[:12], (s["output_sha256"] or "—")[:12]]
+                        for i, s in enumerate(lineage["steps"])]),
+                "", f"Chain intact (each source is the previous output): {'yes' if lineage['intact'] else 'NO'}.", ""]
+    if not report["patched"]["single_pass"]:
+        out += [f"Note: {report['patched']['note']}.", ""]
+    cost = report["cost"]
+    out += ["## Details", "", "- every figure above, with its provenance: `audit.json`"]
+    out += [f"- ![{key}]({name})" for key, name in figures.items()]
+    out += [f"- cost: {cost['audit_seconds_without_probes']:.1f} s without probes, "
+            f"{cost['probe_seconds']:.1f} s for probes", ""]
+    return "\n".join(out)
+
+
+def draw_audit_figures(report: dict, folder: Path) -> tuple[dict[str, str], list[str]]:
+    """The audit's PNGs in ``folder``; returns ``({figure: filename}, warnings)``."""
+    try:
+        from . import plots as ap
+
+        zs = report["zero_shot"][0]
+        ap.plot_per_class(zs["before"]["per_class"], zs["after"]["per_class"], report["forget"],
+                          folder / AUDIT_FIGURES["per_class"], "per-class zero-shot top-1")
+        ap.plot_confusion_shift(report["confusion"], folder / AUDIT_FIGURES["confusion"])
+        rows = [(f"{c}", zs["before"]["retrieval"]["per_class"].get(c, {}).get("p_at_100"),
+                 zs["after"]["retrieval"]["per_class"].get(c, {}).get("p_at_100")) for c in report["forget"]]
+        rows += [(f"\"{r['alias']}\"", r["before"]["p_at_100"], r["after"]["p_at_100"]) for r in report["alias_rows"]]
+        ap.plot_retrieval(rows, folder / AUDIT_FIGURES["retrieval"])
+        figures = dict(AUDIT_FIGURES)
+        if report.get("probes"):
+            ap.plot_probe_curve(report["probes"], folder / AUDIT_FIGURES["probes"])
+        else:
+            figures.pop("probes")
+        return figures, []
+    except ImportError:
+        return {}, ["figures not written: matplotlib is missing; pip install 'ccup[plot]'"]
+
+
+def write_audit_folder(out: Path, overwrite: bool, report: dict) -> None:
+    """audit.json, audit.md and the PNGs, written atomically into ``out``."""
+    from ..output.atomic import atomic_dir
+
+    out = Path(out).absolute()
+    with atomic_dir(out, overwrite) as tmp:
+        figures, warnings = draw_audit_figures(report, tmp)
+        report.setdefault("warnings", []).extend(warnings)
+        report["outputs"] = {"folder": str(out), "audit_md": str(out / "audit.md"),
+                             "figures": {k: str(out / v) for k, v in figures.items()}}
+        (tmp / "audit.md").write_text(audit_markdown(report, figures), encoding="utf-8")
+        rep.write_report(tmp / "audit.json", report)
+
+
+# --- the unlearn folder's README.md ----------------------------------------------------------
+
+
+def unlearn_markdown(report: dict, figures: dict[str, str]) -> str:
+    """A model-card-style summary of one unlearn run."""
+    spec, proj = report["spec"], report.get("projector", {})
+    source = report.get("inputs", {}).get("checkpoint", {}).get("sha256")
+    method = proj.get("method", spec.get("method"))
+    if method == "finetune":
+        how = (f"method `finetune` (gradient unlearning on labelled images, {report.get('finetune', {}).get('steps')} "
+               "steps; the image tower's last block, final norm and projection changed)")
+    else:
+        how = (f"method `{method}`, α = {proj.get('alpha', spec.get('alpha'))}, folded into "
+               f"`{proj.get('fold_site', '?')}` (the image tower's final linear map; no other tensor changed; "
+               "no image of the forgotten classes was used)")
+    out = [f"# {report['model']['name']}, with {', '.join(spec['forget'])} forgotten", "",
+           f"Made by `ccup unlearn` {report['ccup_version']} on {report['created_at']}: {how}. "
+           f"Source: `{spec.get('model') or 'ccup-tiny-fashion'}` / `{spec.get('pretrained') or 'default'}` "
+           f"(sha256 `{(source or 'random-init')[:12]}…`).", ""]
+    metrics = report.get("metrics")
+    if metrics:
+        ds = report["dataset"]
+        rows = []
+        for path, label in rep.ROWS:
+            b, a = rep._at(metrics["before"], path), rep._at(metrics["after"], path)
+            if b is None and a is None:
+                continue
+            rows.append([label, _pct(b), _pct(a), "—" if a is None or b is None else f"{100 * (a - b):+.1f}"])
+        out += [f"## Measured on {ds['name']} {ds['split']} ({ds['n_images']} images)", "",
+                _table(["metric", "before %", "after %", "Δ points"], rows), ""]
+    else:
+        out += ["Not evaluated: no dataset was given.", ""]
+    out += ["## What this does and does not remove", "", HONEST_STATEMENT, "",
+            "Run `ccup audit` on this folder to measure other names, text search and linear probes.", ""]
+    out += [f"![{key}]({name})" for key, name in figures.items()]
+    out += ["", "Details: `report.json` (provenance, every metric), `spec.yaml` (the resolved spec).", ""]
+    return "\n".join(out)
+
+
+def write_unlearn_summary(folder: Path, report: dict) -> dict[str, Path]:
+    """README.md and small figures for an unlearn output folder; returns ``{name: path}`` written."""
+    figures: dict[str, str] = {}
+    metrics = report.get("metrics")
+    if metrics:
+        try:
+            from .plots import plot_per_class
+
+            plot_per_class(metrics["before"]["overall"]["per_class"], metrics["after"]["overall"]["per_class"],
+                           report["spec"]["forget"], folder / UNLEARN_FIGURES["per_class"],
+                           "per-class zero-shot top-1")
+            figures["per_class"] = UNLEARN_FIGURES["per_class"]
+        except ImportError:
+            report.setdefault("warnings", []).append(
+                "README.md figures not written: matplotlib is missing; pip install 'ccup[plot]'")
+    (folder / "README.md").write_text(unlearn_markdown(report, figures), encoding="utf-8")
+    return {"README.md": folder / "README.md", **{name: folder / name for name in figures.values()}}
+
+
+# --- the terminal table ----------------------------------------------------------------------
+
+
+def audit_table(report: dict):
+    """The audit's headline numbers as one rich table: before, after, per row."""
+    from rich.table import Table
+
+    table = Table(title=f"ccup audit: forget {', '.join(report['forget'])}", title_justify="left")
+    for col in ("what", "before %", "after %"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    for r in report["zero_shot"]:
+        table.add_row(f"forget top-1, {r['names']}, {r['templates']}", _pct(r["before"]["forget_top1"]),
+                      _pct(r["after"]["forget_top1"]))
+    zs = report["zero_shot"][0]
+    table.add_row("retain top-1, class names", _pct(zs["before"]["retain_top1"]), _pct(zs["after"]["retain_top1"]))
+    table.add_row("forget text search P@100, class names", _pct(zs["before"]["retrieval"]["forget"]["p_at_100"]),
+                  _pct(zs["after"]["retrieval"]["forget"]["p_at_100"]))
+    for r in report["alias_rows"]:
+        table.add_row(f"{r['class']} as \"{r['alias']}\": top-1 / search P@100",
+                      f"{_pct(r['before']['top1'])} / {_pct(r['before']['p_at_100'])}",
+                      f"{_pct(r['after']['top1'])} / {_pct(r['after']['p_at_100'])}")
+    probes = report.get("probes")
+    if probes:
+        leace = {r["k"]: r for r in (probes.get("leace") or {}).get("rows") or []}
+        for p, o in zip(probes["patched"], probes["original"]):
+            table.add_row(f"{p['k']}-shot probe, forget top-1 (original → patched)", _pm(o["forget"]),
+                          _pm(p["forget"]))
+            table.add_row(f"{p['k']}-shot probe, retain top-1 (original → patched)", _pm(o["retain"]),
+                          _pm(p["retain"]))
+            if p["k"] in leace:
+                table.add_row(f"{p['k']}-shot probe after LEACE (needs labelled images), forget / retain", "",
+                              f"{_pm(leace[p['k']]['forget'])} / {_pm(leace[p['k']]['retain'])}")
+    return table

@@ -1,0 +1,291 @@
+"""The transformers backend: Hugging Face ``CLIPModel`` folders.
+
+A folder of ``config.json`` (``model_type: clip``), ``model.safetensors``,
+``preprocessor_config.json`` and tokenizer files. The image tower ends in
+``visual_projection``, a Linear without bias, so the fold site is
+``visual_projection.weight`` (``weight' = W · weight``) and the pre-projection features are
+the vision model's pooled output ``[n, width]``.
+
+``transformers`` is an optional extra, imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, DependencyError
+from ..output.atomic import sha256_file
+from .fold import FoldSite
+
+TRANSFORMERS_PREFIX = "transformers:"
+WEIGHTS_NAME = "model.safetensors"
+SITE_PATH = "visual_projection"
+# every file a CLIP folder keeps beside its weights; missing ones are skipped
+CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                "added_tokens.json", "chat_template.json")
+_WHY_NOT = {
+    "siglip": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
+    "siglip2": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
+}
+
+
+def import_transformers():
+    """The ``transformers`` module, or a one-line DependencyError that names the extra."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise DependencyError("the transformers backend needs the transformers package",
+                              "pip install 'ccup[transformers]'") from err
+    return transformers
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars and only errors from transformers inside the block (the library never prints)."""
+    logging = import_transformers().utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def strip_prefix(path: str | Path) -> Path:
+    text = str(path)
+    return Path(text[len(TRANSFORMERS_PREFIX):] if text.startswith(TRANSFORMERS_PREFIX) else text)
+
+
+def _model_type(folder: Path) -> str | None:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def is_transformers_folder(path: str | Path) -> bool:
+    """A folder whose ``config.json`` has ``model_type: clip`` (a ``transformers:`` prefix is allowed)."""
+    folder = strip_prefix(path)
+    return folder.is_dir() and _model_type(folder) == "clip"
+
+
+def image_features(output) -> torch.Tensor:
+    """Projected image features ``[n, d]`` from ``CLIPModel.get_image_features``.
+
+    transformers 4.x returns the tensor; transformers 5 returns an output object whose
+    ``pooler_output`` holds the projected features.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    raise TypeError(f"get_image_features returned {type(output).__name__} without pooler_output")
+
+
+class HFImageTransform:
+    """PIL image -> float tensor ``[3, H, W]``, by the folder's own image processor.
+
+    Its ``repr`` is the processor's configuration, so feature caches keyed on it are stable.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"HFImageTransform({self.processor.to_json_string()})"
+
+
+@dataclass
+class HFLoaded:
+    """A transformers ``CLIPModel`` in eval mode with what ccup needs to know about its source."""
+
+    model: nn.Module
+    preprocess: Callable
+    model_name: str  # "transformers:/abs/folder"
+    display_name: str
+    pretrained: str | None  # the weights file
+    checkpoint_path: Path | None
+    checkpoint_sha256: str | None
+    source_state_dict: dict[str, torch.Tensor] = field(repr=False)
+    site: FoldSite
+    tokenizer: Callable = field(repr=False, default=None)
+    folder: Path | None = None
+    backend: str = "transformers"
+
+    @property
+    def cache_id(self) -> str | None:
+        return self.checkpoint_sha256
+
+    @property
+    def preprocess_cfg(self) -> dict:
+        """The image processor's settings, as its preprocessor_config.json holds them."""
+        return json.loads(self.preprocess.processor.to_json_string())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Pooled vision output ``[n, width]``, or with ``projected`` the image features ``[n, d]``."""
+        pixels = pixels.to(self.device)
+        if projected:
+            return image_features(self.model.get_image_features(pixel_values=pixels))
+        return self.model.vision_model(pixel_values=pixels).pooler_output
+
+    def _tokenize(self, prompts: Sequence[str], pad: bool) -> list[list[int]] | torch.Tensor:
+        max_length = self.model.config.text_config.max_position_embeddings
+        if pad:
+            return self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length,
+                                  return_tensors="pt")["input_ids"]
+        return self.tokenizer(list(prompts), padding=False, truncation=True, max_length=max_length)["input_ids"]
+
+    def _text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.text_model(input_ids=input_ids.to(self.device)).pooler_output
+        return self.model.text_projection(pooled)
+
+    def supports_fast_text(self) -> bool:
+        """Whether the text tower is CLIP's causal, EOS-pooled one, where unpadded runs are exact."""
+        return isinstance(self.model.text_model, import_transformers().CLIPTextModel)
+
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 256,
+                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Unnormalised text features ``[n, d]`` (float32, on the model's device), in the given order.
+
+        CLIP's text tower is causal and pooled at the first EOS token, so positions after it
+        cannot change the result: each prompt runs unpadded, batched with prompts of the
+        same token length. Any other text model runs the plain padded path.
+        """
+        if len(prompts) == 0:
+            raise ValueError("encode_prompts needs at least one prompt")
+        fast = self.supports_fast_text()
+        out: torch.Tensor | None = None
+        if fast:
+            ids = self._tokenize(prompts, pad=False)
+            order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+            batches, start = [], 0
+            while start < len(order):
+                stop = start + 1
+                while stop < len(order) and stop - start < batch_size and len(ids[order[stop]]) == len(ids[order[start]]):
+                    stop += 1
+                batches.append(order[start:stop])
+                start = stop
+        else:
+            padded = self._tokenize(prompts, pad=True)
+            batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
+        with torch.inference_mode():
+            for idx in batches:
+                batch = torch.tensor([ids[i] for i in idx]) if fast else padded[idx]
+                feats = self._text_features(batch).float()
+                if out is None:
+                    out = torch.empty(len(prompts), feats.shape[-1], dtype=torch.float32, device=feats.device)
+                out[torch.tensor(idx, device=feats.device)] = feats
+                if progress is not None:
+                    progress(len(idx))
+        assert out is not None
+        return out
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The image tower's last encoder layer, its post-layernorm and ``visual_projection``."""
+        last = len(self.model.vision_model.encoder.layers) - 1
+        prefixes = (f"vision_model.encoder.layers.{last}.", "vision_model.post_layernorm.", f"{SITE_PATH}.")
+        return {n: p for n, p in self.model.named_parameters() if n.startswith(prefixes)}
+
+    def write_config_files(self, folder: Path) -> dict[str, Path]:
+        """Copy the source's config, preprocessor and tokenizer files into ``folder``; name -> path."""
+        if self.folder is None:
+            raise CheckpointError("this transformers model has no source folder to copy config files from",
+                                  "load it with load_transformers_model(PATH)")
+        written = {}
+        for name in CONFIG_FILES:
+            if (self.folder / name).is_file():
+                written[name] = Path(shutil.copyfile(self.folder / name, Path(folder) / name))
+        return written
+
+    def provenance(self) -> dict:
+        return {"backend": self.backend, "transformers": _version("transformers"), "torch": torch.__version__}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _check_folder(folder: Path) -> Path:
+    """The weights file of a loadable CLIP folder, or a one-line CheckpointError."""
+    if not folder.is_dir():
+        raise CheckpointError(f"transformers folder {folder} does not exist", "check the transformers: path")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} has no config.json", "pass a folder written by save_pretrained")
+    model_type = _model_type(folder)
+    if model_type != "clip":
+        why = _WHY_NOT.get(str(model_type), "ccup folds into CLIP's visual_projection only")
+        raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported: {why}",
+                              "pass a CLIP folder (config.json model_type \"clip\")")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        others = sorted(p.name for p in folder.iterdir()
+                        if p.name.endswith((".bin", ".safetensors", ".safetensors.index.json")))
+        fix = (f"it holds {', '.join(others)}; save it as a single model.safetensors "
+               "(model.save_pretrained(folder, max_shard_size='100GB'))" if others
+               else "copy the model's weights into the folder")
+        raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}", fix)
+    return weights
+
+
+def load_transformers_model(path: str | Path, device: str = "cpu") -> HFLoaded:
+    """Load a transformers CLIP folder (``transformers:PATH`` or ``PATH``) in eval mode on ``device``."""
+    folder = strip_prefix(path).absolute()
+    weights = _check_folder(folder)
+    transformers = import_transformers()
+    from .checkpoint import read_state_dict
+
+    source_state = read_state_dict(weights)
+    try:
+        with quiet_transformers():
+            model = transformers.CLIPModel.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds; each becomes one line
+        raise CheckpointError(f"transformers could not load {folder}: {str(err).splitlines()[0]}",
+                              "check that the folder is a complete CLIP save_pretrained folder") from err
+    weight_key = f"{SITE_PATH}.weight"
+    if weight_key not in source_state:
+        raise CheckpointError(f"{weights} holds no {weight_key}", "pass a CLIPModel checkpoint, not a single tower")
+    projection = model.visual_projection
+    if not isinstance(projection, nn.Linear) or projection.bias is not None:
+        raise CheckpointError(f"{folder}: visual_projection is not a Linear without bias",
+                              "pass a standard CLIPModel folder")
+    try:
+        with quiet_transformers():
+            processor = transformers.CLIPImageProcessor.from_pretrained(str(folder))
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{folder}: preprocessor or tokenizer files cannot be read: {str(err).splitlines()[0]}",
+                              "keep preprocessor_config.json and the tokenizer files beside config.json") from err
+    site = FoldSite(SITE_PATH, "linear", weight_key, None, projection.in_features, projection.out_features)
+    return HFLoaded(
+        model=model.to(device).eval(), preprocess=HFImageTransform(processor),
+        model_name=TRANSFORMERS_PREFIX + str(folder), display_name=folder.name, pretrained=str(weights),
+        checkpoint_path=weights, checkpoint_sha256=sha256_file(weights), source_state_dict=source_state,
+        site=site, tokenizer=tokenizer, folder=folder,
+    )

@@ -1,0 +1,335 @@
+"""The job behind ``ccup audit``: is the class really gone, and what would bring it back?
+
+PATCHED is an unlearn output folder (its ``report.json`` names the original model and the
+forget classes, step after step for sequential unlearning) or a checkpoint with ``--model``.
+Only the image tower's final linear map differs between original and patched, so the images
+are encoded once with the original model, up to that map, and the patched features are one
+matrix product away; the checkpoints are compared to make sure (else both are encoded).
+Probes and LEACE are timed apart: they are the part that needs labelled images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..audit.aliases import read_aliases, second_templates
+from ..audit.lineage import Lineage, trace
+from ..backends.base import backend_for
+from ..data.catalog import MINI_NAME, check_classes_in
+from ..data.dataset import EvalDataset
+from ..data.datasets import DATASETS, open_dataset
+from ..errors import CheckpointError, DatasetError, SpecError
+from ..run.door import canonical_names, default_eval, open_eval_dataset
+from ..run.options import RunOptions, resolve_device
+from ..run.provenance import PhaseTimer, finish_report, start_report
+from ..run.writer import check_output
+from ..text.templates import load_templates
+
+PROBE_PHASES = ("probe_images", "probes", "leace")
+HELD_OUT_SHARE = 0.5  # without a train split, this share of each class's eval images trains the probes
+
+
+@dataclass
+class AuditRequest:
+    patched: str  # an unlearn output folder, or a checkpoint (with model)
+    model: str | None = None  # the original model (default: from the folder's report)
+    pretrained: str | None = None  # the original weights (default: from the folder's report)
+    eval: str | None = None
+    data_root: str | None = None
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    download: bool = False
+    classnames: str | None = None
+    forget: list[str] = field(default_factory=list)  # default: every step's forget classes
+    aliases: str | None = None  # YAML file: class -> [alias, ...]
+    templates: str | None = None  # the second template set (default: aliases.UNSEEN_TEMPLATES)
+    probe_shots: list[int] = field(default_factory=lambda: [4, 16])
+    probe_draws: int = 5
+    probe_seed: int = 0
+    leace: bool = True  # the LEACE comparison row, where concept-erasure is installed
+
+
+@dataclass
+class Planned:
+    """What the door resolved: models, classes, data and templates."""
+
+    lineage: Lineage | None
+    patched_file: Path
+    model: str | None
+    pretrained: str | None
+    forget: list[str]
+    dataset: EvalDataset
+    unlearn_templates: list[str]
+    unlearn_templates_name: str
+    second_templates: list[str]
+    second_templates_name: str
+    aliases: dict[str, list[str]]
+
+
+def _checkpoint_file(patched: str) -> Path:
+    from ..backends.open_clip import _checkpoint_in_dir
+
+    path = Path(patched.removeprefix("local-dir:"))
+    if path.is_dir():
+        found = _checkpoint_in_dir(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no checkpoint file", "give an output folder of ccup unlearn")
+        return found
+    if not path.is_file():
+        raise CheckpointError(f"{patched} does not exist", "give an unlearn output folder or a checkpoint file")
+    return path
+
+
+def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
+    """Check everything before a model loads: the chain of folders, classes, aliases, templates, output."""
+    problems = [f"probe-shots: {k} must be a positive number of images per class" for k in req.probe_shots if k < 1]
+    if req.probe_draws < 1:
+        problems.append(f"probe-draws: {req.probe_draws} must be at least 1")
+    if req.eval_limit is not None and req.eval_limit <= 0:
+        problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
+    if problems:
+        raise SpecError(problems)
+    req.probe_shots = sorted(set(req.probe_shots))  # the verdict reads the largest k
+    patched_file = _checkpoint_file(req.patched)
+    lineage = trace(req.patched)
+    last = lineage.steps[-1].spec if lineage else {}
+    model, pretrained = lineage.root_source if lineage else (None, None)
+    model = req.model if req.model is not None else model
+    pretrained = req.pretrained if req.pretrained is not None else pretrained
+    if lineage is None and req.model is None:
+        raise SpecError(f"model: {req.patched} is no ccup output folder, so the original model is unknown",
+                        "pass --model NAME (and --pretrained for the original weights)")
+    forget = req.forget or (lineage.forget if lineage else [])
+    if not forget:
+        raise SpecError("forget: no forget classes given, and none recorded beside the checkpoint",
+                        "pass --forget a,b")
+    backend_for(model, pretrained)
+    eval_name = req.eval or last.get("eval") or default_eval(model, None)
+    if eval_name is None:
+        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
+    templates_name = last.get("templates") or "openai"
+    unlearn_templates = load_templates(templates_name)
+    second = second_templates(unlearn_templates, load_templates(req.templates) if req.templates else None)
+    if req.aliases is not None:  # format errors before the dataset opens
+        read_aliases(req.aliases)
+    data_root = req.data_root if req.data_root is not None else (last.get("data_root") if req.eval is None else None)
+    classnames = req.classnames if req.classnames is not None else (last.get("classnames") if req.eval is None
+                                                                    else None)
+    dataset = open_eval_dataset(eval_name, data_root, req.eval_split, req.download, req.eval_limit, classnames,
+                                timer)
+    check_classes_in({"forget": forget}, dataset.classnames, dataset.name)
+    forget = canonical_names(forget, dataset.classnames)
+    aliases = read_aliases(req.aliases, dataset.classnames, dataset.name) if req.aliases else {}
+    if options.out is not None:
+        check_output(options.out, options.overwrite, (req.patched, pretrained, model))
+    return Planned(lineage, patched_file, model, pretrained, forget, dataset, unlearn_templates, templates_name,
+                   second, req.templates or "unseen (built in)", aliases)
+
+
+def probe_data(dataset: EvalDataset, data_root: str | None, download: bool):
+    """The labelled images probes train on: the train split, else a held-out half of the eval data.
+
+    Returns ``(train_dataset, test_indices into the eval data or None for all, description)``.
+    """
+    import numpy as np
+
+    name = "fashion-mnist" if dataset.name == MINI_NAME else dataset.name
+    root = None if dataset.name == MINI_NAME else data_root
+    if name in DATASETS:
+        try:
+            train = open_dataset(name, root, "train", download)
+            if [c.lower() for c in train.classnames] == [c.lower() for c in dataset.classnames]:
+                return train, None, f"{name} train split"
+        except DatasetError:
+            pass
+    rng = np.random.default_rng(0)
+    train_idx = []
+    for c in range(len(dataset.classnames)):
+        idx = rng.permutation(np.flatnonzero(dataset.labels == c))
+        train_idx.append(idx[: int(len(idx) * HELD_OUT_SHARE)])
+    train_idx = np.sort(np.concatenate(train_idx))
+    test_idx = np.setdiff1d(np.arange(len(dataset)), train_idx)
+    return dataset.subset(train_idx), test_idx, f"held-out {HELD_OUT_SHARE:.0%} of the eval data (no train split)"
+
+
+def _compare_checkpoints(session, patched_file: Path):
+    """The patched fold-site tensors, and the keys (beyond the fold site) where the two differ."""
+    import torch
+
+    from ..backends.checkpoint import read_state_dict
+
+    patched = read_state_dict(patched_file)
+    source = session.loaded.source_state_dict
+    differ = sorted(k for k in set(source) | set(patched)
+                    if k not in source or k not in patched or source[k].shape != patched[k].shape
+                    or not torch.equal(source[k], patched[k].to(source[k].dtype)))
+    outside = [k for k in differ if k not in session.site.keys]
+    tensors = {k: patched[k] for k in session.site.keys} if not outside else None
+    return tensors, differ, outside
+
+
+def run_audit(req: AuditRequest, options: RunOptions) -> dict:
+    """Audit a patched checkpoint against its original. Returns the report (written under ``options.out``)."""
+    timer = PhaseTimer()
+    planned = plan(req, options, timer)
+    device = resolve_device(options.device)
+
+
+    from ..audit import figures as audit
+    from ..backends.fold import project
+    from ..metrics.zero_shot import forget_ids
+    from ..run.session import open_session
+    from ..text.embeddings import embed_classes
+
+    dataset, forget = planned.dataset, planned.forget
+    session = open_session(planned.model, planned.pretrained, options, device, timer)
+    with timer("compare_checkpoints"):
+        patched_tensors, differ, outside = _compare_checkpoints(session, planned.patched_file)
+    pre, hit = session.encode_images(dataset)
+    before = project(session.site, session.original, pre)
+    patched_session = None
+    if patched_tensors is not None:
+        after = project(session.site, patched_tensors, pre)
+    else:  # more than the final map changed (e.g. fine-tuning): encode with the patched model too
+        patched_session = open_session(planned.model, str(planned.patched_file), options, device, timer)
+        pre_p, _ = patched_session.encode_images(dataset, phase="encode_images_patched")
+        after = project(patched_session.site, patched_session.original, pre_p)
+
+    classnames = dataset.classnames
+    classifier = session.classifier(classnames, planned.unlearn_templates)
+    with timer("audit_text"):
+        second = session.classifier(classnames, planned.second_templates)
+        alias_vectors = {c: embed_classes(session.loaded.encode_prompts, names, planned.unlearn_templates,
+                                          session.cache_id, session.loaded.model_name).per_class
+                         for c, names in planned.aliases.items()}
+    with timer("metrics"):
+        zero_shot = []
+        sets = [("class names", planned.unlearn_templates_name + " (used by the unlearning)", classifier),
+                ("class names", planned.second_templates_name, second)]
+        if alias_vectors:
+            sets.append(("aliases (mean per class)", planned.unlearn_templates_name,
+                         audit.alias_classifier(classifier, classnames, alias_vectors)))
+        for names, templates, cls in sets:
+            zero_shot.append({"names": names, "templates": templates,
+                              "before": audit.split_top1(before, cls, dataset.labels, classnames, forget),
+                              "after": audit.split_top1(after, cls, dataset.labels, classnames, forget)})
+        alias_rows = audit.alias_rows(before, after, classifier, dataset.labels, classnames, planned.aliases,
+                                      alias_vectors)
+        confusion = audit.confusion_shift(before, after, classifier, dataset.labels, classnames, forget)
+
+    probes = _probes(req, planned, session, patched_tensors, patched_session, before, after, timer) \
+        if req.probe_shots else None
+    verdict = audit.verdict(zero_shot, alias_rows, probes)
+
+    report = start_report("audit", options.argv, session.loaded, None, dataset, hit)
+    report["patched"] = {"path": str(planned.patched_file), "sha256": _sha(planned.patched_file),
+                         "differs_from_original_at": differ,
+                         "single_pass": patched_tensors is not None,
+                         "note": None if patched_tensors is not None else
+                         f"the patched checkpoint differs outside the fold site ({', '.join(outside[:5])}...): "
+                         "both models encoded the images"}
+    report["forget"] = forget
+    report["verdict"] = verdict
+    report["statement"] = audit.HONEST_STATEMENT
+    report["lineage"] = ({"steps": planned.lineage.record(), "intact": planned.lineage.intact()}
+                         if planned.lineage else None)
+    report["templates"] = {"unlearning": planned.unlearn_templates_name, "second": planned.second_templates,
+                           "second_name": planned.second_templates_name}
+    report["aliases"] = planned.aliases
+    report["zero_shot"] = zero_shot
+    report["alias_rows"] = alias_rows
+    report["confusion"] = confusion
+    report["probes"] = probes
+    report["forget_ids"] = forget_ids(classnames, forget)
+    finish_report(report, timer, device, session.loaded)
+    report["cost"] = {"audit_seconds_without_probes": round(sum(v for k, v in timer.seconds.items()
+                                                               if k not in PROBE_PHASES), 3),
+                      "probe_seconds": round(sum(v for k, v in timer.seconds.items() if k in PROBE_PHASES), 3)}
+    if options.out is not None:
+        from ..audit.page import write_audit_folder
+
+        write_audit_folder(Path(options.out), options.overwrite, report)
+    return report
+
+
+def _sha(path: Path) -> str:
+    from ..output.atomic import sha256_file
+
+    return sha256_file(path)
+
+
+def _probes(req: AuditRequest, planned: Planned, session, patched_tensors, patched_session, before, after,
+            timer: PhaseTimer) -> dict:
+    """k-shot probes on patched and original features (and LEACE-erased patched features, as a comparison)."""
+    import numpy as np
+    import torch
+
+    from ..audit.probe import draw_pool, probe_curve
+    from ..backends.fold import project
+    from ..metrics.zero_shot import forget_ids
+
+    dataset = planned.dataset
+    forget_ids = forget_ids(dataset.classnames, planned.forget)
+    with timer("probe_images"):
+        train, test_idx, source = probe_data(dataset, req.data_root, req.download)
+        pool = draw_pool(train.labels, req.probe_shots, req.probe_draws, req.probe_seed)
+        used = np.unique(np.concatenate([idx for draws in pool.values() for idx in draws]))
+        position = {int(i): j for j, i in enumerate(used)}
+        local = {k: [np.array([position[int(i)] for i in idx]) for idx in draws] for k, draws in pool.items()}
+        subset = train.subset(used)
+        pre_train, _ = session.encode_images(subset, phase="probe_images_encode")
+        train_before = project(session.site, session.original, pre_train)
+        if patched_tensors is not None:
+            train_after = project(session.site, patched_tensors, pre_train)
+        else:
+            pre_p, _ = patched_session.encode_images(subset, phase="probe_images_encode")
+            train_after = project(patched_session.site, patched_session.original, pre_p)
+    timer.seconds["probe_images"] = round(timer.seconds.get("probe_images", 0) +
+                                          timer.seconds.pop("probe_images_encode", 0), 4)
+    test = slice(None) if test_idx is None else torch.as_tensor(test_idx)
+    test_labels = dataset.labels if test_idx is None else dataset.labels[test_idx]
+    args = dict(n_classes=len(dataset.classnames), forget_ids=forget_ids, shots=req.probe_shots, pool=local,
+                seed=req.probe_seed)
+    with timer("probes"):
+        result = {
+            "train_on": source, "test_on": "eval split" if test_idx is None else "the other half of the eval data",
+            "shots": list(req.probe_shots), "draws": req.probe_draws, "seed": req.probe_seed,
+            "n_train_images": int(len(used)),
+            "patched": probe_curve(train_after, subset.labels, after[test], test_labels, **args),
+            "original": probe_curve(train_before, subset.labels, before[test], test_labels, **args),
+        }
+    result["leace"] = _leace(req, train_after, subset.labels, after[test], test_labels, forget_ids, args, timer)
+    return result
+
+
+def _leace(req, train_after, train_labels, test_after, test_labels, forget_ids, args, timer) -> dict:
+    """LEACE (provable linear erasure; needs labelled images) fitted on the probe pool's patched features:
+    the forget-class indicator is erased, then the same probes are trained on the erased features."""
+    import importlib.util
+
+    note = ("comparison only: LEACE needs labelled images of the forgotten classes, which CCUP does not; "
+            "fitted on the probe training images (normalised patched features). It guarantees that no linear "
+            "predictor of the forget-class indicator beats a constant on the data it was fitted on; a probe "
+            "over all classes, tested on other images, can still find part of what is left")
+    if not req.leace:
+        return {"status": "off", "note": note}
+    if importlib.util.find_spec("concept_erasure") is None:
+        return {"status": "not installed", "note": note + "; pip install 'ccup[audit]'"}
+    import torch
+    import torch.nn.functional as F
+    from concept_erasure import LeaceEraser
+
+    from ..audit.probe import probe_curve
+
+    with timer("leace"):
+        labels = torch.as_tensor(train_labels, dtype=torch.long)
+        z = torch.zeros(len(labels), len(forget_ids), dtype=torch.float64)
+        for j, c in enumerate(forget_ids):
+            z[labels.eq(c), j] = 1.0
+        x = F.normalize(train_after.double(), dim=-1)
+        eraser = LeaceEraser.fit(x, z)
+        erased_train = eraser(x).float()
+        erased_test = eraser(F.normalize(test_after.double(), dim=-1)).float()
+        rows = probe_curve(erased_train, train_labels, erased_test, test_labels, **args, normalize=False)
+    return {"status": "measured", "note": note, "rows": rows}

@@ -1,0 +1,134 @@
+"""The job behind ``ccup eval``: zero-shot accuracy of one model, with CI thresholds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends.base import backend_for
+from ..data.catalog import DATASET_NAMES, check_classes_in, check_dataset_name, preset_classnames
+from ..errors import SpecError
+from ..output import report as rep
+from ..presets import defaults
+from ..run.door import canonical_names, default_eval, open_eval_dataset
+from ..run.options import RunOptions, resolve_device
+from ..run.provenance import PhaseTimer, finish_report, start_report
+from ..run.writer import check_output
+from ..text.templates import load_templates
+
+
+@dataclass
+class EvalRequest:
+    model: str | None = None
+    pretrained: str | None = None
+    eval: str | None = None
+    data_root: str | None = None
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    download: bool = False
+    forget: list[str] = field(default_factory=list)
+    forget_domains: list[str] = field(default_factory=list)  # the forget split is these domains' cells
+    templates: str = defaults.FORGET_TEMPLATES
+    classnames: str | None = None
+    max_forget_acc: float | None = None
+    min_retain_acc: float | None = None
+    max_forget_retrieval: float | None = None  # on each forget class's text-search precision@10
+
+
+def validate_eval_request(req: EvalRequest) -> None:
+    problems = []
+    for name in ("max_forget_acc", "min_retain_acc", "max_forget_retrieval"):
+        value = getattr(req, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
+    if req.max_forget_acc is not None and not (req.forget or req.forget_domains):
+        problems.append("max-forget-acc: needs --forget or --forget-domains to know which images to check")
+    if req.max_forget_retrieval is not None and not req.forget:
+        problems.append("max-forget-retrieval: needs --forget to know which classes to check")
+    if req.eval_limit is not None and req.eval_limit <= 0:
+        problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
+    if problems:
+        raise SpecError(problems)
+
+
+def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
+    """One message per threshold that does not hold, saying by how much."""
+    failures = []
+    forget_top1 = metrics["forget"]["top1"]
+    if req.max_forget_acc is not None and forget_top1 is not None and forget_top1 > req.max_forget_acc:
+        failures.append(f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {req.max_forget_acc:.4f} "
+                        f"by {forget_top1 - req.max_forget_acc:.4f}")
+    retain_top1 = metrics["retain"]["top1"]
+    if req.min_retain_acc is not None and retain_top1 is not None and retain_top1 < req.min_retain_acc:
+        failures.append(f"retain top-1 {retain_top1:.4f} is below --min-retain-acc {req.min_retain_acc:.4f} "
+                        f"by {req.min_retain_acc - retain_top1:.4f}")
+    if req.max_forget_retrieval is not None:
+        per_class = metrics["retrieval"]["per_class"]
+        for name in req.forget:
+            p10 = per_class.get(name, {}).get("p_at_10")
+            if p10 is not None and p10 > req.max_forget_retrieval:
+                failures.append(f'text search for "{name}": precision@10 {p10:.2f} is above --max-forget-retrieval '
+                                f"{req.max_forget_retrieval:.2f} by {p10 - req.max_forget_retrieval:.2f}")
+    return failures
+
+
+def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = None) -> tuple[dict, list[str]]:
+    """Zero-shot evaluation of one model. Returns (report, failed thresholds)."""
+    options = options.check()
+    validate_eval_request(req)
+    timer = PhaseTimer()
+    eval_name = default_eval(req.model, req.eval, domains=bool(req.forget_domains))
+    if eval_name is None:
+        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
+    if report_path is not None:
+        check_output(report_path, options.overwrite, what="report")
+    templates = load_templates(req.templates)
+    backend_for(req.model, req.pretrained)  # a missing optional package is bad input, said here
+    check_dataset_name(eval_name)
+    preset = preset_classnames(eval_name) if eval_name in DATASET_NAMES and req.classnames is None else None
+    if preset:  # a named dataset's classes are known before its files are opened
+        check_classes_in({"forget": req.forget}, preset, eval_name)
+    dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
+                                req.classnames, timer)
+    check_classes_in({"forget": req.forget}, dataset.classnames, dataset.name)
+    forget = canonical_names(req.forget, dataset.classnames)
+    if req.forget_domains:
+        forget = _domain_forget_split(req, dataset, forget)
+    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
+
+    from ..metrics.compare import metrics_for
+    from ..run.session import open_session
+
+    session = open_session(req.model, req.pretrained, options, device, timer)
+
+    device = session.device  # this rank's device under torchrun
+    pre, hit = session.encode_images(dataset)
+    classifier = session.classifier(dataset.classnames, templates)
+    with timer("metrics"):
+        before = metrics_for(session.site, session.original, pre, classifier, dataset, forget, req.forget_domains)
+    report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
+                          request={**req.__dict__, "eval": eval_name, "forget": forget if req.forget else []})
+    report["metrics"] = {"before": before}
+    failures = threshold_failures(req, before)
+    report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
+                            "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
+                            "failures": failures}
+    finish_report(report, timer, device, session.loaded, options)
+    if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes
+        rep.write_report(Path(report_path).absolute(), report)
+    return report, failures
+
+
+def _domain_forget_split(req: EvalRequest, dataset, forget: list[str]) -> list[str]:
+    """The forget classes of a ``--forget-domains`` check (every class for a whole domain), after
+    checking the domains against the dataset's."""
+    from ..methods.prompt_sides import domain_problems, forgotten_classes
+
+    known = getattr(dataset, "domain_names", None)
+    if known is None:
+        raise SpecError(f"forget-domains: the eval data {dataset.name} has no domains",
+                        "use a domain dataset (fashion-mnist-domains, or a root/<domain>/<class>/ folder)")
+    problems = domain_problems(req.forget_domains, {d: [] for d in known})
+    if problems:
+        raise SpecError(problems)
+    return forgotten_classes(forget, req.forget_domains, dataset.classnames)

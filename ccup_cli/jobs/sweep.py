@@ -1,0 +1,71 @@
+"""The job behind ``ccup sweep``: every method at every strength from one pass over the images.
+
+Writes ``sweep.jsonl`` (one line per method and α, with the report's metric fields),
+``tradeoff.png`` (when matplotlib is installed), ``spec.yaml`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SpecError
+from ..methods.table import get_method, method_params, split_variant
+from ..output import report as rep
+from ..run.door import admit
+from ..run.options import RunOptions, resolve_device
+from ..run.provenance import PhaseTimer, finish_report, start_report
+from ..spec.schema import UnlearnSpec, check_sweep
+
+
+def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], options: RunOptions) -> dict:
+    """Returns the report, with the rows under ``"rows"`` (not written to report.json)."""
+    options = options.check()
+    check_sweep(alphas, methods)
+    if options.out is None:
+        raise SpecError("out: the sweep needs an output folder", "pass --out DIR")
+    timer = PhaseTimer()
+    plan = admit(spec.model_copy(update={"alpha": 1.0, "method": split_variant(methods[0])[0]}), options, timer,
+                need_eval=True)
+    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
+
+    from ..output.atomic import atomic_dir, sha256_file
+    from ..output.plots import plot_tradeoff
+    from ..run.session import open_session
+    from ..run.sweep import run_sweep
+
+    spec, dataset = plan.spec, plan.dataset
+    session = open_session(spec.model, spec.pretrained, options, device, timer)
+    device = session.device  # this rank's device under torchrun
+    features = session.features(plan)
+    inputs, retain = features.inputs, features.retain_names
+    with timer("sweep"):
+        params = {}
+        for entry in methods:
+            name, override = split_variant(entry)
+            params[entry] = {**method_params(get_method(name), spec), **override}
+        rows = run_sweep(inputs, methods, alphas, features.forget_names, params, session.method_context())
+    resolved = spec.model_copy(update={"retain": retain})
+    report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
+                          sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})
+    out = Path(options.out).absolute()
+    report["rows"] = rows
+    if not session.world.is_main:  # under torchrun, rank 0 alone writes
+        return report
+    with timer("write"), atomic_dir(out, options.overwrite) as tmp:
+        (tmp / "sweep.jsonl").write_text("".join(rep.dumps_line(
+            {"method": r["method"], "alpha": r["alpha"], "params": r["params"], "metrics": r["metrics"]})
+            for r in rows), encoding="utf-8")
+        (tmp / "spec.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
+        try:
+            plot_tradeoff(rows, tmp / "tradeoff.png", f"{report['model']['name']} on {dataset.name}: "
+                                                       f"forget {', '.join(spec.forget)}")
+            report["plot"] = str(out / "tradeoff.png")
+        except ImportError:
+            report["plot"] = None
+            report.setdefault("warnings", []).append(
+                "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
+        report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
+                                                                 "sha256": sha256_file(tmp / "sweep.jsonl")}}
+        finish_report(report, timer, device, session.loaded, options)
+        rep.write_report(tmp / "report.json", {k: v for k, v in report.items() if k != "rows"})
+    return report

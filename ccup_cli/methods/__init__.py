@@ -1,0 +1,1 @@
+"""Unlearning methods: the table (one entry each), their math (projector, sinks, bilinear, prototypes), prompt sides, apply."""

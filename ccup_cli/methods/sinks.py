@@ -1,0 +1,122 @@
+"""Sinks: where CCUP sends each forget prompt, ``T_s`` in ``projector.ccup_map``.
+
+The paper's CCUP maps every forget direction to zero (``sink: zero``). The forget class then
+loses every classification contest, but ``Q t_forget`` still points along ``t_forget``, so a
+text-to-image search for the forgotten class still ranks its own images first. A sink gives
+each forget prompt a harmless target instead:
+
+- ``zero``: the paper's method (no target; W is bit for bit the paper's).
+- ``retain-mean``: the mean of the normalised retain prompt embeddings, for every forget prompt.
+- ``retain-mean-orthogonal``: the same mean less its components along the forget class
+  directions (the template-averaged forget class embeddings), so a search for a forgotten
+  class no longer leans towards it. Measured best on the validation split: DEFAULT_SINK.
+- ``neutral``: each forget prompt's own template filled with NEUTRAL_WORD (one target per prompt).
+- ``neutral-orthogonal``: those neutral prompts less their forget-direction components.
+- any other text: a phrase filled into each forget prompt's template, like ``neutral``
+  (``sink: "piece of fabric"`` targets "a photo of a piece of fabric." for "a photo of a {}.").
+
+Backend-free: text is encoded through the caller's ``encode(prompts) -> [n, d]``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import SpecError
+from ..presets import defaults
+from ..text.templates import fill
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made, not at import
+    import torch
+
+SINK_NAMES = ("zero", "retain-mean", "retain-mean-orthogonal", "neutral", "neutral-orthogonal")
+DEFAULT_SINK = defaults.SINK
+NEUTRAL_WORD = "object"
+
+
+def sink_problems(value: object, field: str = "sink") -> list[str]:
+    """One line per problem with a sink value (empty when it is fine), each naming ``field``."""
+    if not isinstance(value, str):
+        return [f"{field}: expected one of {', '.join(SINK_NAMES)} or a phrase, got {type(value).__name__}"]
+    text = value.strip()
+    if not text:
+        return [f"{field}: empty; use one of {', '.join(SINK_NAMES)} or a phrase"]
+    if text != value:
+        return [f'{field}: "{value}" has leading or trailing spaces']
+    if "{" in text or "}" in text:
+        return [f'{field}: "{value}" holds a brace; a sink phrase is filled into the forget templates as it is']
+    if "\n" in text or "\r" in text:
+        return [f"{field}: a sink phrase must be one line"]
+    if text not in SINK_NAMES:
+        close = difflib.get_close_matches(text.lower().replace("_", "-"), SINK_NAMES, n=1, cutoff=0.75)
+        if close:
+            return [f'{field}: "{value}" is not a sink; did you mean "{close[0]}"? '
+                    "(a phrase that close to a sink name is taken for a typo)"]
+    return []
+
+
+def forget_class_directions(forget_embeddings: torch.Tensor, n_templates: int) -> torch.Tensor:
+    """``[n_classes, d]`` float64: the template-averaged, renormalised forget class embeddings.
+
+    ``forget_embeddings [n_classes * n_templates, d]`` is class-major (all templates of class 0,
+    then class 1, ...), as ``text.build_prompts`` orders them.
+    """
+    import torch.nn.functional as F
+
+    k_f, d = forget_embeddings.shape
+    if n_templates < 1 or k_f % n_templates:
+        raise ValueError(f"{k_f} forget prompts are not a whole number of classes of {n_templates} templates")
+    per_prompt = F.normalize(forget_embeddings.detach().double(), dim=-1).reshape(-1, n_templates, d)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def _without(targets: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``targets [k, d]`` less their projection onto the span of ``directions [m, d]``."""
+    import torch
+
+    basis = torch.linalg.qr(directions.T).Q  # [d, m], orthonormal
+    return targets - (targets @ basis) @ basis.T
+
+
+def resolve_sink(
+    sink: str,
+    forget_embeddings: torch.Tensor,
+    retain_embeddings: torch.Tensor | None,
+    forget_templates: Sequence[str],
+    encode: Callable[[list[str]], torch.Tensor] | None,
+) -> torch.Tensor | None:
+    """The sink targets ``T_s [k_f, d]`` (float64, rows match ``forget_embeddings``), or None for zero.
+
+    ``forget_embeddings [k_f, d]``: class-major forget prompt embeddings over
+    ``forget_templates``; ``retain_embeddings [k_r, d]``: retain prompt embeddings; ``encode``
+    returns text features ``[n, d]`` for a list of prompts (normalised here).
+    """
+    import torch.nn.functional as F
+
+    problems = sink_problems(sink)
+    if problems:
+        raise SpecError(problems)
+    if sink == "zero":
+        return None
+    k_f = forget_embeddings.shape[0]
+    n_templates = len(forget_templates)
+    directions = forget_class_directions(forget_embeddings, n_templates)
+    if sink in ("retain-mean", "retain-mean-orthogonal"):
+        if retain_embeddings is None or len(retain_embeddings) == 0:
+            raise SpecError(f"sink: {sink} needs retain classes, and there are none",
+                            "give retain classes or another sink")
+        mean = F.normalize(retain_embeddings.detach().double(), dim=-1).mean(dim=0, keepdim=True)
+        if sink == "retain-mean-orthogonal":
+            mean = _without(mean, directions)
+        return mean.to(forget_embeddings.device).expand(k_f, -1).clone()
+    if encode is None:
+        raise ValueError(f"sink {sink!r} needs a text encoder to fill its phrase into the templates")
+    phrase = NEUTRAL_WORD if sink in ("neutral", "neutral-orthogonal") else sink
+    per_template = F.normalize(encode([fill(t, phrase) for t in forget_templates]).detach().double(), dim=-1)
+    per_template = per_template.to(forget_embeddings.device)
+    if sink == "neutral-orthogonal":
+        per_template = _without(per_template, directions)
+    # forget row i is template i mod n_templates of its class: the same template's phrase
+    return per_template.repeat(k_f // n_templates, 1)

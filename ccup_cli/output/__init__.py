@@ -1,0 +1,1 @@
+"""Outputs on disk: atomic writes, caches, the report (JSON and tables), plots."""

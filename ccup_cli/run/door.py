@@ -1,0 +1,134 @@
+"""Checks at the door: everything a job can verify before it loads a model.
+
+Templates, the dataset and its class names, the forget and retain lists, the fine-tuning
+data and the output location. Nothing here imports torch or open_clip, so a typo in a class
+name is reported in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..backends.base import backend_for
+from ..data.catalog import (
+    DATASET_NAMES,
+    MINI_DOMAINS_NAME,
+    MINI_NAME,
+    check_classes_in,
+    check_dataset_name,
+    preset_classnames,
+)
+from ..errors import SpecError
+from ..presets.defaults import EMBEDDED_MODELS
+from ..spec.schema import UnlearnSpec
+from ..text.templates import load_templates
+from .options import RunOptions
+from .provenance import PhaseTimer
+from .writer import check_output
+
+if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset is opened
+    from ..data.dataset import EvalDataset
+
+
+def default_eval(model: str | None, eval_name: str | None, domains: bool = False) -> str | None:
+    """An embedded model evaluates on the embedded subset (in its three domains when the spec
+    names domains) unless told otherwise."""
+    if eval_name is None and (model is None or model in EMBEDDED_MODELS):
+        return MINI_DOMAINS_NAME if domains else MINI_NAME
+    return eval_name
+
+
+def canonical_names(names: list[str], classnames: list[str]) -> list[str]:
+    """The dataset's own spelling of each name (class names match case-insensitively)."""
+    lookup = {c.lower(): c for c in classnames}
+    return [lookup.get(n.lower(), n) for n in names]
+
+
+def open_eval_dataset(name: str, data_root, split: str, download: bool, limit, classnames_file,
+                      timer: PhaseTimer) -> EvalDataset:
+    from ..data.datasets import open_dataset
+
+    with timer("open_dataset"):
+        return open_dataset(name, data_root, split, download, limit, classnames_file)
+
+
+@dataclass
+class Plan:
+    """A spec admitted at the door, with what the door opened on the way: the one object the
+    session and the method read from here on."""
+
+    spec: UnlearnSpec  # eval defaulted, class names in the dataset's spelling
+    dataset: EvalDataset | None  # data.EvalDataset
+    templates: list[str]
+    retain_templates: list[str]
+    train: EvalDataset | None = None  # finetune's labelled images
+    sides: tuple | None = None  # prompt_sides.PromptSide (forget, retain) when domains or free prompts are used
+    domains: dict[str, list[str]] | None = None  # domain -> templates
+
+
+def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: bool) -> Plan:
+    """Validate a spec against its templates, dataset and output before any model is loaded."""
+    uses_domains = bool(spec.forget_domains or spec.domains)
+    spec_eval = default_eval(spec.model, spec.eval, uses_domains)
+    if spec_eval != spec.eval:
+        spec = spec.model_copy(update={"eval": spec_eval})
+    templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
+    backend_for(spec.model, spec.pretrained)  # a missing optional package is bad input, said here
+    if need_eval and not spec.eval:
+        raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
+    dataset = None
+    names = {"forget": spec.forget, "retain": spec.retain}
+    if spec.eval:
+        check_dataset_name(spec.eval)
+    preset = preset_classnames(spec.eval) if spec.eval in DATASET_NAMES and spec.classnames is None else None
+    if preset:  # a named dataset's classes are known before its files are opened
+        check_classes_in(names, preset, spec.eval)
+    if spec.eval:
+        dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit,
+                                    spec.classnames, timer)
+        check_classes_in(names, dataset.classnames, dataset.name)
+        spec = spec.model_copy(update={
+            "forget": canonical_names(spec.forget, dataset.classnames),
+            "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+    sides, domain_table = None, None
+    if uses_domains or spec.forget_prompts or spec.retain_prompts:
+        from ..methods.prompt_sides import admit_sides
+
+        spec, sides, domain_table = admit_sides(spec, dataset, templates, retain_templates)
+    train = None
+    if spec.method == "finetune":
+        with timer("open_train_data"):
+            train = finetune_dataset(spec, dataset)
+    if options.out is not None:
+        check_output(options.out, options.overwrite, (spec.pretrained, spec.model))
+    return Plan(spec, dataset, templates, retain_templates, train, sides, domain_table)
+
+
+def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:
+    """The labelled images fine-tuning trains on: ``finetune_data``, else the eval dataset's train split.
+
+    The embedded mini subset trains on Fashion-MNIST's train split. An ImageFolder has no
+    train split, so it needs ``finetune_data``; training data equal to the eval data is refused.
+    """
+    if spec.finetune_data is not None:
+        name, root = spec.finetune_data, spec.data_root if spec.finetune_data in DATASET_NAMES else None
+    elif spec.eval == MINI_NAME:
+        name, root = "fashion-mnist", None
+    elif spec.eval in DATASET_NAMES:
+        name, root = spec.eval, spec.data_root
+    else:
+        raise SpecError(f"finetune_data: the eval data {spec.eval} is a folder, which has no train split",
+                        "pass --finetune-data DATASET_OR_FOLDER with labelled images that are not the eval images")
+    from ..data.datasets import open_dataset
+
+    train = open_dataset(name, root, spec.finetune_train_split, spec.download, None, spec.classnames)
+    if [c.lower() for c in train.classnames] != [c.lower() for c in eval_data.classnames]:
+        raise SpecError(f"finetune_data: {name} has classes {', '.join(train.classnames[:6])}..., "
+                        f"not those of {eval_data.name}", "give training images of the same classes, in label order")
+    if train.identity() == eval_data.identity() or (
+            Path(name).exists() and spec.eval and Path(name).resolve() == Path(spec.eval).resolve()):
+        raise SpecError(f"finetune_data: {name} is the evaluation data itself",
+                        "train on other images, or the after-figures measure memorisation")
+    return train

@@ -1,0 +1,78 @@
+"""Where outputs go: the one "output exists" check, and the patched checkpoint folder.
+
+Every folder is written through ``atomic.atomic_dir``: a failed or interrupted run leaves the
+previous state untouched, and an existing output is only replaced with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import OutputError
+from ..output import report as rep
+from ..output.atomic import atomic_dir, os_error_to_output_error, sha256_file
+
+
+def check_output(out: Path, overwrite: bool, inputs: tuple[str | None, ...] = (), what: str = "output folder") -> None:
+    """Refuse an output that exists (without ``--overwrite``) or that is, or holds, an input."""
+    out = Path(out).absolute()
+    for given in inputs:
+        if not given:
+            continue
+        inp = Path(given.removeprefix("local-dir:").removeprefix("transformers:")).absolute()
+        if inp.exists() and (inp == out or out in inp.parents):
+            raise OutputError(f"--out {out} would overwrite the input {inp}", "choose another --out")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{what} {out} already exists", "pass --overwrite or choose another --out")
+    if what != "output folder" and not out.parent.is_dir():
+        raise OutputError(f"folder {out.parent} does not exist", "create it or choose another --out")
+
+
+def patched_state_dict(source_state_dict: dict, replaced: dict) -> dict:
+    """The source state dict with only the given tensors replaced, each kept in the source's dtype."""
+    return {key: replaced[key].to(tensor.dtype) if key in replaced else tensor
+            for key, tensor in source_state_dict.items()}
+
+
+def _output_key(filename: str) -> str:
+    """``open_clip_config.json`` -> ``open_clip_config``: the report key of a config file."""
+    return filename.rsplit(".", 1)[0].replace("-", "_")
+
+
+def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, method_metadata: dict[str, str],
+                            spec, report: dict) -> None:
+    """model.safetensors (the source with ``replaced`` swapped in), the backend's config files, spec.yaml,
+    report.json, and README.md (a model-card summary) with small figures. An open_clip source gives an
+    open_clip local-dir folder; a transformers source a folder that ``CLIPModel.from_pretrained`` loads.
+
+    ``report["outputs"]`` is filled in with each file's path and sha256 before the report is written.
+    """
+    from ..audit.page import write_unlearn_summary
+    from ..backends.checkpoint import save_safetensors
+
+    out = Path(out).absolute()
+    metadata = {
+        "format": "pt", "ccup_version": report["ccup_version"], "method": spec.method,
+        "forget": json.dumps(spec.forget), "spec_sha256": report["spec_sha256"],
+        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": loaded.model_name,
+        "backend": loaded.backend, **method_metadata,
+    }
+    with atomic_dir(out, overwrite) as tmp:
+        try:
+            ckpt_sha = save_safetensors(patched_state_dict(loaded.source_state_dict, replaced),
+                                        tmp / "model.safetensors", metadata)
+            configs = loaded.write_config_files(tmp)
+            (tmp / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+            summary = write_unlearn_summary(tmp, report)
+        except OSError as err:
+            raise os_error_to_output_error(err, out) from err
+        report["outputs"] = {
+            "folder": str(out),
+            "checkpoint": {"path": str(out / "model.safetensors"), "sha256": ckpt_sha},
+            **{_output_key(name): {"path": str(out / name), "sha256": sha256_file(path)}
+               for name, path in configs.items()},
+            "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
+            "summary": {name: str(out / name) for name in summary},
+        }
+        rep.write_report(tmp / "report.json", report)

@@ -1,0 +1,1 @@
+"""How a run executes: torchrun ranks, encoder precision, progress callbacks."""

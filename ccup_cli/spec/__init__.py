@@ -1,0 +1,1 @@
+"""The spec: what to do, as a validated YAML schema with field-path errors."""

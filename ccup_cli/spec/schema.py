@@ -1,0 +1,286 @@
+"""The YAML spec: what to unlearn (model, classes, method, strength, templates, eval data).
+
+How to run it (device, batch size, output folder, verbosity) stays in flags. A flag
+overrides the same field of the spec. Everything is checked once, before any model is
+loaded, and every problem is reported at once with its field path::
+
+    forget[2]: "dgo" is not a class of cifar10; did you mean "dog"?
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import SpecError
+from ..methods.table import METHODS, method_names
+from ..presets import defaults
+
+
+class UnlearnSpec(BaseModel):
+    """A resolved ``ccup unlearn`` spec. Field docs double as the README's spec reference."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(None, description="open_clip name, local-dir:PATH, hf-hub:org/repo or a config .json; "
+                                                 "omitted: the embedded ccup-tiny-fashion")
+    pretrained: str | None = Field(None, description="tag, checkpoint path, output folder, or 'none' for random init")
+    forget: list[str] = Field(default_factory=list, description="class names to forget")
+    retain: list[str] | None = Field(None, description="class names to keep; default: the eval dataset's other "
+                                                        "classes, else ImageNet-1k names less the forget classes")
+    forget_domains: list[str] = Field(default_factory=list, description="forget only in these domains "
+                                      "(e.g. sketch); without forget classes, every class in them")
+    domains: str | None = Field(None, description="domain -> templates: a preset (fashion-mnist-domains) or a "
+                                "YAML file; default with forget_domains: the eval dataset's preset")
+    forget_prompts: list[str] = Field(default_factory=list, description="free prompts added to the forget side "
+                                      "as they stand")
+    retain_prompts: list[str] = Field(default_factory=list, description="free prompts added to the retain side")
+    alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
+                                                           "picks the smallest meeting max_forget_acc")
+    max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
+    method: str = Field("ccup", description="an entry of methods.METHODS: " + ", ".join(METHODS))
+    templates: str = Field(defaults.FORGET_TEMPLATES, description="templates for forget classes and evaluation")
+    retain_templates: str = Field(defaults.RETAIN_TEMPLATES, description="templates for retain classes")
+    lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
+    lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
+    sink: str = Field(defaults.SINK, description="ccup: where forget prompts go: zero (the paper), retain-mean, "
+                                                  "retain-mean-orthogonal, neutral, neutral-orthogonal, or a phrase")
+    prototype_steps: int = Field(defaults.PROTOTYPE_STEPS, gt=0, le=10_000,
+                                 description="ccup-proto: optimisation steps per synthetic image prototype")
+    prototypes_per_group: int = Field(defaults.PROTOTYPES_PER_GROUP, gt=0, le=64,
+                                      description="ccup-proto: synthetic images per prompt group")
+    energy: float = Field(defaults.ENERGY, gt=0, le=1, description="nullspace rank rule: singular-value energy kept")
+    retain_warn_cosine: float = Field(defaults.RETAIN_WARN_COSINE, ge=-1, le=1,
+                                      description="warn about retain classes this close to a forget class")
+    finetune_steps: int = Field(defaults.FINETUNE_STEPS, gt=0,
+                                description="finetune: step budget (stops early at max_forget_acc)")
+    finetune_lr: float = Field(defaults.FINETUNE_LR, gt=0, description="finetune: AdamW learning rate")
+    finetune_batch_size: int = Field(defaults.FINETUNE_BATCH_SIZE, ge=2,
+                                     description="finetune: images per step, half forget, half retain")
+    finetune_seed: int = defaults.FINETUNE_SEED
+    finetune_data: str | None = Field(None, description="finetune: labelled training images (dataset name or "
+                                                         "ImageFolder path); default: the eval dataset's train split")
+    finetune_train_split: str = Field("train", description="finetune: split of finetune_data to train on")
+    eval: str | None = Field(None, description="dataset name, ImageFolder path, or fashion-mnist-mini")
+    data_root: str | None = None
+    classnames: str | None = Field(None, description="file of class names, one per line in label order")
+    eval_split: str = "test"
+    eval_limit: int | None = Field(None, gt=0, description="images per class, stratified and seeded")
+    download: bool = False
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_in_range(cls, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number in [0, 1] or 'auto'") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{value} is outside [0, 1]; 0 keeps the model, 1 forgets fully")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            close = difflib.get_close_matches(value, list(METHODS), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else f"use one of {', '.join(METHODS)}"
+            raise ValueError(f'unknown method "{value}"; {hint}')
+        return value
+
+    @field_validator("sink")
+    @classmethod
+    def _known_sink(cls, value: str) -> str:
+        from ..methods.sinks import sink_problems
+
+        problems = sink_problems(value, "sink")
+        if problems:
+            raise ValueError(problems[0].removeprefix("sink: "))
+        return value
+
+    @field_validator("forget", "retain", "forget_domains", "forget_prompts", "retain_prompts")
+    @classmethod
+    def _clean_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return [str(v).strip() for v in value]
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+SPEC_FIELDS = tuple(UnlearnSpec.model_fields)
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML spec file, with syntax errors reported with their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist", "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise SpecError(f"{path}: YAML {problem}{where}", "fix the YAML syntax") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of keys to values", "see configs/ for examples")
+    return data
+
+
+def split_csv(value: Any) -> Any:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; anything but a string is returned as it is."""
+    if isinstance(value, str):
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    return value
+
+
+def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> UnlearnSpec:
+    """Merge flags over the spec file and validate the whole spec, reporting all problems.
+
+    ``overrides`` holds only the flags that were given (None means not given).
+    """
+    merged = dict(file_values)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("forget", "retain", "forget_domains"):
+        if key in merged:
+            merged[key] = split_csv(merged[key])
+    problems = []
+    for key in list(merged):
+        if key not in SPEC_FIELDS:
+            close = difflib.get_close_matches(key, SPEC_FIELDS, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; known keys: {', '.join(SPEC_FIELDS)}"
+            problems.append(f'{key}: unknown key{hint}')
+            merged.pop(key)
+    spec = None
+    try:
+        spec = UnlearnSpec(**merged)
+    except ValidationError as err:
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{_field_path(e['loc'])}: {msg}")
+    problems += semantic_problems(merged.get("forget"), merged.get("retain"),
+                                  other_forget=bool(merged.get("forget_domains") or merged.get("forget_prompts")))
+    problems += prompt_problems(merged)
+    if spec is not None and spec.alpha == "auto" and spec.max_forget_acc is None:
+        problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05)")
+    if problems or spec is None:
+        raise SpecError(problems)
+    return spec
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v).strip() for v in value] if isinstance(value, list) else []
+
+
+def prompt_problems(merged: dict[str, Any]) -> list[str]:
+    """Empty or repeated entries of forget_domains, forget_prompts and retain_prompts (raw values)."""
+    problems = []
+    for field in ("forget_domains", "forget_prompts", "retain_prompts"):
+        seen: set[str] = set()
+        for i, entry in enumerate(_names(merged.get(field))):
+            if not entry:
+                problems.append(f"{field}[{i}]: empty entry; remove it")
+            elif entry in seen:
+                problems.append(f'{field}[{i}]: "{entry}" is listed twice; remove the duplicate')
+            seen.add(entry)
+    overlap = set(_names(merged.get("forget_prompts"))) & set(_names(merged.get("retain_prompts")))
+    for i, entry in enumerate(_names(merged.get("retain_prompts"))):
+        if entry in overlap:
+            problems.append(f'retain_prompts[{i}]: "{entry}" is also in forget_prompts')
+    return problems
+
+
+def semantic_problems(forget: Any, retain: Any, other_forget: bool = False) -> list[str]:
+    """Checks across fields: empty, duplicate and overlapping class lists (raw values).
+
+    ``other_forget``: forget_domains or forget_prompts are given, so no forget class is needed.
+    """
+    problems = []
+    lists = {"forget": _names(forget), "retain": _names(retain)}
+    if not lists["forget"] and not other_forget and (forget is None or isinstance(forget, list)):
+        problems.append("forget: the list is empty; name at least one class, e.g. --forget cat,dog")
+    for field, names in lists.items():
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if not name:
+                problems.append(f"{field}[{i}]: empty class name; remove it")
+            elif name.lower() in seen:
+                problems.append(f'{field}[{i}]: "{name}" is listed twice (also {field}[{seen[name.lower()]}]); '
+                                "remove the duplicate")
+            else:
+                seen[name.lower()] = i
+    forget_lower = {n.lower() for n in lists["forget"]}
+    for i, name in enumerate(lists["retain"]):
+        if name.lower() in forget_lower:
+            problems.append(f'retain[{i}]: "{name}" is also in forget; a class cannot be forgotten and kept')
+    return problems
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"0,0.1,...,1"`` (an arithmetic range spelled with ``...``) or a plain comma list."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "..." in parts:
+        i = parts.index("...")
+        if i < 2 or i != len(parts) - 2:
+            raise ValueError('write a range as "start,next,...,end", e.g. 0,0.1,...,1')
+        start, step_to, end = float(parts[i - 2]), float(parts[i - 1]), float(parts[i + 1])
+        step = step_to - start
+        if step <= 0:
+            raise ValueError("a range needs increasing values")
+        n = int(round((end - start) / step))
+        head = [float(p) for p in parts[: i - 2]]
+        return head + [round(start + k * step, 10) for k in range(n + 1)]
+    return [float(p) for p in parts]
+
+
+def check_sweep(alphas: list[float], methods: list[str]) -> None:
+    """A sweep's strengths and methods (``ccup:SINK`` compares sinks), checked at the door."""
+    from ..methods.sinks import sink_problems
+    from ..methods.table import split_variant
+
+    closed = method_names(closed_form_only=True)
+    problems = [f"alphas[{i}]: {a} is outside [0, 1]" for i, a in enumerate(alphas) if not 0 <= a <= 1]
+    for i, entry in enumerate(methods):
+        name, override = split_variant(entry)
+        if name not in METHODS:
+            problems.append(f'methods[{i}]: unknown method "{name}"; use {" or ".join(closed)}')
+        elif name not in closed:
+            problems.append(f'methods[{i}]: method "{name}" needs labelled images and cannot be swept; '
+                            f'use {" or ".join(closed)}')
+        elif override and "sink" not in METHODS[name].params:
+            problems.append(f'methods[{i}]: method "{name}" takes no sink; write ccup:SINK to compare sinks')
+        elif override:
+            problems += sink_problems(override["sink"], f"methods[{i}]")
+    if len(set(methods)) != len(methods):
+        problems.append("methods: an entry is listed twice; list each method (or ccup:SINK) once")
+    if not alphas:
+        problems.append("alphas: the list is empty; e.g. --alphas 0,0.1,...,1")
+    if not methods:
+        problems.append("methods: the list is empty; e.g. --methods ccup,nullspace")
+    if problems:
+        raise SpecError(problems)

@@ -1,0 +1,1 @@
+"""Text: templates, exact fast prompt encoding, and the forget/retain embeddings."""

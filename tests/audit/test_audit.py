@@ -1,0 +1,222 @@
+"""``ccup audit``: probes, the aliases file, the page and figures, and the chain of folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ccup_cli.audit.aliases import read_aliases
+from ccup_cli.audit.lineage import trace
+from ccup_cli.audit.probe import draw_pool, k_shot_indices, probe_curve, train_probe
+from ccup_cli.cli import app
+from ccup_cli.errors import SpecError
+from ccup_cli.jobs.audit import AuditRequest, run_audit
+from ccup_cli.run.options import RunOptions
+
+from ..conftest import FASHION, TINY_VIT
+
+runner = CliRunner()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def blobs(seed: int = 0, per_class: int = 20, n_classes: int = 4, d: int = 8):
+    """Gaussian blobs around random unit means: linearly separable with a margin."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.nn.functional.normalize(torch.randn(n_classes, d, generator=gen), dim=-1)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    feats = means[labels] + 0.05 * torch.randn(len(labels), d, generator=gen)
+    return feats, labels
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+
+def test_probe_is_deterministic_under_a_seed_and_draws_differ_across_seeds():
+    feats, labels = blobs()
+    test_feats, test_labels = blobs(seed=1)
+    test_feats = test_feats + 0.4 * torch.randn(test_feats.shape, generator=torch.Generator().manual_seed(3))
+    args = dict(n_classes=4, forget_ids=[0], shots=[1, 4], draws=3)
+    first = probe_curve(feats, labels, test_feats, test_labels, seed=7, **args)
+    again = probe_curve(feats, labels, test_feats, test_labels, seed=7, **args)
+    assert first == again
+    assert [r["k"] for r in first] == [1, 4]
+    assert len(first[0]["forget"]["draws"]) == 3
+    assert not np.array_equal(k_shot_indices(labels, 4, 7), k_shot_indices(labels, 4, 8))
+    pool = draw_pool(labels, [4], 3, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(pool[4], [k_shot_indices(labels, 4, 7 + j) for j in range(3)]))
+
+
+def test_probe_learns_separable_classes():
+    feats, labels = blobs()
+    w, b = train_probe(feats, torch.as_tensor(labels), 4)
+    assert w.shape == (4, 8) and b.shape == (4,)
+    rows = probe_curve(feats, labels, feats, labels, 4, [0, 1], [5], draws=2)
+    assert rows[0]["forget"]["mean"] == 1.0 and rows[0]["retain"]["mean"] == 1.0
+
+
+# --- the aliases file ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("sandal: [beach sandal\n", "not valid YAML"),
+    ("- sandal\n- sneaker\n", "must map class names"),
+    ("sandal: 3\n", "aliases.sandal"),
+    ("sandal: [beach sandal, '']\n", "aliases.sandal[1]"),
+    ("sandl: [beach sandal]\n", 'did you mean "sandal"'),
+])
+def test_aliases_file_errors(tmp_path, text, needle):
+    path = tmp_path / "aliases.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        read_aliases(path, FASHION, "fashion")
+    assert needle in err.value.one_line()
+
+
+def test_aliases_file_reads_in_the_datasets_spelling(tmp_path):
+    path = tmp_path / "aliases.yaml"
+    path.write_text("Sandal: [beach sandal, beach sandal]\nsneaker: tennis shoe\n")
+    assert read_aliases(path, FASHION, "fashion") == {"sandal": ["beach sandal"], "sneaker": ["tennis shoe"]}
+
+
+@pytest.fixture(scope="module")
+def unlearned(tiny_vit_file, fashion_folder, tmp_path_factory):
+    """An unlearn output folder of the tiny ViT (forget sandal, sneaker) on the PNG folder."""
+    out = tmp_path_factory.mktemp("audit") / "unlearned"
+    result = run("unlearn", "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder,
+                 "--templates", "photo", "--retain-templates", "photo", "--forget", "sandal,sneaker", "--out", out,
+                 "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("sandal: [beach sandal\n", "not valid YAML"),
+    ("sandal: {a: b}\n", "aliases.sandal: give a non-empty list"),
+    ("snaeker: [tennis shoe]\n", 'did you mean "sneaker"'),
+])
+def test_audit_cli_bad_aliases_file_exits_2_and_writes_nothing(unlearned, tmp_path, text, needle):
+    path = tmp_path / "aliases.yaml"
+    path.write_text(text)
+    out = tmp_path / "audit"
+    result = run("audit", unlearned, "--aliases", path, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_audit_cli_missing_aliases_file_and_bad_shots_exit_2(unlearned, tmp_path):
+    assert run("audit", unlearned, "--aliases", tmp_path / "none.yaml").exit_code == 2
+    result = run("audit", unlearned, "--probe-shots", "4,x")
+    assert result.exit_code == 2 and "probe-shots" in result.stderr
+
+
+# --- the page and the figures ------------------------------------------------------------------
+
+
+def test_unlearn_folder_has_a_summary_page(unlearned):
+    readme = (unlearned / "README.md").read_text()
+    assert readme.startswith("# ")
+    assert "sandal, sneaker" in readme and "forget top-1" in readme
+    assert "does not remove what a probe" in readme
+    assert (unlearned / "per_class_top1.png").read_bytes()[:8] == PNG_MAGIC
+    report = json.loads((unlearned / "report.json").read_text())
+    assert set(report["outputs"]["summary"]) == {"README.md", "per_class_top1.png"}
+
+
+def test_audit_writes_markdown_json_and_pngs_verdict_first(unlearned, tmp_path, fashion_folder):
+    aliases = tmp_path / "aliases.yaml"
+    aliases.write_text("sandal: [beach sandal]\nsneaker: [tennis shoe, trainer]\n")
+    out = tmp_path / "audit"
+    report = run_audit(AuditRequest(str(unlearned), aliases=str(aliases), probe_shots=[1], probe_draws=2),
+                       RunOptions(device="cpu", out=out))
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json", "audit.md", "confusion_shift.png",
+                                                     "per_class_top1.png", "probe_accuracy.png", "retrieval.png"]
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    md = (out / "audit.md").read_text()
+    first_paragraph = md.split("\n\n")[1]
+    assert first_paragraph.startswith("**Verdict:**")
+    assert report["verdict"]["headline"] in first_paragraph
+    assert ("NOT GONE" in first_paragraph) == (not report["verdict"]["zero_shot_removed"]
+                                               or not report["verdict"]["search_removed"])
+    assert "does not remove what a probe" in md and "needs labelled images" in md
+    on_disk = json.loads((out / "audit.json").read_text())
+    assert on_disk["forget"] == ["sandal", "sneaker"]
+    assert on_disk["patched"]["single_pass"] is True
+    assert on_disk["patched"]["differs_from_original_at"] == ["visual.proj"]
+    assert [r["alias"] for r in on_disk["alias_rows"]] == ["beach sandal", "tennis shoe", "trainer"]
+    assert on_disk["probes"]["train_on"].startswith("held-out")  # an ImageFolder has no train split
+    assert set(on_disk["confusion"]) == {"sandal", "sneaker"}
+    # the audit's "before" is the original model: the same numbers as the unlearn report's
+    unlearn = json.loads((unlearned / "report.json").read_text())
+    assert on_disk["zero_shot"][0]["before"]["forget_top1"] == unlearn["metrics"]["before"]["forget"]["top1"]
+    assert on_disk["zero_shot"][0]["after"]["forget_top1"] == unlearn["metrics"]["after"]["forget"]["top1"]
+
+
+def test_audit_of_a_bare_checkpoint_needs_model_and_forget(unlearned, tiny_vit_file, tmp_path, fashion_folder):
+    bare = tmp_path / "patched.safetensors"
+    bare.write_bytes((unlearned / "model.safetensors").read_bytes())
+    result = run("audit", bare)
+    assert result.exit_code == 2 and "--model" in result.stderr
+    result = run("audit", bare, "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder)
+    assert result.exit_code == 2 and "--forget" in result.stderr
+    result = run("audit", bare, "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder,
+                 "--forget", "sandal", "--probe-shots", "", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["lineage"] is None and report["probes"] is None and report["forget"] == ["sandal"]
+
+
+# --- sequential unlearning -----------------------------------------------------------------------
+
+
+def test_lineage_chains_sequential_folders(unlearned, tiny_vit_file, fashion_folder, tmp_path):
+    second = tmp_path / "second"
+    result = run("unlearn", "--model", TINY_VIT, "--pretrained", unlearned / "model.safetensors", "--eval",
+                 fashion_folder, "--templates", "photo", "--retain-templates", "photo", "--forget", "bag",
+                 "--out", second, "-q")
+    assert result.exit_code == 0, result.output
+    lineage = trace(second)
+    assert [s.folder.name for s in lineage.steps] == ["unlearned", "second"]
+    assert lineage.forget == ["sandal", "sneaker", "bag"]
+    assert lineage.root_source == (TINY_VIT, str(tiny_vit_file))
+    assert lineage.intact()
+    lineage.steps[1].source_sha256 = "0" * 64
+    assert not lineage.intact()
+
+
+@pytest.mark.embedded
+def test_sequential_unlearning_matches_both_at_once(tmp_path):
+    """Forget sandal, then sneaker from the first output, against both at once (fashion-mnist-mini)."""
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.spec.schema import build_spec
+
+    opts = RunOptions(device="cpu")
+    first = run_unlearn(build_spec({}, {"forget": "sandal", "alpha": 1.0}), opts.but(out=tmp_path / "first"))
+    assert first["metrics"]["after"]["forget"]["top1"] <= 0.02
+    seq = run_audit(AuditRequest(str(_second(tmp_path, opts)), probe_shots=[]), opts)
+    both = run_unlearn(build_spec({}, {"forget": "sandal,sneaker", "alpha": 1.0}), opts)["metrics"]["after"]
+    after = seq["zero_shot"][0]["after"]
+    assert seq["forget"] == ["sandal", "sneaker"]
+    assert abs(after["forget_top1"] - both["forget"]["top1"]) <= 0.01
+    assert abs(after["retain_top1"] - both["retain"]["top1"]) <= 0.005
+    assert after["forget_top1"] <= 0.02  # both forgets hold
+    assert seq["lineage"]["intact"] and len(seq["lineage"]["steps"]) == 2
+    assert seq["lineage"]["steps"][1]["source"]["sha256"] == seq["lineage"]["steps"][0]["output_sha256"]
+
+
+def _second(tmp_path, opts):
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.spec.schema import build_spec
+
+    run_unlearn(build_spec({}, {"forget": "sneaker", "alpha": 1.0, "pretrained": str(tmp_path / "first")}),
+                opts.but(out=tmp_path / "second"))
+    return tmp_path / "second"

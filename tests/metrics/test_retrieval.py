@@ -1,0 +1,302 @@
+"""Retrieval metrics, the sink form of the CCUP map, and sink resolution."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ccup_cli.errors import SpecError
+from ccup_cli.methods.projector import ccup_map, projector_at
+from ccup_cli.methods.sinks import SINK_NAMES, forget_class_directions, resolve_sink, sink_problems
+from ccup_cli.metrics.compare import delta
+from ccup_cli.metrics.zero_shot import retrieval_metrics, zero_shot_metrics
+
+# --- retrieval metrics ------------------------------------------------------------------------
+
+
+def _ranked_example():
+    """200 images in 2-d; the "a" query (x axis) sees them in this order, the "b" query (y axis)
+    in the reverse order: a×5, b×5, a×50, b×135, a×5 (60 a, 140 b)."""
+    order = ["a"] * 5 + ["b"] * 5 + ["a"] * 50 + ["b"] * 135 + ["a"] * 5
+    angles = torch.linspace(0.01, math.pi / 2 - 0.01, len(order), dtype=torch.float64)
+    scale = torch.linspace(0.5, 3.0, len(order), dtype=torch.float64).flip(0)  # unnormalised features
+    feats = torch.stack([angles.cos(), angles.sin()], dim=1) * scale[:, None]
+    perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(0))  # image order is irrelevant
+    labels = np.array([0 if c == "a" else 1 for c in order])[perm.numpy()]
+    return feats[perm].float(), torch.eye(2), labels, ["a", "b"]
+
+
+def test_retrieval_matches_hand_computed_example():
+    feats, classes, labels, names = _ranked_example()
+    r = retrieval_metrics(feats, classes, labels, names, forget=["b"])
+    # "a": top 10 holds 5 a; top 100 holds 5 + 50 = 55 of its 60 images
+    assert r["per_class"]["a"] == pytest.approx({"p_at_10": 0.5, "p_at_100": 0.55, "r_at_100": 55 / 60})
+    # "b" (reverse order): top 10 = a×5 then b×5; top 100 = a×5 then b×95 of its 140
+    assert r["per_class"]["b"] == pytest.approx({"p_at_10": 0.5, "p_at_100": 0.95, "r_at_100": 95 / 140})
+    assert r["forget"] == pytest.approx(r["per_class"]["b"])
+    assert r["retain"] == pytest.approx(r["per_class"]["a"])
+
+
+def test_retrieval_cutoff_is_n_below_100_images_and_absent_classes_are_skipped():
+    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.1, 0.9], [0.0, 1.0]])
+    classes = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    r = retrieval_metrics(feats, classes, [0, 0, 1, 0], ["x", "y", "z"], forget=["z"])
+    assert set(r["per_class"]) == {"x", "y"}  # "z" has no image: nothing to find
+    assert r["per_class"]["x"] == pytest.approx({"p_at_10": 0.75, "p_at_100": 0.75, "r_at_100": 1.0})
+    assert r["forget"] == {"p_at_10": None, "p_at_100": None, "r_at_100": None}
+    assert r["retain"]["p_at_10"] == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_zero_shot_metrics_carry_retrieval_and_delta_recurses():
+    feats, classes, labels, names = _ranked_example()
+    before = zero_shot_metrics(feats, classes, labels, names, forget=["b"])
+    assert before["retrieval"] == retrieval_metrics(feats, classes, labels, names, forget=["b"])
+    after = zero_shot_metrics(feats * torch.tensor([1.0, -1.0]), classes, labels, names, forget=["b"])
+    d = delta(after, before)
+    assert d["retrieval"]["forget"]["p_at_10"] == pytest.approx(
+        after["retrieval"]["forget"]["p_at_10"] - before["retrieval"]["forget"]["p_at_10"])
+    assert d["retrieval"]["per_class"]["a"]["r_at_100"] is not None
+
+
+# --- the sink form of the map -----------------------------------------------------------------
+
+
+def _embeddings(seed: int, d: int, k_f: int, k_r: int):
+    g = torch.Generator().manual_seed(seed)
+    t_f = F.normalize(torch.randn(k_f, d, generator=g, dtype=torch.float64), dim=-1)
+    t_r = F.normalize(torch.randn(k_r, d, generator=g, dtype=torch.float64), dim=-1)
+    t_s = torch.randn(k_f, d, generator=g, dtype=torch.float64) * 0.5
+    return t_f, t_r, t_s
+
+
+def _paper_map(t_f, t_r, lambda_retain, lambda_identity):
+    """The map before sinks existed, in its operations' order: W = (F + K)⁻¹ K, K = λ_r R + λ_i I."""
+    t_f, t_r = F.normalize(t_f, dim=-1), F.normalize(t_r, dim=-1)
+    eye = torch.eye(t_f.shape[1], dtype=torch.float64)
+    f_cov = t_f.T @ t_f / t_f.shape[0]
+    keep = lambda_identity * eye
+    keep = keep + lambda_retain * (t_r.T @ t_r / t_r.shape[0])
+    return torch.linalg.solve(f_cov + keep, keep)
+
+
+sizes = st.tuples(st.integers(0, 10_000), st.integers(4, 24), st.integers(1, 6), st.integers(1, 10),
+                  st.sampled_from([0.1, 1.0, 3.0]), st.sampled_from([1e-3, 1e-2, 0.1]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(sizes)
+def test_zero_sink_is_the_paper_map_bit_for_bit(args):
+    seed, d, k_f, k_r, lr, li = args
+    t_f, t_r, _ = _embeddings(seed, d, k_f, k_r)
+    paper = _paper_map(t_f, t_r, lr, li)
+    assert torch.equal(ccup_map(t_f, t_r, lr, li), paper)
+    assert torch.equal(ccup_map(t_f, t_r, lr, li, sink_embeddings=None), paper)
+    assert torch.equal(ccup_map(t_f, t_r, lr, li, sink_embeddings=torch.zeros(k_f, d)), paper)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes)
+def test_closed_form_solves_the_sink_objective(args):
+    """W = Qᵀ minimises ‖Q T_f − T_s‖²/k_f + λ_r‖Q T_r − T_r‖²/k_r + λ_i‖Q − I‖²: rows of Q are
+    independent least-squares problems, stacked here as one lstsq in W."""
+    seed, d, k_f, k_r, lr, li = args
+    t_f, t_r, t_s = _embeddings(seed, d, k_f, k_r)
+    eye = torch.eye(d, dtype=torch.float64)
+    a = torch.cat([t_f / math.sqrt(k_f), t_r * math.sqrt(lr / k_r), eye * math.sqrt(li)])
+    b = torch.cat([t_s / math.sqrt(k_f), t_r * math.sqrt(lr / k_r), eye * math.sqrt(li)])
+    direct = torch.linalg.lstsq(a, b).solution  # a W = b in rows: Q Tᵀ columns are W rows' products
+    W = ccup_map(t_f, t_r, lr, li, sink_embeddings=t_s)
+    assert torch.allclose(W, direct, atol=1e-7 / li, rtol=1e-6)
+    assert not torch.allclose(W, _paper_map(t_f, t_r, lr, li), atol=1e-6)  # the sink does move W
+
+
+def test_sink_maps_forget_prompts_onto_their_targets():
+    t_f, t_r, t_s = _embeddings(1, 32, 3, 6)
+    W = ccup_map(t_f, t_r, 1.0, 1e-9, sink_embeddings=t_s)
+    assert torch.allclose(t_f @ W, t_s, atol=1e-5)  # rows of (Q T_f)ᵀ = T_fᵀ W
+    assert torch.allclose(t_r @ W, t_r, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes)
+def test_sink_at_alpha_zero_is_identity(args):
+    seed, d, k_f, k_r, lr, li = args
+    t_f, t_r, t_s = _embeddings(seed, d, k_f, k_r)
+    p = projector_at(ccup_map(t_f, t_r, lr, li, sink_embeddings=t_s), 0.0, "ccup", {})
+    assert torch.equal(p.W, torch.eye(d, dtype=torch.float64))
+    assert p.rank == 0
+
+
+def test_sink_shape_is_checked():
+    t_f, t_r, t_s = _embeddings(2, 8, 2, 3)
+    with pytest.raises(ValueError, match="shape"):
+        ccup_map(t_f, t_r, sink_embeddings=t_s[:1])
+
+
+# --- sinks -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "   ", " zero", "retian-mean", "Retain_Mean", "a {} b", "two\nlines", 3, None])
+def test_bad_sink_values_are_one_line_problems(value):
+    problems = sink_problems(value)
+    assert len(problems) == 1 and problems[0].startswith("sink: ") and "\n" not in problems[0]
+
+
+@pytest.mark.parametrize("value", [*SINK_NAMES, "piece of fabric", "nothing"])
+def test_good_sink_values(value):
+    assert sink_problems(value) == []
+
+
+def test_typo_names_the_sink_and_resolving_it_raises_spec_error():
+    assert 'did you mean "retain-mean"' in sink_problems("retian-mean")[0]
+    t_f, t_r, _ = _embeddings(0, 8, 4, 3)
+    with pytest.raises(SpecError):
+        resolve_sink("", t_f, t_r, ["{}", "a {}"], lambda prompts: torch.ones(len(prompts), 8))
+
+
+def _fake_encoder(d: int, seen: list):
+    def encode(prompts):
+        seen.extend(prompts)
+        g = torch.Generator().manual_seed(sum(map(ord, "".join(prompts))))
+        return torch.randn(len(prompts), d, generator=g) * 3
+    return encode
+
+
+def test_resolve_each_sink():
+    d, templates = 12, ["a {}.", "a photo of a {}.", "art of the {}."]
+    t_f, t_r, _ = _embeddings(5, d, 2 * len(templates), 7)  # 2 forget classes x 3 templates
+    seen: list[str] = []
+    encode = _fake_encoder(d, seen)
+    assert resolve_sink("zero", t_f, t_r, templates, encode) is None
+    directions = forget_class_directions(t_f, len(templates))
+    assert directions.shape == (2, d)
+
+    mean = resolve_sink("retain-mean", t_f, t_r, templates, encode)
+    assert mean.shape == t_f.shape and mean.dtype == torch.float64
+    assert torch.allclose(mean, t_r.mean(dim=0).expand_as(mean))
+
+    orth = resolve_sink("retain-mean-orthogonal", t_f, t_r, templates, encode)
+    assert (orth @ directions.T).abs().max() < 1e-12
+    assert (mean @ directions.T).abs().max() > 1e-3  # the plain mean does lean on them
+
+    phrase = resolve_sink("piece of fabric", t_f, t_r, templates, encode)
+    assert seen == ["a piece of fabric.", "a photo of a piece of fabric.", "art of the piece of fabric."]
+    assert torch.allclose(phrase[:3], phrase[3:])  # per prompt: row i takes template i of its class
+    assert torch.allclose(phrase.norm(dim=-1), torch.ones(6, dtype=torch.float64))
+    seen.clear()
+    neutral = resolve_sink("neutral-orthogonal", t_f, t_r, templates, encode)
+    assert seen == ["a object.", "a photo of a object.", "art of the object."]
+    assert (neutral @ directions.T).abs().max() < 1e-12
+
+    with pytest.raises(SpecError, match="retain"):
+        resolve_sink("retain-mean", t_f, None, templates, encode)
+    with pytest.raises(ValueError, match="whole number"):
+        resolve_sink("retain-mean", t_f[:5], t_r, templates, encode)
+
+
+def test_a_sink_removes_forget_classes_from_search():
+    """Synthetic CLIP: image = its class's text direction + noise. With the zero sink the
+    forgotten class still tops its own search; with a sink it no longer does."""
+    g = torch.Generator().manual_seed(0)
+    d, n_classes, per_class, templates = 24, 6, 40, ["{}", "a {}", "the {}"]
+    common = torch.randn(d, generator=g, dtype=torch.float64)  # CLIP-like: every pair of classes is close
+    base = F.normalize(common + torch.randn(n_classes, d, generator=g, dtype=torch.float64), dim=-1)
+    prompts = F.normalize(base.repeat_interleave(len(templates), 0)
+                          + 0.05 * torch.randn(n_classes * len(templates), d, generator=g, dtype=torch.float64), dim=-1)
+    names = [f"c{i}" for i in range(n_classes)]
+    classes = F.normalize(prompts.reshape(n_classes, len(templates), d).mean(1), dim=-1).float()
+    labels = np.repeat(np.arange(n_classes), per_class)
+    images = base[labels] + 0.1 * torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+    forget_rows = slice(0, len(templates))  # class c0
+    t_f, t_r = prompts[forget_rows], prompts[len(templates):]
+
+    def forget_search(sink_embeddings):
+        W = ccup_map(t_f, t_r, 1.0, 1e-4, sink_embeddings=sink_embeddings)
+        m = zero_shot_metrics((images @ W.T).float(), classes, labels, names, forget=["c0"])
+        return m["forget"]["top1"], m["retrieval"]["forget"]["p_at_10"], m["retrieval"]["retain"]["p_at_10"]
+
+    top1_zero, p10_zero, retain_zero = forget_search(None)
+    sink = resolve_sink("retain-mean-orthogonal", t_f, t_r, templates, lambda p: torch.zeros(len(p), d))
+    top1_sink, p10_sink, retain_sink = forget_search(sink)
+    assert top1_zero == 0.0 and top1_sink == 0.0
+    assert p10_zero == 1.0  # forgotten for classification, found perfectly by search
+    assert p10_sink <= 0.2
+    assert retain_sink >= retain_zero - 0.05
+
+
+# --- wiring: spec, jobs, thresholds -------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_flags(tiny_vit_file, fashion_folder):
+    from ..conftest import TINY_VIT
+
+    return {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "eval": str(fashion_folder), "templates": "photo",
+            "retain_templates": "photo", "forget": "sandal,sneaker"}
+
+
+def test_the_report_names_the_sink_and_sink_zero_is_the_papers_map(tiny_flags):
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.run.options import RunOptions
+    from ccup_cli.spec.schema import build_spec
+
+    options = RunOptions(device="cpu", use_cache=False)
+    default = run_unlearn(build_spec({}, tiny_flags), options)
+    paper = run_unlearn(build_spec({}, {**tiny_flags, "sink": "zero"}), options)
+    assert default["projector"]["params"]["sink"] == "retain-mean-orthogonal"
+    assert paper["projector"]["params"]["sink"] == "zero"
+    assert default["metrics"]["after"] != paper["metrics"]["after"]
+    assert set(default["metrics"]["delta"]["retrieval"]) == {"per_class", "forget", "retain"}
+
+
+def test_sweep_compares_sinks(tiny_flags, tmp_path):
+    from ccup_cli.jobs.sweep import run_sweep_job
+    from ccup_cli.run.options import RunOptions
+    from ccup_cli.spec.schema import build_spec
+
+    report = run_sweep_job(build_spec({}, tiny_flags), [1.0], ["ccup:zero", "ccup", "ccup:neutral"],
+                           RunOptions(device="cpu", use_cache=False, out=tmp_path / "s"))
+    rows = {r["method"]: r for r in report["rows"]}
+    assert [rows[m]["params"]["sink"] for m in ("ccup:zero", "ccup", "ccup:neutral")] == [
+        "zero", "retain-mean-orthogonal", "neutral"]
+    assert rows["ccup:zero"]["metrics"] != rows["ccup"]["metrics"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["unlearn", "--sink", "retian-mean"], 'sink: "retian-mean" is not a sink; did you mean "retain-mean"?'),
+    (["unlearn", "--sink", "a {} b"], "holds a brace"),
+    (["sweep", "--methods", "nullspace:zero", "--out", "/nonexistent/s"], 'method "nullspace" takes no sink'),
+    (["eval", "--max-forget-retrieval", "0.1"], "max-forget-retrieval: needs --forget"),
+    (["eval", "--forget", "sandal", "--max-forget-retrieval", "1.5"], "max-forget-retrieval: 1.5 is outside"),
+])
+def test_bad_sink_and_retrieval_threshold_values_exit_2(args, needle):
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--forget", "sandal"] if args[0] != "eval" else args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags, tmp_path):
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+
+    args = ["eval", "--model", tiny_flags["model"], "--pretrained", tiny_flags["pretrained"], "--eval",
+            tiny_flags["eval"], "--templates", "photo", "--forget", "sandal", "--no-cache"]
+    passing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "1.0", "--json"])
+    assert passing.exit_code == 0, passing.output
+    p10 = json.loads(passing.stdout)["metrics"]["before"]["retrieval"]["per_class"]["sandal"]["p_at_10"]
+    assert p10 > 0  # 3 sandal images among 30: the tiny model finds at least one in its top 10
+    failing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "0"])
+    assert failing.exit_code == 1
+    assert f'text search for "sandal": precision@10 {p10:.2f} is above --max-forget-retrieval 0.00' in failing.stderr

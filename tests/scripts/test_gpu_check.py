@@ -1,0 +1,41 @@
+"""scripts/gpu_check.py runs on the CPU in CI: --device cpu --quick."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_quick_on_cpu(capsys, monkeypatch):
+    gpu_check = load_script()
+    seen = []
+    real = gpu_check.run_checks
+    monkeypatch.setattr(gpu_check, "run_checks", lambda *a: seen.append(real(*a)) or seen[-1])
+    assert gpu_check.main(["--device", "cpu", "--quick", "--images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("**PASS** on cpu")
+    for figure in ("solve on cpu vs CPU", "top-1 fp32", "top-1 fp16", "top-1 bf16", "images/s: DataLoader"):
+        assert figure in out, out
+    r = seen[0]
+    assert r["solve"]["max_abs_diff"] == 0.0 and r["solve"]["d"] == 64
+    assert set(r["precision"]["top1"]) == {"fp32", "fp16", "bf16"}
+    assert r["precision"]["n_images"] == 50
+    assert r["precision"]["gap_points"]["fp32"] == 0.0
+    assert r["throughput"]["n_images"] == 16 and r["throughput"]["ratio"] > 0
+    assert r["ok"] is True
+
+
+def test_gpu_check_refuses_cuda_without_gpu(capsys, monkeypatch):
+    gpu_check = load_script()
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--device", "cuda", "--quick"]) == 2
+    assert "torch sees no GPU" in capsys.readouterr().err
