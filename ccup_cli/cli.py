@@ -101,6 +101,7 @@ def _warn(report: dict) -> None:
 
 def _spec_from(spec_file: Optional[Path], flags: dict, ignore_file_keys: tuple[str, ...] = ()):
     """The spec file (if any) with the given flags over it, validated at once."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .spec.schema import build_spec, read_spec_file
 
     file_values = read_spec_file(spec_file) if spec_file is not None else {}
@@ -134,6 +135,7 @@ class RunFlags:
     @contextlib.contextmanager
     def options(self, out: Optional[Path] = None):
         """``RunOptions`` for the job, with a progress bar on stderr while it runs."""
+        # lazy: start-up time (the CLI answers --help and door errors without torch)
         from .run.options import RunOptions
 
         with _progress(self.tables) as progress:
@@ -233,6 +235,7 @@ def unlearn_command(
 ) -> None:
     """Fold a forgetting projection into the image tower and write a patched checkpoint."""
     spec = _spec_from(spec_file, fields)
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.unlearn import run_unlearn
     from .output import report as rep
 
@@ -268,6 +271,7 @@ def eval_command(
     fields: dict = None,
 ) -> None:
     """Zero-shot accuracy of a model, with thresholds for CI (exit 1 when one fails)."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.eval import EvalRequest, run_eval
     from .output import report as rep
     from .spec.schema import split_csv
@@ -307,6 +311,7 @@ def sweep_command(
     fields: dict = None,
 ) -> None:
     """Evaluate every strength of every method from one pass over the images."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .errors import SpecError
     from .spec.schema import parse_alphas, split_csv
 
@@ -315,6 +320,7 @@ def sweep_command(
     except ValueError as err:
         raise SpecError(f"alphas: {err}", "e.g. --alphas 0,0.1,...,1 or --alphas 0,0.5,1") from None
     spec = _spec_from(spec_file, fields, ignore_file_keys=("alpha", "method"))
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.sweep import run_sweep_job
     from .output import report as rep
 
@@ -339,6 +345,7 @@ def export_command(
     fields: dict = None,
 ) -> None:
     """Convert an open_clip model into a Hugging Face transformers CLIP folder."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.export import run_export
     from .output import report as rep
 
@@ -372,6 +379,7 @@ def audit_command(
     fields: dict = None,
 ) -> None:
     """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .audit.page import audit_table
     from .errors import SpecError
     from .jobs.audit import AuditRequest, run_audit
@@ -402,6 +410,7 @@ def audit_command(
 @app.command("models")
 def models_command() -> None:
     """List the architectures open_clip knows, the embedded one first."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .backends.open_clip import EMBEDDED_MODEL, builtin_model_names, embedded_names
 
     embedded = embedded_names()
@@ -415,6 +424,7 @@ def models_command() -> None:
 @app.command("version")
 def version_command() -> None:
     """Print ccup's version."""
+    # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .run.provenance import ccup_version
 
     stdout.print(ccup_version())

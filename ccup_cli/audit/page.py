@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..output import report as rep
+from ..output.atomic import atomic_dir
 from .figures import HONEST_STATEMENT
 
 AUDIT_FIGURES = {"per_class": "per_class_top1.png", "confusion": "confusion_shift.png",
@@ -98,7 +99,7 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
 def draw_audit_figures(report: dict, folder: Path) -> tuple[dict[str, str], list[str]]:
     """The audit's PNGs in ``folder``; returns ``({figure: filename}, warnings)``."""
     try:
-        from . import plots as ap
+        from . import plots as ap  # lazy: matplotlib is an optional extra
 
         zs = report["zero_shot"][0]
         ap.plot_per_class(zs["before"]["per_class"], zs["after"]["per_class"], report["forget"],
@@ -120,8 +121,6 @@ def draw_audit_figures(report: dict, folder: Path) -> tuple[dict[str, str], list
 
 def write_audit_folder(out: Path, overwrite: bool, report: dict) -> None:
     """audit.json, audit.md and the PNGs, written atomically into ``out``."""
-    from ..output.atomic import atomic_dir
-
     out = Path(out).absolute()
     with atomic_dir(out, overwrite) as tmp:
         figures, warnings = draw_audit_figures(report, tmp)
@@ -177,7 +176,7 @@ def write_unlearn_summary(folder: Path, report: dict) -> dict[str, Path]:
     metrics = report.get("metrics")
     if metrics:
         try:
-            from .plots import plot_per_class
+            from .plots import plot_per_class  # lazy: matplotlib is an optional extra
 
             plot_per_class(metrics["before"]["overall"]["per_class"], metrics["after"]["overall"]["per_class"],
                            report["spec"]["forget"], folder / UNLEARN_FIGURES["per_class"],

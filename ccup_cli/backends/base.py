@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import DependencyError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    # lazy: start-up time (the seam is read at the door)
     from .fold import FoldSite
 
 
@@ -74,6 +77,7 @@ def transformers_source(model: str | None, pretrained: str | None) -> Path | Non
 
 
 def _load_transformers(model: str | None, pretrained: str | None, device: str) -> Backend:
+    # lazy: start-up time (the seam is read at the door)
     from .transformers import load_transformers_model
 
     return load_transformers_model(transformers_source(model, pretrained), device)
@@ -82,14 +86,13 @@ def _load_transformers(model: str | None, pretrained: str | None, device: str) -
 def _check_transformers() -> None:
     import importlib.util
 
-    from ..errors import DependencyError
-
     if importlib.util.find_spec("transformers") is None:
         raise DependencyError("this model is a transformers folder, and the transformers package is missing",
                               "pip install 'ccup[transformers]'")
 
 
 def _load_open_clip(model: str | None, pretrained: str | None, device: str) -> Backend:
+    # lazy: start-up time (the seam is read at the door)
     from .open_clip import load_model
 
     return load_model(model, pretrained, device)

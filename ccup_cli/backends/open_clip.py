@@ -27,6 +27,7 @@ import torch
 from ..errors import CheckpointError
 from ..output.atomic import sha256_file
 from ..presets.defaults import EMBEDDED_MODEL, EMBEDDED_MODELS
+from ..text.encode import encode_prompts, encode_prompts_sharded, supports_fast_text
 from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
 from .fold import FoldSite
 from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
@@ -76,8 +77,6 @@ class LoadedModel:
             return self.model.encode_image(pixels)
 
     def encode_prompts(self, prompts, batch_size: int = 256, progress=None) -> torch.Tensor:
-        from ..text.encode import encode_prompts
-
         return encode_prompts(self.model, self.tokenizer, prompts, batch_size, progress)
 
     def encode_prompts_across_ranks(self, prompts, batch_size: int = 256) -> torch.Tensor:
@@ -85,13 +84,9 @@ class LoadedModel:
 
         Each prompt is encoded in the same batch as in one process, so the rows equal it bit for bit.
         """
-        from ..text.encode import encode_prompts_sharded
-
         return encode_prompts_sharded(self.model, self.tokenizer, list(prompts), batch_size, all_ranks=True)
 
     def supports_fast_text(self) -> bool:
-        from ..text.encode import supports_fast_text
-
         return supports_fast_text(self.model)
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:

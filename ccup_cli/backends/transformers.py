@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DependencyError
 from ..output.atomic import sha256_file
+from .checkpoint import read_state_dict
 from .fold import FoldSite
 
 TRANSFORMERS_PREFIX = "transformers:"
@@ -259,8 +260,6 @@ def load_transformers_model(path: str | Path, device: str = "cpu") -> HFLoaded:
     folder = strip_prefix(path).absolute()
     weights = _check_folder(folder)
     transformers = import_transformers()
-    from .checkpoint import read_state_dict
-
     source_state = read_state_dict(weights)
     try:
         with quiet_transformers():

@@ -68,6 +68,7 @@ class Planned:
 
 
 def _checkpoint_file(patched: str) -> Path:
+    # lazy: start-up time (torch loads after the door)
     from ..backends.open_clip import _checkpoint_in_dir
 
     path = Path(patched.removeprefix("local-dir:"))
@@ -157,6 +158,7 @@ def _compare_checkpoints(session, patched_file: Path):
     """The patched fold-site tensors, and the keys (beyond the fold site) where the two differ."""
     import torch
 
+    # lazy: start-up time (torch loads after the door)
     from ..backends.checkpoint import read_state_dict
 
     patched = read_state_dict(patched_file)
@@ -176,6 +178,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     device = resolve_device(options.device)
 
 
+    # lazy: start-up time (torch loads after the door)
     from ..audit import figures as audit
     from ..backends.fold import project
     from ..metrics.zero_shot import forget_ids
@@ -247,6 +250,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
                                                                if k not in PROBE_PHASES), 3),
                       "probe_seconds": round(sum(v for k, v in timer.seconds.items() if k in PROBE_PHASES), 3)}
     if options.out is not None:
+        # lazy: start-up time (torch loads after the door)
         from ..audit.page import write_audit_folder
 
         write_audit_folder(Path(options.out), options.overwrite, report)
@@ -254,6 +258,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
 
 def _sha(path: Path) -> str:
+    # lazy: start-up time (torch loads after the door)
     from ..output.atomic import sha256_file
 
     return sha256_file(path)
@@ -265,6 +270,7 @@ def _probes(req: AuditRequest, planned: Planned, session, patched_tensors, patch
     import numpy as np
     import torch
 
+    # lazy: start-up time (torch loads after the door)
     from ..audit.probe import draw_pool, probe_curve
     from ..backends.fold import project
     from ..metrics.zero_shot import forget_ids
@@ -320,6 +326,7 @@ def _leace(req, train_after, train_labels, test_after, test_labels, forget_ids, 
     import torch.nn.functional as F
     from concept_erasure import LeaceEraser
 
+    # lazy: start-up time (torch loads after the door)
     from ..audit.probe import probe_curve
 
     with timer("leace"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..backends.base import backend_for
 from ..data.catalog import DATASET_NAMES, check_classes_in, check_dataset_name, preset_classnames
 from ..errors import SpecError
+from ..methods.prompt_sides import domain_problems, forgotten_classes
 from ..output import report as rep
 from ..presets import defaults
 from ..run.door import canonical_names, default_eval, open_eval_dataset
@@ -96,6 +97,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
         forget = _domain_forget_split(req, dataset, forget)
     device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
+    # lazy: start-up time (torch loads after the door)
     from ..metrics.compare import metrics_for
     from ..run.session import open_session
 
@@ -122,8 +124,6 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
 def _domain_forget_split(req: EvalRequest, dataset, forget: list[str]) -> list[str]:
     """The forget classes of a ``--forget-domains`` check (every class for a whole domain), after
     checking the domains against the dataset's."""
-    from ..methods.prompt_sides import domain_problems, forgotten_classes
-
     known = getattr(dataset, "domain_names", None)
     if known is None:
         raise SpecError(f"forget-domains: the eval data {dataset.name} has no domains",

@@ -36,11 +36,13 @@ def run_export(source: str | None, pretrained: str | None, to: str, options: Run
         problems.append(f"source: {source or pretrained} is already a transformers folder; nothing to export")
     if problems:
         raise SpecError(problems)
+    # lazy: start-up time (torch loads after the door)
     from ..backends.base import backend_for
 
     backend_for("transformers:", None)  # the target format needs the extra: checked here
     check_output(options.out, options.overwrite, (pretrained, model))
     timer = PhaseTimer()
+    # lazy: start-up time (torch loads after the door)
     from ..backends.export import export_to_transformers
     from ..backends.open_clip import load_model
 

@@ -28,6 +28,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
                 need_eval=True)
     device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
 
+    # lazy: start-up time (torch loads after the door)
     from ..output.atomic import atomic_dir, sha256_file
     from ..output.plots import plot_tradeoff
     from ..run.session import open_session

@@ -28,7 +28,8 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     plan = admit(spec, options, timer, need_eval=spec.alpha == "auto" or method.needs_images)
     device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
     if method.needs_images:
-        from .finetune import run_finetune  # lazy: torch loads after the door (start-up time)
+        # lazy: torch loads after the door (start-up time)
+        from .finetune import run_finetune
 
         return run_finetune(plan, options, timer, device)
     return _run_closed_form(plan, options, timer, device)
@@ -36,7 +37,8 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
 
 def choose_alpha(inputs, spec: UnlearnSpec, params: dict, context=None) -> tuple[float, dict]:
     """The smallest α on ``AUTO_ALPHAS`` whose forget top-1 meets ``spec.max_forget_acc``, and the curve."""
-    from ..run.sweep import run_sweep, smallest_alpha_meeting  # lazy: torch (start-up time)
+    # lazy: torch (start-up time)
+    from ..run.sweep import run_sweep, smallest_alpha_meeting
 
     forget_names = inputs.forget_names if inputs.forget_names is not None else spec.forget
     rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, forget_names, {spec.method: params}, context)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.catalog import generic_vocabulary
 from ..errors import SpecError
 from ..text.templates import fill
 
@@ -177,7 +178,7 @@ def embed_side(encode_cached: Callable[[list[str]], tuple], side: PromptSide):
     import torch
     import torch.nn.functional as F
 
-    from ..text.embeddings import TextEmbeddings
+    from ..text.embeddings import TextEmbeddings  # lazy: torch (start-up time: the door reads this module)
 
     if not side.prompts:
         return None
@@ -197,8 +198,6 @@ def admit_sides(spec, dataset, forget_templates: Sequence[str], retain_templates
     Returns ``(spec with domains resolved, (forget_side, retain_side), domain table or None)``;
     every problem is a ``SpecError`` line. ``dataset`` is the opened eval data (or None).
     """
-    from ..data.catalog import generic_vocabulary
-
     problems, table = [], None
     if spec.method == "finetune":
         problems.append("method: finetune trains on class labels and takes no forget_domains, domains or "

@@ -67,6 +67,7 @@ class MethodContext:
 
 def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
           context: MethodContext) -> torch.Tensor:
+    # lazy: start-up time (the table imports without torch)
     from .projector import ccup_map
     from .sinks import resolve_sink
 
@@ -79,6 +80,7 @@ def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any]
 
 def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
                context: MethodContext) -> torch.Tensor:
+    # lazy: start-up time (the table imports without torch)
     from .projector import nullspace_map
 
     return nullspace_map(forget.per_class, params["energy"], context.device)[0]
@@ -88,6 +90,7 @@ def _ccup_proto(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str
                 context: MethodContext) -> torch.Tensor:
     import torch
 
+    # lazy: start-up time (the table imports without torch)
     from .bilinear import bilinear_map
 
     if context.synthesize is None:
@@ -146,7 +149,8 @@ def solve_full_map(name: str, forget: TextEmbeddings, retain: TextEmbeddings, pa
 def build_projector(name: str, forget: TextEmbeddings, retain: TextEmbeddings, alpha: float,
                     params: dict[str, Any], context: MethodContext | None = None):
     """The ``projector.Projector`` of a closed-form method at strength ``alpha``."""
-    from .projector import projector_at  # lazy: the table imports without torch (start-up time)
+    # lazy: the table imports without torch (start-up time)
+    from .projector import projector_at
 
     return projector_at(solve_full_map(name, forget, retain, params, context), alpha, name, params)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup"))
@@ -39,8 +41,6 @@ def load_cached(kind: str, key: str | None, n_rows: int) -> torch.Tensor | None:
 def store_cached(kind: str, key: str | None, value: torch.Tensor) -> None:
     """Write an entry atomically; a cache that cannot be written is skipped silently."""
     from safetensors.torch import save_file
-
-    from .atomic import atomic_path
 
     if not key:
         return

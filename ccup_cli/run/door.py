@@ -21,6 +21,7 @@ from ..data.catalog import (
     preset_classnames,
 )
 from ..errors import SpecError
+from ..methods.prompt_sides import admit_sides
 from ..presets.defaults import EMBEDDED_MODELS
 from ..spec.schema import UnlearnSpec
 from ..text.templates import load_templates
@@ -48,7 +49,7 @@ def canonical_names(names: list[str], classnames: list[str]) -> list[str]:
 
 def open_eval_dataset(name: str, data_root, split: str, download: bool, limit, classnames_file,
                       timer: PhaseTimer) -> EvalDataset:
-    from ..data.datasets import open_dataset
+    from ..data.datasets import open_dataset  # lazy: numpy and PIL (start-up time)
 
     with timer("open_dataset"):
         return open_dataset(name, data_root, split, download, limit, classnames_file)
@@ -94,8 +95,6 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
             "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
     sides, domain_table = None, None
     if uses_domains or spec.forget_prompts or spec.retain_prompts:
-        from ..methods.prompt_sides import admit_sides
-
         spec, sides, domain_table = admit_sides(spec, dataset, templates, retain_templates)
     train = None
     if spec.method == "finetune":
@@ -121,7 +120,7 @@ def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:
     else:
         raise SpecError(f"finetune_data: the eval data {spec.eval} is a folder, which has no train split",
                         "pass --finetune-data DATASET_OR_FOLDER with labelled images that are not the eval images")
-    from ..data.datasets import open_dataset
+    from ..data.datasets import open_dataset  # lazy: numpy and PIL (start-up time)
 
     train = open_dataset(name, root, spec.finetune_train_split, spec.download, None, spec.classnames)
     if [c.lower() for c in train.classnames] != [c.lower() for c in eval_data.classnames]:

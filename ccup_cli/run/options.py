@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SpecError
+from ..runtime.precision import check_precision
 from ..runtime.progress import Progress
 
 
@@ -28,8 +29,6 @@ class RunOptions:
 
     def check(self) -> RunOptions:
         """Bad run flags are bad input: one line each, before any work."""
-        from ..runtime.precision import check_precision
-
         problems = []
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers: {self.workers} is negative; give 0 (decode in-process) or more")

@@ -93,6 +93,7 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
 def finish_report(report: dict, timer: PhaseTimer, device: str, loaded=None, options=None) -> dict:
     """The tail of a report: how it ran, timings per phase and the environment."""
     if options is not None:
+        # lazy: start-up time (torch)
         from ..data.loader import default_workers
 
         n_images = report.get("dataset", {}).get("n_images", 0)

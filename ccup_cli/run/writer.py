@@ -48,6 +48,7 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
 
     ``report["outputs"]`` is filled in with each file's path and sha256 before the report is written.
     """
+    # lazy: start-up time (torch; the door reads check_output)
     from ..audit.page import write_unlearn_summary
     from ..backends.checkpoint import save_safetensors
 

@@ -28,6 +28,7 @@ from datetime import timedelta
 import torch
 
 from ..errors import CcupError
+from ..output.cache import load_cached, store_cached
 
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "CCUP_DIST_TIMEOUT"  # seconds a rank waits on the others before failing
@@ -255,8 +256,6 @@ def cached_gather(kind: str, key: str | None, n_total: int,
     rows are gathered, and rank 0 stores them. Returns (rows or None off rank 0 unless
     ``all_ranks``, cache hit). Single process: ``encode_shard(range(n_total))`` through the cache.
     """
-    from ..output.cache import load_cached, store_cached
-
     here = world()
     cached = load_cached(kind, key, n_total) if here.is_main else None
     hit = bool(broadcast_object(cached is not None))
@@ -284,8 +283,6 @@ def cached_collective(kind: str, key: str | None, n_total: int,
     hit, sends them the rows. On a miss every rank calls ``encode()``, which returns the
     same rows on every rank. Returns (rows on every rank, cache hit).
     """
-    from ..output.cache import load_cached, store_cached
-
     cached = load_cached(kind, key, n_total) if is_main() else None
     hit = bool(broadcast_object(cached is not None))
     if hit:

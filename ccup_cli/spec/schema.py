@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import SpecError
-from ..methods.table import METHODS, method_names
+from ..methods.sinks import sink_problems
+from ..methods.table import METHODS, method_names, split_variant
 from ..presets import defaults
 
 
@@ -99,8 +100,6 @@ class UnlearnSpec(BaseModel):
     @field_validator("sink")
     @classmethod
     def _known_sink(cls, value: str) -> str:
-        from ..methods.sinks import sink_problems
-
         problems = sink_problems(value, "sink")
         if problems:
             raise ValueError(problems[0].removeprefix("sink: "))
@@ -260,9 +259,6 @@ def parse_alphas(text: str) -> list[float]:
 
 def check_sweep(alphas: list[float], methods: list[str]) -> None:
     """A sweep's strengths and methods (``ccup:SINK`` compares sinks), checked at the door."""
-    from ..methods.sinks import sink_problems
-    from ..methods.table import split_variant
-
     closed = method_names(closed_form_only=True)
     problems = [f"alphas[{i}]: {a} is outside [0, 1]" for i, a in enumerate(alphas) if not 0 <= a <= 1]
     for i, entry in enumerate(methods):

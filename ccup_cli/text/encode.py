@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..output.cache import cached_tensor
 from ..runtime import distributed
 
 # --- fast exact encoding -------------------------------------------------------------------
@@ -183,8 +184,6 @@ def cached_encode_prompts(
     ``encode`` is a backend's ``encode_prompts``. ``cache_key`` None disables the cache
     (in-memory models, random init, ``--no-cache``).
     """
-    from ..output.cache import cached_tensor
-
     feats, hit = cached_tensor("text", cache_key, len(prompts),
                                lambda: encode(list(prompts), batch_size, progress).float().cpu())
     if hit and progress is not None:
