@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Backend(Protocol):
-    """A loaded model, whatever its format (``models.LoadedModel``, ``hf_backend.HFLoaded``)."""
+    """A loaded model, whatever its format (``open_clip.LoadedModel``, ``transformers.HFLoaded``)."""
 
     backend: str  # "open_clip", "transformers"
     model: nn.Module

@@ -48,12 +48,12 @@ def encode_pre_projection(
 ) -> tuple[torch.Tensor, bool]:
     """``pre_projection_features [n, width]`` float32 on the CPU, and whether the cache served them.
 
-    ``backend`` is a ``backend.Backend``: its ``preprocess`` turns each image into a tensor and
+    ``backend`` is a ``base.Backend``: its ``preprocess`` turns each image into a tensor and
     its ``encode_images`` runs the tower up to the final map. Images are decoded by
-    ``workers`` DataLoader processes (None: ``loader.default_workers``; 0: in this process);
+    ``workers`` DataLoader processes (None: ``data.loader.default_workers``; 0: in this process);
     the result is the same for every ``workers``. ``indices`` encodes only those images, in
     that order (``n`` = ``len(indices)``; key the cache with the same ``indices``).
-    ``precision`` fp16/bf16 runs the tower under autocast (``precision.encoder_precision``).
+    ``precision`` fp16/bf16 runs the tower under autocast (``runtime.precision.encoder_precision``).
     """
     n_rows = len(dataset) if indices is None else len(indices)
 

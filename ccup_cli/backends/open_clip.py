@@ -43,7 +43,7 @@ _PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_c
 
 @dataclass
 class LoadedModel:
-    """An open_clip model in eval mode: the open_clip implementation of ``backend.Backend``."""
+    """An open_clip model in eval mode: the open_clip implementation of ``base.Backend``."""
 
     model: torch.nn.Module
     tokenizer: Any

@@ -1,7 +1,7 @@
 """What ccup knows about datasets before opening one: their names and readable class names.
 
 Importable without numpy or torch, so a misspelt dataset or class name is answered at once;
-``data.py`` holds the loaders and must list exactly ``DATASET_NAMES``.
+``datasets.py`` holds the loaders and must list exactly ``DATASET_NAMES``.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def finetune_unlearn(
 ) -> FinetuneResult:
     """Fine-tune ``backend.model`` in place to forget ``forget_ids`` (class indices of ``train``).
 
-    ``backend`` is a ``backend.Backend``: it names the parameters to train, preprocesses the
+    ``backend`` is a ``backends.base.Backend``: it names the parameters to train, preprocesses the
     images and computes image features with autograd (``encode_images(x, projected=True)``).
     """
     model, transform = backend.model, backend.preprocess

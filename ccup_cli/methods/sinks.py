@@ -61,7 +61,7 @@ def forget_class_directions(forget_embeddings: torch.Tensor, n_templates: int) -
     """``[n_classes, d]`` float64: the template-averaged, renormalised forget class embeddings.
 
     ``forget_embeddings [n_classes * n_templates, d]`` is class-major (all templates of class 0,
-    then class 1, ...), as ``text.build_prompts`` orders them.
+    then class 1, ...), as ``templates.build_prompts`` orders them.
     """
     import torch.nn.functional as F
 

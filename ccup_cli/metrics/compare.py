@@ -42,7 +42,7 @@ def metrics_for(
 ) -> dict:
     """Metrics of the model whose fold site holds ``tensors``, from cached features.
 
-    A domain dataset adds ``domains.<domain>`` (``domain_metrics.by_domain``); with
+    A domain dataset adds ``domains.<domain>`` (``domains.domain_aware_metrics``); with
     ``forget_domains`` the forget split is the forgotten class × domain cells.
     """
     feats = project(site, tensors, pre_projection_features)

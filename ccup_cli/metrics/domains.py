@@ -2,7 +2,7 @@
 
 With ``forget_domains`` the forget split is the images of the forgotten (class, domain)
 cells; ``retain`` is every other image, the same classes in kept domains included. Each
-``domains.<domain>`` entry holds the splits of ``evaluate.zero_shot_metrics`` over that
+``domains.<domain>`` entry holds the splits of ``zero_shot.zero_shot_metrics`` over that
 domain's images alone, so ``domains.sketch.overall.per_class`` is the sketch row of the class
 × domain grid.
 """

@@ -46,7 +46,7 @@ def run_sweep(
     """One row per (method, α): the metrics of that model, in the report's metric format.
 
     ``methods`` holds method names or ``ccup:SINK`` variants; ``params[entry]`` holds each
-    entry's parameters (``methods.method_params``, with the variant's override); ``context``
+    entry's parameters (``methods.table.method_params``, with the variant's override); ``context``
     is what the methods may ask of the model (``MethodContext``).
     """
     rows = []

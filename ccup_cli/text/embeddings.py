@@ -43,8 +43,8 @@ def embed_classes(
     """Encode every (class, template) prompt once; return per-template and per-class embeddings.
 
     ``encode(prompts, batch_size, progress) -> [n, d]`` is a backend's ``encode_prompts``;
-    ``cache`` runs it through the on-disk cache (``text.cached_encode_prompts``, or the
-    torchrun-aware one of ``session.Session``).
+    ``cache`` runs it through the on-disk cache (``encode.cached_encode_prompts``, or the
+    torchrun-aware one of ``run.session.Session``).
     """
     prompts = build_prompts(classnames, templates)
     key = text_cache_key(cache_id, model_name, prompts) if cache_id else None

@@ -193,10 +193,10 @@ def cached_encode_prompts(
 
 def encode_prompts_sharded(model, tokenizer, prompts: list[str], batch_size: int = 256,
                            all_ranks: bool = False) -> torch.Tensor | None:
-    """``text.encode_prompts`` split over the ranks: ``[n, d]`` float32 on rank 0's CPU.
+    """``encode_prompts`` split over the ranks: ``[n, d]`` float32 on rank 0's CPU.
 
     Every rank tokenizes all prompts (cheap) and takes a contiguous share of the batches of
-    ``text.prompt_batches``: each prompt is encoded in the same batch as in one process, so
+    ``prompt_batches``: each prompt is encoded in the same batch as in one process, so
     the rows are bit-for-bit the single-process ones (at the same thread count).
     """
     here = distributed.world()
