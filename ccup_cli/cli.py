@@ -127,6 +127,7 @@ class RunFlags:
     debug: bool
     workers: Optional[int]
     precision: str
+    decode: str
 
     @property
     def tables(self) -> bool:
@@ -141,7 +142,7 @@ class RunFlags:
         with _progress(self.tables) as progress:
             yield RunOptions(device=self.device, batch_size=self.batch_size, out=out, overwrite=self.overwrite,
                              use_cache=not self.no_cache, argv=sys.argv, progress=progress, workers=self.workers,
-                             precision=self.precision)
+                             precision=self.precision, decode=self.decode)
 
 
 _RUN_FLAGS = {
@@ -149,6 +150,10 @@ _RUN_FLAGS = {
     "batch_size": (int, typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")),
     "workers": (Optional[int], typer.Option(None, "--workers", help="Image-decoding processes (0: in-process); "
                                             "default: one per core but one.")),
+    "decode": (str, typer.Option("pil", "--decode", help="How images become tensors: pil (open_clip's own "
+                                 "transform, exact), pil-draft (JPEGs decoded at a reduced scale), tensor "
+                                 "(torchvision.io + transforms.v2) or gpu (nvJPEG on --device cuda); all but pil "
+                                 "change pixels slightly.")),
     "precision": (str, typer.Option("fp32", "--precision", help="Encoders' precision: fp32, fp16 or bf16 "
                                     "(the projector is always float64).")),
     "json_out": (bool, typer.Option(False, "--json", help="Print only the JSON report on stdout.")),

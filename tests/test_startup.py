@@ -47,6 +47,8 @@ def test_importing_the_cli_loads_no_heavy_module():
     (["eval", "--forget", "sandal", "--max-forget-acc", "3"], "max-forget-acc: 3.0 is outside [0, 1]"),
     (["eval", "--precision", "fp64"], 'precision: "fp64" is not one of fp32, fp16, bf16'),
     (["unlearn", "--forget", "sandal", "--workers", "-1"], "workers: -1 is negative"),
+    (["eval", "--decode", "nvjpeg"], 'decode: "nvjpeg" is not one of pil, pil-draft, tensor, gpu'),
+    (["eval", "--decode", "gpu", "--device", "cpu"], "decode: gpu decodes on a CUDA device"),
     (["export", "--to", "onnx", "--out", "/nonexistent/x"], 'to: "onnx" is not a target'),
     (["sweep", "--forget", "sandal", "--alphas", "0,2", "--out", "/nonexistent/s"], "alphas[1]: 2.0"),
 ])

@@ -21,8 +21,10 @@ from .fold import FoldSite
 
 
 def feature_cache_key(checkpoint_sha256: str | None, site: FoldSite, dataset: EvalDataset, transform,
-                      precision: str = "fp32", indices: Sequence[int] | None = None) -> str | None:
-    """The feature cache's key; ``precision`` and ``indices`` (a shard) enter only when given."""
+                      precision: str = "fp32", indices: Sequence[int] | None = None,
+                      decode: str = "pil") -> str | None:
+    """The feature cache's key; ``precision``, ``indices`` (a shard) and ``decode`` enter only when
+    not their defaults (so existing keys stay valid)."""
     if checkpoint_sha256 is None:
         return None
     blob = f"{checkpoint_sha256}|{site.path}|{dataset.identity()}|{transform!r}"
@@ -32,6 +34,8 @@ def feature_cache_key(checkpoint_sha256: str | None, site: FoldSite, dataset: Ev
         shard = (f"{indices.start}:{indices.stop}:{indices.step}" if isinstance(indices, range)
                  else hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest())
         blob += f"|indices={shard}"
+    if decode != "pil":
+        blob += f"|decode={decode}"
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -45,6 +49,7 @@ def encode_pre_projection(
     workers: int | None = None,
     indices: Sequence[int] | None = None,
     precision: str = "fp32",
+    decode: str = "pil",
 ) -> tuple[torch.Tensor, bool]:
     """``pre_projection_features [n, width]`` float32 on the CPU, and whether the cache served them.
 
@@ -54,14 +59,17 @@ def encode_pre_projection(
     the result is the same for every ``workers``. ``indices`` encodes only those images, in
     that order (``n`` = ``len(indices)``; key the cache with the same ``indices``).
     ``precision`` fp16/bf16 runs the tower under autocast (``runtime.precision.encoder_precision``).
+    ``decode`` names how images become tensors (``data.decode.DECODERS``): ``pil``, the default,
+    is the model's own open_clip transform; the others change pixels (key the cache with it too).
+    On CUDA, batches are joined in page-locked memory and copied without blocking.
     """
     n_rows = len(dataset) if indices is None else len(indices)
 
     def encode() -> torch.Tensor:
         pin = torch.device(device).type == "cuda"
         chunks = []
-        batches = image_batches(dataset, backend.preprocess, batch_size, workers=workers, indices=indices,
-                                pin_memory=pin)
+        batches = image_batches(dataset, backend.preprocess, batch_size, decode=decode, device=device,
+                                pin_memory=pin, workers=workers, indices=indices)
         with torch.inference_mode(), encoder_precision(precision, device):
             for batch in batches:
                 chunks.append(backend.encode_images(batch.to(device, non_blocking=pin)).float().cpu())

@@ -33,6 +33,7 @@ class EvalDataset:
     content_id: str = ""  # identifies the bytes behind item_ids (file hashes, sizes)
     domains: np.ndarray | None = None  # [n] int64 index into domain_names; None: a single-domain dataset
     domain_names: list[str] | None = None  # e.g. ["photo", "sketch", "silhouette"]
+    image_file: Callable[[int], Path] | None = field(default=None, repr=False)  # image i's file, if it is one
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,10 +54,11 @@ class EvalDataset:
 
     def subset(self, indices: np.ndarray) -> EvalDataset:
         indices = np.asarray(indices, dtype=np.int64)
-        parent = self.load_image
+        parent, parent_file = self.load_image, self.image_file
         return EvalDataset(self.name, self.split, self.classnames, self.labels[indices],
                            [self.item_ids[i] for i in indices], lambda i: parent(int(indices[i])), self.content_id,
-                           None if self.domains is None else self.domains[indices], self.domain_names)
+                           None if self.domains is None else self.domains[indices], self.domain_names,
+                           None if parent_file is None else (lambda i: parent_file(int(indices[i]))))
 
     def limit_per_class(self, limit: int, seed: int = LIMIT_SEED) -> EvalDataset:
         """At most ``limit`` images per class (per class and domain in a domain dataset), chosen by a
@@ -91,4 +93,4 @@ def files_dataset(path: Path, name: str, classnames: list[str], files: list[Path
             return img
 
     return EvalDataset(name, "folder", classnames, np.asarray(labels, dtype=np.int64),
-                       [str(f.relative_to(path)) for f in files], load, sizes, **extra)
+                       [str(f.relative_to(path)) for f in files], load, sizes, image_file=files.__getitem__, **extra)

@@ -10,6 +10,14 @@ dataset's ``load_image`` closures (lambdas over in-memory arrays or file lists) 
 inherited, never pickled. Where only ``spawn`` or ``forkserver`` exist (Windows, macOS by
 torch's default), the dataset must pickle; if it does not, loading falls back to the main
 process (``workers`` 0) rather than failing.
+
+Each worker runs torch with one intra-op thread (``one_thread_per_worker``): a worker decodes
+one image at a time, and torch's default (one thread per core in every worker) oversubscribes
+the cores the main process needs for the model, whose own threads are left as they are.
+Workers stack their chunks straight into shared memory; the main process joins chunks into
+model batches with one copy, into page-locked memory when the model is on CUDA. How an image
+becomes a tensor is the decoder's business (``decode.py``; the default is open_clip's own
+transform).
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import EvalDataset
+from .decode import DEFAULT_DECODER, make_decoder
 
-MAX_DEFAULT_WORKERS = 8
+MAX_DEFAULT_WORKERS = 16
 MIN_IMAGES_FOR_WORKERS = 512  # below this, starting workers costs more than it saves
 WORKER_CHUNK = 32  # images a worker decodes per task: small, so workers share even a few batches
+PREFETCH_CHUNKS = 4  # chunks each worker decodes ahead
 
 
 def available_cores() -> int:
@@ -39,35 +49,41 @@ def available_cores() -> int:
 
 
 def default_workers(n_images: int) -> int:
-    """The ``workers`` used when none is given: one per core but one, at most 8; 0 for small datasets.
+    """The ``workers`` used when none is given: one per core, at most 16; 0 for small datasets or one core.
 
-    The main process keeps a core for the model's forward pass (torch's own threads); on
-    2 cores that leaves 1 worker. In one run of ``scripts/bench_workers.py`` (1,500 JPEGs,
-    embedded model) 1 worker gave 1.85x the images/s of in-process decoding and 2 workers
-    1.06x; on the shared machine later runs ranged from 0.9x to 1.1x (docs/benchmarks.md).
+    With one intra-op thread per worker, a worker is one core's worth of decoding. The model's
+    threads in the main process share the cores with them: while the model is the slower side
+    the workers' prefetch queues fill and they sleep, and while decoding is the slower side the
+    model waits anyway. On 2 cores, 2 workers beat 1 on decode-bound folders
+    (``scripts/bench_workers.py``, docs/benchmarks.md).
     """
     if n_images < MIN_IMAGES_FOR_WORKERS:
         return 0
     cores = available_cores()
-    return 0 if cores < 2 else min(cores - 1, MAX_DEFAULT_WORKERS)
+    return 0 if cores < 2 else min(cores, MAX_DEFAULT_WORKERS)
 
 
-class TransformedImages(Dataset):
-    """``transform(dataset.load_image(i))`` for ``i`` in ``indices`` (all images by default)."""
+def one_thread_per_worker(worker_id: int) -> None:
+    """``worker_init_fn``: one intra-op torch thread in each worker process (the main process keeps its own)."""
+    torch.set_num_threads(1)
 
-    def __init__(self, dataset: EvalDataset, transform: Callable, indices: Sequence[int] | None = None):
+
+class DecodedImages(Dataset):
+    """``decoder.item(dataset, i)`` for ``i`` in ``indices`` (all images by default)."""
+
+    def __init__(self, dataset: EvalDataset, decoder, indices: Sequence[int] | None = None):
         self.dataset = dataset
-        self.transform = transform
+        self.decoder = decoder
         self.indices = range(len(dataset)) if indices is None else indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> torch.Tensor:
-        return self.transform(self.dataset.load_image(int(self.indices[k])))
+    def __getitem__(self, k: int):
+        return self.decoder.item(self.dataset, int(self.indices[k]))
 
 
-def _worker_context(images: TransformedImages):
+def _worker_context(images: DecodedImages):
     """(multiprocessing context, usable): fork where available, else the default if it pickles."""
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and sys.platform.startswith("linux"):
@@ -79,29 +95,35 @@ def _worker_context(images: TransformedImages):
     return None, True
 
 
-def image_batches(dataset: EvalDataset, transform: Callable, batch_size: int = 256,
+def image_batches(dataset: EvalDataset, transform: Callable, batch_size: int = 256, decode: str = DEFAULT_DECODER,
+                  device: str | torch.device = "cpu", pin_memory: bool = False, decoder=None,
                   **loader_options) -> Iterator[torch.Tensor]:
     """Batches ``[b, 3, H, W]`` of transformed images, in order, ``batch_size`` at a time.
 
-    ``loader_options`` go to ``image_loader``: ``workers`` (None picks ``default_workers``; 0
-    decodes in this process), ``indices`` (a rank's shard, in the order given) and
-    ``pin_memory``. Workers decode chunks of
-    ``WORKER_CHUNK`` images, joined here into model batches, so the model sees the same
-    batches whatever ``workers`` is.
+    ``transform`` is the model's open_clip transform; ``decode`` names the decoder
+    (``decode.DECODERS``; ``pil`` applies ``transform`` itself), or ``decoder`` passes one made by
+    ``decode.make_decoder``. Batches are CPU tensors (``pin_memory``: page-locked) except under
+    the ``gpu`` decoder, which returns them on ``device``. ``loader_options`` go to
+    ``image_loader``: ``workers`` (None picks ``default_workers``; 0 decodes in this process) and
+    ``indices`` (a rank's shard, in the order given). Workers decode chunks of ``WORKER_CHUNK``
+    images, joined here into model batches, so the model sees the same batches whatever
+    ``workers`` is.
     """
-    loader = image_loader(dataset, transform, batch_size, **loader_options)
-    pending: list[torch.Tensor] = []
+    decoder = decoder or make_decoder(decode, transform)
+    loader = image_loader(dataset, transform, batch_size, decoder=decoder, **loader_options)
+    pending: list = []
     count = 0
     for chunk in loader:
-        pending.append(chunk)
-        count += len(chunk)
-        if count >= batch_size:
-            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
-            yield joined[:batch_size]
-            pending = [joined[batch_size:]] if len(joined) > batch_size else []
-            count = len(joined) - batch_size
+        items = decoder.unpack(chunk)
+        while count + len(items) >= batch_size:
+            take = batch_size - count
+            yield decoder.join([*pending, items[:take]], device, pin_memory)
+            items, pending, count = items[take:], [], 0
+        if len(items):
+            pending.append(items)
+            count += len(items)
     if count:
-        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+        yield decoder.join(pending, device, pin_memory)
 
 
 def image_loader(
@@ -110,14 +132,18 @@ def image_loader(
     batch_size: int = 256,
     workers: int | None = None,
     indices: Sequence[int] | None = None,
-    pin_memory: bool = False,
+    decoder=None,
 ) -> DataLoader:
-    """The DataLoader behind ``image_batches``: chunks of ``min(batch_size, WORKER_CHUNK)`` images."""
+    """The DataLoader behind ``image_batches``: chunks of ``min(batch_size, WORKER_CHUNK)`` images.
+
+    ``decoder`` defaults to the ``pil`` decoder of ``transform``; workers start with one torch thread.
+    """
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0, not {workers}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    images = TransformedImages(dataset, transform, indices)
+    decoder = decoder or make_decoder(DEFAULT_DECODER, transform)
+    images = DecodedImages(dataset, decoder, indices)
     n_workers = default_workers(len(images)) if workers is None else workers
     context = None
     if n_workers > 0:
@@ -125,5 +151,6 @@ def image_loader(
         if not usable:
             n_workers = 0
     return DataLoader(images, batch_size=min(batch_size, WORKER_CHUNK), shuffle=False, num_workers=n_workers,
-                      pin_memory=pin_memory, multiprocessing_context=context,
-                      prefetch_factor=4 if n_workers > 0 else None)
+                      collate_fn=decoder.collate, multiprocessing_context=context,
+                      worker_init_fn=one_thread_per_worker if n_workers > 0 else None,
+                      prefetch_factor=PREFETCH_CHUNKS if n_workers > 0 else None)

@@ -16,6 +16,10 @@ PROTOTYPE_STEPS = 100  # ccup-proto: optimisation steps per synthetic image prot
 PROTOTYPES_PER_GROUP = 4  # ccup-proto: synthetic images per prompt group (class, or class x domain)
 ENERGY = 0.99  # nullspace: share of the squared singular values its rank keeps
 RETAIN_WARN_COSINE = 0.9
+# how images become tensors (decode.py): "pil" is open_clip's own transform, bit for bit; the others
+# change pixels slightly and are options (--decode)
+DECODERS = ("pil", "pil-draft", "tensor", "gpu")
+DEFAULT_DECODER = "pil"
 FORGET_TEMPLATES = "openai"
 RETAIN_TEMPLATES = "simple"
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import SpecError
+from ..presets.defaults import DECODERS
 from ..runtime.precision import check_precision
 from ..runtime.progress import Progress
 
@@ -23,6 +24,7 @@ class RunOptions:
     progress: Progress | None = field(default=None, repr=False)
     workers: int | None = None  # image-decoding processes; None: loader.default_workers, 0: in-process
     precision: str = "fp32"  # the encoders' precision (fp32, fp16, bf16); the projector is always float64
+    decode: str = "pil"  # how images become tensors (data.decode.DECODERS); pil is open_clip's own transform
 
     def but(self, **changes) -> RunOptions:
         return replace(self, **changes)
@@ -30,6 +32,11 @@ class RunOptions:
     def check(self) -> RunOptions:
         """Bad run flags are bad input: one line each, before any work."""
         problems = []
+        if self.decode not in DECODERS:
+            problems.append(f'decode: "{self.decode}" is not one of {", ".join(DECODERS)}')
+        elif self.decode == "gpu" and self.device == "cpu":
+            problems.append("decode: gpu decodes on a CUDA device, not with --device cpu; "
+                            "use --decode tensor (or pil) on the CPU")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers: {self.workers} is negative; give 0 (decode in-process) or more")
         if self.batch_size < 1:

@@ -98,6 +98,7 @@ def finish_report(report: dict, timer: PhaseTimer, device: str, loaded=None, opt
 
         n_images = report.get("dataset", {}).get("n_images", 0)
         report["run"] = {"device": device, "batch_size": options.batch_size, "precision": options.precision,
+                         "decode": options.decode,
                          "workers": options.workers if options.workers is not None else default_workers(n_images),
                          "cache": options.use_cache}
     report["timings"] = timer.seconds

@@ -154,16 +154,17 @@ class Session:
         use_cache = self.options.use_cache if use_cache is None else use_cache
         options = self.options
         key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess,
-                                options.precision) if use_cache else None
+                                options.precision, decode=options.decode) if use_cache else None
         step = step_counter(options.progress, "encoding images", len(dataset))
         with self.timer(phase):
             if not self.world.distributed:
                 return encode_pre_projection(self.loaded, dataset, options.batch_size, self.device, step, key,
-                                             workers=options.workers, precision=options.precision)
+                                             workers=options.workers, precision=options.precision,
+                                             decode=options.decode)
             # torchrun: each rank encodes its contiguous shard; every rank gets all rows in dataset order
             return cached_gather("features", key, len(dataset), lambda shard: encode_pre_projection(
                 self.loaded, dataset, options.batch_size, self.device, step, None, workers=options.workers,
-                indices=shard, precision=options.precision)[0], all_ranks=True)
+                indices=shard, precision=options.precision, decode=options.decode)[0], all_ranks=True)
 
 
 def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,

@@ -89,10 +89,10 @@ def test_shard_and_precision_change_the_cache_key(tiny, folder_ds):
 
 def test_default_workers(monkeypatch):
     monkeypatch.setattr(loader, "available_cores", lambda: 2)
-    assert loader.default_workers(3000) == 1
+    assert loader.default_workers(3000) == 2
     assert loader.default_workers(10) == 0
     monkeypatch.setattr(loader, "available_cores", lambda: 4)
-    assert loader.default_workers(3000) == 3
+    assert loader.default_workers(3000) == 4
     monkeypatch.setattr(loader, "available_cores", lambda: 64)
     assert loader.default_workers(3000) == loader.MAX_DEFAULT_WORKERS
     monkeypatch.setattr(loader, "available_cores", lambda: 1)
