@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--skip-top1", action="store_true")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
+    if args.profile_images < 4 * loader.WORKER_CHUNK:
+        parser.error(f"--profile-images must be at least {4 * loader.WORKER_CHUNK} (a worker's steady state "
+                     "is measured after its first chunk)")
     tiny = load_model()
     vit = load_model("ViT-B-32", "none")
     default = loader.default_workers(args.images)
