@@ -22,7 +22,7 @@ from .backends.open_clip_tower import locate_fold_site
 from .methods.apply import UnlearnResult, apply_unlearning
 from .methods.prompt_sides import build_sides, domain_problems, embed_side, load_domains
 from .methods.prototypes import frozen_weights, pixel_geometry, synthesize
-from .methods.table import MethodContext, get_method
+from .methods.table import MethodContext, ReferenceFeatures, get_method
 from .presets import defaults
 from .text.embeddings import TextEmbeddings, default_retain, embed_forget_and_retain
 from .text.encode import encode_prompts
@@ -70,6 +70,7 @@ def unlearn(
     preprocess=None,
     prototype_steps: int = defaults.PROTOTYPE_STEPS,
     prototypes_per_group: int = defaults.PROTOTYPES_PER_GROUP,
+    reference_features: dict[str, torch.Tensor] | None = None,
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
 
@@ -86,6 +87,8 @@ def unlearn(
     domains (every retain class, when ``forget`` is empty); ``forget_prompts`` and
     ``retain_prompts`` are added to the sides as they stand. ``method="ccup-proto"`` also needs
     ``preprocess`` (the model's image transform) to synthesize its image prototypes.
+    ``method="domain-edit"`` needs ``reference_features``: ``{domain: [n, d]}`` image features
+    (``model.encode_image``) of a few unlabelled images of every domain in ``domains``.
     """
     forget = list(forget)
     if not forget and not forget_domains and not forget_prompts:
@@ -103,11 +106,17 @@ def unlearn(
         forget_emb, retain_emb = embed_forget_and_retain(encode, forget, retain, _templates(templates),
                                                          _templates(retain_templates))
     values = {"lambda_retain": lambda_retain, "lambda_identity": lambda_identity, "energy": energy, "sink": sink,
-              "prototype_steps": prototype_steps, "prototypes_per_group": prototypes_per_group}
+              "prototype_steps": prototype_steps, "prototypes_per_group": prototypes_per_group,
+              "templates": templates if isinstance(templates, str) else list(templates),
+              "forget_domains": list(forget_domains), "domain_images": None}
     params = {p: values[p] for p in entry.params}
     synthesizer = _synthesizer(model, preprocess) if preprocess is not None else None
+    reference = None
+    if reference_features is not None:
+        given = ReferenceFeatures(dict(reference_features))
+        reference = lambda: given  # noqa: E731
     return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace, context=MethodContext(encode=encode, synthesize=synthesizer))
+                            inplace, context=MethodContext(encode=encode, synthesize=synthesizer, reference=reference))
 
 
 def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates, domains, forget_domains,

@@ -176,10 +176,14 @@ _SPEC_FLAGS = {
                                                    "comma-separated (e.g. sketch); alone: the whole domain.")),
     "domains": (Optional[str], typer.Option(None, "--domains", help="Domain -> templates: a preset "
                                             "(fashion-mnist-domains) or a YAML file.")),
+    "domain_images": (Optional[str], typer.Option(None, "--domain-images", help="method domain-edit: unlabelled "
+                                                  "images of every domain, sketch=DIR,photo=DIR,... or one folder "
+                                                  "of <domain>/ folders (any class).")),
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="With --alpha auto: the forget top-1 to reach.")),
-    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, finetune (the "
+    "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, domain-edit "
+                                           "(forget in named domains; needs --domain-images), finetune (the "
                                            "gradient baseline; needs labelled training images), or ccup-proto "
                                            "(experimental; measured worse than ccup).")),
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
@@ -385,7 +389,7 @@ def audit_command(
 ) -> None:
     """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
-    from .audit.page import audit_table
+    from .audit.page import audit_table, domain_grid_table
     from .errors import SpecError
     from .jobs.audit import AuditRequest, run_audit
     from .output import report as rep
@@ -408,6 +412,8 @@ def audit_command(
         stdout.print(f"[bold]verdict:[/] {report['verdict']['headline']}", highlight=False)
         stdout.print(report["statement"], highlight=False)
         stdout.print(audit_table(report))
+        if report.get("domain_grid"):
+            stdout.print(domain_grid_table(report))
         if out is not None:
             stdout.print(f"written: {report['outputs']['folder']} (audit.md, audit.json, figures)")
 

@@ -45,6 +45,16 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
                    [[r["names"], r["templates"], _pct(r["before"]["forget_top1"]), _pct(r["after"]["forget_top1"]),
                      _pct(r["before"]["retain_top1"]), _pct(r["after"]["retain_top1"])] for r in report["zero_shot"]]),
             ""]
+    grid = report.get("domain_grid")
+    if grid:
+        b, a = grid["before"], grid["after"]
+        domains = list(b["domain_top1"])
+        rows = [[c] + [f"{_pct(b['grid'][c][d])} → {_pct(a['grid'][c][d])}" for d in domains] for c in b["grid"]]
+        rows.append(["**all classes**"] + [f"{_pct(b['domain_top1'][d])} → {_pct(a['domain_top1'][d])}"
+                                           for d in domains])
+        out += [f"## Class × domain top-1 %, before → after (forgotten in {', '.join(grid['forget_domains'])})",
+                "", f"Forgotten cells: {_pct(b['forgotten_cells_top1'])} → {_pct(a['forgotten_cells_top1'])} %.", "",
+                _table(["class"] + [d + (" ✗" if d in grid["forget_domains"] else "") for d in domains], rows), ""]
     search_rows = [[f"{c} (name)", _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_10"]),
                     _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_10"]),
                     _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_100"]),
@@ -190,6 +200,26 @@ def write_unlearn_summary(folder: Path, report: dict) -> dict[str, Path]:
 
 
 # --- the terminal table ----------------------------------------------------------------------
+
+
+def domain_grid_table(report: dict):
+    """The class × domain grid of a domain forget, before → after, as a rich table (None otherwise)."""
+    from rich.table import Table
+
+    grid = report.get("domain_grid")
+    if not grid:
+        return None
+    b, a = grid["before"], grid["after"]
+    domains = list(b["domain_top1"])
+    table = Table(title=f"top-1 % by class and domain, before → after (forgotten cells: "
+                        f"{_pct(b['forgotten_cells_top1'])} → {_pct(a['forgotten_cells_top1'])})", title_justify="left")
+    table.add_column("class")
+    for d in domains:
+        table.add_column(d + (" ✗" if d in grid["forget_domains"] else ""), justify="right")
+    for c in b["grid"]:
+        table.add_row(c, *[f"{_pct(b['grid'][c][d])} → {_pct(a['grid'][c][d])}" for d in domains])
+    table.add_row("all classes", *[f"{_pct(b['domain_top1'][d])} → {_pct(a['domain_top1'][d])}" for d in domains])
+    return table
 
 
 def audit_table(report: dict):

@@ -65,6 +65,7 @@ class Planned:
     second_templates: list[str]
     second_templates_name: str
     aliases: dict[str, list[str]]
+    forget_domains: list[str] = field(default_factory=list)  # a domain forget: the class x domain grid is audited
 
 
 def _checkpoint_file(patched: str) -> Path:
@@ -102,7 +103,8 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
         raise SpecError(f"model: {req.patched} is no ccup output folder, so the original model is unknown",
                         "pass --model NAME (and --pretrained for the original weights)")
     forget = req.forget or (lineage.forget if lineage else [])
-    if not forget:
+    forget_domains = list(last.get("forget_domains") or [])
+    if not forget and not forget_domains:
         raise SpecError("forget: no forget classes given, and none recorded beside the checkpoint",
                         "pass --forget a,b")
     backend_for(model, pretrained)
@@ -119,13 +121,17 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
                                                                     else None)
     dataset = open_eval_dataset(eval_name, data_root, req.eval_split, req.download, req.eval_limit, classnames,
                                 timer)
+    if forget_domains and getattr(dataset, "domain_names", None) is None:
+        raise SpecError(f"eval: the unlearning forgot in domains ({', '.join(forget_domains)}) but {dataset.name} "
+                        "has no domains", "audit it on a domain dataset (e.g. fashion-mnist-domains)")
+    forget = forget or list(dataset.classnames)  # a whole domain: every class is forgotten there
     check_classes_in({"forget": forget}, dataset.classnames, dataset.name)
     forget = canonical_names(forget, dataset.classnames)
     aliases = read_aliases(req.aliases, dataset.classnames, dataset.name) if req.aliases else {}
     if options.out is not None:
         check_output(options.out, options.overwrite, (req.patched, pretrained, model))
     return Planned(lineage, patched_file, model, pretrained, forget, dataset, unlearn_templates, templates_name,
-                   second, req.templates or "unseen (built in)", aliases)
+                   second, req.templates or "unseen (built in)", aliases, forget_domains)
 
 
 def probe_data(dataset: EvalDataset, data_root: str | None, download: bool):
@@ -220,6 +226,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
         alias_rows = audit.alias_rows(before, after, classifier, dataset.labels, classnames, planned.aliases,
                                       alias_vectors)
         confusion = audit.confusion_shift(before, after, classifier, dataset.labels, classnames, forget)
+        grid = _domain_grid(planned, before, after, classifier) if planned.forget_domains else None
 
     probes = _probes(req, planned, session, patched_tensors, patched_session, before, after, timer) \
         if req.probe_shots else None
@@ -245,6 +252,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     report["confusion"] = confusion
     report["probes"] = probes
     report["forget_ids"] = forget_ids(classnames, forget)
+    report["domain_grid"] = grid
     finish_report(report, timer, device, session.loaded)
     report["cost"] = {"audit_seconds_without_probes": round(sum(v for k, v in timer.seconds.items()
                                                                if k not in PROBE_PHASES), 3),
@@ -255,6 +263,20 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
         write_audit_folder(Path(options.out), options.overwrite, report)
     return report
+
+
+def _domain_grid(planned: Planned, before, after, classifier) -> dict:
+    """The class x domain top-1 grid before and after, and the forgotten cells' top-1, of a domain forget."""
+    # lazy: torch stays out of the door (start-up time)
+    from ..metrics.domains import cell_grid, domain_aware_metrics
+
+    dataset = planned.dataset
+    out = {"forget_domains": planned.forget_domains, "forget": planned.forget}
+    for key, feats in (("before", before), ("after", after)):
+        metrics = domain_aware_metrics(feats, classifier, dataset, planned.forget, planned.forget_domains)
+        out[key] = {"grid": cell_grid(metrics, dataset.classnames), "forgotten_cells_top1": metrics["forget"]["top1"],
+                    "domain_top1": {d: m["overall"]["top1"] for d, m in metrics["domains"].items()}}
+    return out
 
 
 def _sha(path: Path) -> str:

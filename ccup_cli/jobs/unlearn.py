@@ -72,7 +72,7 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     features = session.features(plan)
     forget_emb, retain_emb, inputs = features.forget, features.retain, features.inputs
     params = method_params(get_method(spec.method), spec)
-    context = session.method_context()
+    context = session.method_context(plan.references)
 
     auto = None
     alpha = spec.alpha
@@ -94,6 +94,9 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     }
     if auto is not None:
         report["auto_alpha"] = auto
+    if context.reference is not None:  # what the method read, and what it made of it
+        references = context.reference()
+        report["domain_images"] = {"domains": references.record, "edit": references.notes}
     report["text"] = {
         "forget_classes": len(spec.forget), "retain_classes": len(retain),
         "forget_templates": len(plan.templates), "retain_templates": len(plan.retain_templates),

@@ -13,7 +13,7 @@ entry to ``METHODS``. Importing this module costs no torch; ``solve`` imports wh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +33,7 @@ class Method:
     uses_retain: bool
     solve: Callable[..., torch.Tensor] | None = None  # (forget, retain, params, context) -> W [d, d]
     needs_images: bool = False
+    needs_references: bool = False  # reads unlabelled reference images per domain (spec domain_images)
 
     @property
     def closed_form(self) -> bool:
@@ -46,8 +47,26 @@ class Method:
 Encode = Callable[[list[str]], "torch.Tensor"]  # prompts -> text features [n, d]
 # (targets [k, d], params) -> image-side prototype features [k * per_target, d] of the original model
 Synthesize = Callable[["torch.Tensor", dict], "torch.Tensor"]
-# () -> {domain: image features [n, d]} of unlabelled reference images, through the original model
-Reference = Callable[[], "dict[str, torch.Tensor]"]
+
+
+@dataclass
+class ReferenceFeatures:
+    """What the reference hook hands a method: unlabelled reference images per domain, encoded.
+
+    ``features``: ``{domain: [n_d, d]}`` image features of the original model (after its final
+    map); ``record``: per domain, the folder, image count and file-list sha256 (for the report);
+    ``classifier``: optional ``(classnames, templates) -> [C, d]`` class embeddings through the
+    caller's text cache; ``notes``: what the solve reports back (its strength, its mode).
+    """
+
+    features: dict[str, Any]
+    record: dict[str, dict] = field(default_factory=dict)
+    classifier: Callable[[list[str], list[str]], Any] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# () -> the reference images' features, encoded on first call (domain-edit)
+Reference = Callable[[], ReferenceFeatures]
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,37 @@ def _ccup_proto(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str
                         params["lambda_retain"], params["lambda_identity"], context.device)
 
 
+def _domain_edit(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
+                 context: MethodContext) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    from ..text.encode import class_embeddings
+    from ..text.templates import build_prompts, load_templates
+    from .domain_edit import domain_edit_map
+
+    if context.reference is None:
+        raise ValueError("domain-edit reads unlabelled reference images per domain; give domain_images "
+                         "(--domain-images, or reference_features= in ccup_cli.unlearn)")
+    references, encode = context.reference(), context.encode
+    if encode is None and references.classifier is None:
+        raise ValueError("domain-edit encodes the classifier's class names and needs the text tower")
+    if not params["forget_domains"]:
+        raise ValueError("domain-edit forgets in named domains; give forget_domains")
+    forget_keys = list(dict.fromkeys(forget.class_keys))
+    classes = list(dict.fromkeys(forget_keys + (retain.class_keys if len(retain.classnames) else [])))
+    templates = load_templates(params["templates"]) if isinstance(params["templates"], str) else \
+        list(params["templates"])
+    heads = references.classifier(classes, templates) if references.classifier is not None else \
+        class_embeddings(encode(build_prompts(classes, templates)), len(classes), len(templates))
+    edit = domain_edit_map(F.normalize(heads.double(), dim=-1), [classes.index(k) for k in forget_keys],
+                           references.features, list(params["forget_domains"]), device=context.device)
+    references.notes.update({"mode": edit.mode, "strength": edit.strength,
+                             "target_class": None if edit.target_class is None else classes[edit.target_class],
+                             "read_on_references": {d: {"mean": m, "std": s}
+                                                    for d, (m, s) in edit.read_on_references.items()}})
+    return edit.W
+
+
 METHODS: dict[str, Method] = {
     "ccup": Method("ccup", "CCUP closed form (arXiv 2512.14137), forget prompts sent to a sink",
                    ("lambda_retain", "lambda_identity", "sink"), "per-template", True, _ccup),
@@ -114,6 +164,10 @@ METHODS: dict[str, Method] = {
                          "prototypes (bilinear.py, prototypes.py); measured worse than ccup on domains",
                          ("lambda_retain", "lambda_identity", "prototype_steps", "prototypes_per_group"),
                          "per-class (group mean)", True, _ccup_proto),
+    "domain-edit": Method("domain-edit", "forget classes in named domains: a rank-one logit edit whose read "
+                          "direction comes from unlabelled reference images per domain (domain_edit.py)",
+                          ("templates", "forget_domains", "domain_images"), "per-class (group mean)", True,
+                          _domain_edit, needs_references=True),
     "finetune": Method("finetune", "gradient baseline on labelled train images",
                        ("finetune_steps", "finetune_lr", "finetune_batch_size", "finetune_seed"),
                        None, False, None, needs_images=True),

@@ -20,8 +20,10 @@ from ..data.catalog import (
     check_dataset_name,
     preset_classnames,
 )
+from ..data.reference_images import resolve_domain_images
 from ..errors import SpecError
 from ..methods.prompt_sides import admit_sides
+from ..methods.table import get_method
 from ..presets.defaults import EMBEDDED_MODELS
 from ..spec.schema import UnlearnSpec
 from ..text.templates import load_templates
@@ -67,6 +69,7 @@ class Plan:
     train: EvalDataset | None = None  # finetune's labelled images
     sides: tuple | None = None  # prompt_sides.PromptSide (forget, retain) when domains or free prompts are used
     domains: dict[str, list[str]] | None = None  # domain -> templates
+    references: dict[str, Path] | None = None  # domain -> folder of unlabelled reference images (domain-edit)
 
 
 def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: bool) -> Plan:
@@ -96,13 +99,33 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
     sides, domain_table = None, None
     if uses_domains or spec.forget_prompts or spec.retain_prompts:
         spec, sides, domain_table = admit_sides(spec, dataset, templates, retain_templates)
+    references = reference_folders(spec, domain_table)
     train = None
     if spec.method == "finetune":
         with timer("open_train_data"):
             train = finetune_dataset(spec, dataset)
     if options.out is not None:
         check_output(options.out, options.overwrite, (spec.pretrained, spec.model))
-    return Plan(spec, dataset, templates, retain_templates, train, sides, domain_table)
+    return Plan(spec, dataset, templates, retain_templates, train, sides, domain_table, references)
+
+
+def reference_folders(spec: UnlearnSpec, domain_table: dict[str, list[str]] | None) -> dict[str, Path] | None:
+    """The checked ``domain_images`` folders of a method that reads them (None for the others)."""
+    needs = get_method(spec.method).needs_references
+    if spec.domain_images is not None and not needs:
+        raise SpecError(f"domain_images: method {spec.method} reads no reference images",
+                        "add --method domain-edit, or drop domain_images")
+    if not needs:
+        return None
+    problems = []
+    if spec.domain_images is None:
+        problems.append(f"domain_images: method {spec.method} needs a few unlabelled images of every domain; "
+                        "pass --domain-images sketch=DIR,photo=DIR,... (any class)")
+    if not spec.forget_domains:
+        problems.append(f"forget_domains: method {spec.method} forgets in named domains; pass --forget-domains")
+    if problems:
+        raise SpecError(problems)
+    return resolve_domain_images(spec.domain_images, list(domain_table or {}))
 
 
 def finetune_dataset(spec: UnlearnSpec, eval_data: EvalDataset) -> EvalDataset:

@@ -15,11 +15,12 @@ import torch
 
 from ..backends.base import Backend, load_backend
 from ..backends.features import encode_pre_projection, feature_cache_key
-from ..backends.fold import FoldSite, site_tensors
+from ..backends.fold import FoldSite, project, site_tensors
 from ..data.dataset import EvalDataset
+from ..data.reference_images import reference_datasets, reference_record
 from ..methods.prompt_sides import embed_side, forgotten_classes
 from ..methods.prototypes import frozen_weights, pixel_geometry, synthesize
-from ..methods.table import MethodContext
+from ..methods.table import MethodContext, ReferenceFeatures
 from ..runtime.distributed import World, cached_collective, cached_gather, init_if_needed, rank_device
 from ..runtime.precision import encoder_precision
 from ..runtime.progress import step_counter
@@ -120,9 +121,22 @@ class Session:
                               per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
                               device=self.device)
 
-    def method_context(self) -> MethodContext:
-        """What a method may ask of this model (``methods.table.MethodContext``), one object."""
-        return MethodContext(device=self.device, encode=self.encode_text, synthesize=self.synthesize_prototypes)
+    def method_context(self, references: dict | None = None) -> MethodContext:
+        """What a method may ask of this model (``methods.table.MethodContext``), one object.
+
+        ``references`` (``{domain: folder}``, the plan's checked ``domain_images``) becomes the
+        reference hook: the images are encoded on its first call, once."""
+        hook = None
+        if references:
+            encoded: list = []
+
+            def hook():
+                if not encoded:
+                    encoded.append(self.reference_features(references))
+                return encoded[0]
+
+        return MethodContext(device=self.device, encode=self.encode_text, synthesize=self.synthesize_prototypes,
+                             reference=hook)
 
     def features(self, plan: Plan) -> Features:
         """The plan turned into features, once: both text sides and, with a dataset, the image features
@@ -141,6 +155,17 @@ class Session:
             inputs = evaluation_inputs(self, dataset, plan.templates, forget, retain)
             inputs.forget_names, inputs.forget_domains = forget_names, tuple(spec.forget_domains)
         return Features(forget, retain, list(retain_names), forget_names, inputs)
+
+    def reference_features(self, folders: dict) -> ReferenceFeatures:
+        """``methods.table.ReferenceFeatures`` of ``{domain: folder}``: each domain's unlabelled images,
+        encoded through the same loader and feature cache as evaluation images, then projected by the
+        original final map."""
+        datasets = reference_datasets(folders)
+        features = {}
+        for domain, ds in datasets.items():
+            pre, _ = self.encode_images(ds, phase="encode_domain_images")
+            features[domain] = project(self.site, self.original, pre)
+        return ReferenceFeatures(features, reference_record(folders, datasets), classifier=self.classifier)
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings ``[C, d]`` (normalised), the usual template-averaged recipe."""

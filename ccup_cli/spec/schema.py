@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..data.reference_images import parse_domain_images
 from ..errors import SpecError
 from ..methods.sinks import sink_problems
 from ..methods.table import METHODS, method_names, split_variant
@@ -42,6 +43,9 @@ class UnlearnSpec(BaseModel):
     forget_prompts: list[str] = Field(default_factory=list, description="free prompts added to the forget side "
                                       "as they stand")
     retain_prompts: list[str] = Field(default_factory=list, description="free prompts added to the retain side")
+    domain_images: dict[str, str] | str | None = Field(None, description="domain-edit: unlabelled reference images "
+                                                       "of every domain, {domain: folder} or one folder of "
+                                                       "<domain>/ folders; any class, none of the forgotten one needed")
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
                                                            "picks the smallest meeting max_forget_acc")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
@@ -104,6 +108,11 @@ class UnlearnSpec(BaseModel):
         if problems:
             raise ValueError(problems[0].removeprefix("sink: "))
         return value
+
+    @field_validator("domain_images", mode="before")
+    @classmethod
+    def _domain_image_pairs(cls, value):
+        return parse_domain_images(value)
 
     @field_validator("forget", "retain", "forget_domains", "forget_prompts", "retain_prompts")
     @classmethod
@@ -268,6 +277,9 @@ def check_sweep(alphas: list[float], methods: list[str]) -> None:
         elif name not in closed:
             problems.append(f'methods[{i}]: method "{name}" needs labelled images and cannot be swept; '
                             f'use {" or ".join(closed)}')
+        elif METHODS[name].needs_references:
+            problems.append(f'methods[{i}]: method "{name}" reads reference images and is not swept; '
+                            "run it with ccup unlearn (--alpha auto traces its curve)")
         elif override and "sink" not in METHODS[name].params:
             problems.append(f'methods[{i}]: method "{name}" takes no sink; write ccup:SINK to compare sinks')
         elif override:
