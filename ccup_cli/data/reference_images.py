@@ -73,7 +73,8 @@ def resolve_domain_images(value: str | dict[str, str], domains: Sequence[str]) -
 
 def reference_datasets(folders: dict[str, Path]) -> dict:
     """One unlabelled ``data.EvalDataset`` per domain (every label 0), for the usual loader and caches."""
-    from .dataset import files_dataset  # lazy: numpy and PIL stay out of the door (start-up time)
+    # lazy: start-up time (numpy and PIL stay out of the door)
+    from .dataset import files_dataset
 
     return {d: files_dataset(folder, f"domain-images:{d}", ["unlabelled"], image_files(folder),
                              [0] * len(image_files(folder))) for d, folder in folders.items()}

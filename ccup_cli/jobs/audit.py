@@ -267,7 +267,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
 def _domain_grid(planned: Planned, before, after, classifier) -> dict:
     """The class x domain top-1 grid before and after, and the forgotten cells' top-1, of a domain forget."""
-    # lazy: torch stays out of the door (start-up time)
+    # lazy: start-up time (torch loads after the door)
     from ..metrics.domains import cell_grid, domain_aware_metrics
 
     dataset = planned.dataset

@@ -128,6 +128,7 @@ def _domain_edit(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[st
                  context: MethodContext) -> torch.Tensor:
     import torch.nn.functional as F
 
+    # lazy: start-up time (the table imports without torch)
     from ..text.encode import class_embeddings
     from ..text.templates import build_prompts, load_templates
     from .domain_edit import domain_edit_map
