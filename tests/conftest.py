@@ -3,8 +3,10 @@ PNG ImageFolders made on the fly, and a private ccup cache. No network, no downl
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +37,58 @@ TINY_CONFIGS = {
 FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
+class NetworkRefused(OSError):
+    """A test tried to reach beyond this machine."""
+
+
+def _is_loopback(host) -> bool:
+    if host in (None, "", "localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """No test may open a connection beyond loopback (or resolve a remote name): the suite must pass
+    the same way on a machine whose network works. Unix sockets and loopback (gloo, torchrun) pass."""
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, \
+        socket.getaddrinfo
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            raise NetworkRefused(f"tests may not reach {address!r}: mock the network")
+
+    def connect(self, address):
+        check(self, address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(self, address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host.decode() if isinstance(host, bytes) else host):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests may not resolve {host!r}: mock the network")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    yield
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, \
+        real_getaddrinfo
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_environment(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ccup-cache")
     hf = tmp_path_factory.mktemp("hf-home")
-    old = {k: os.environ.get(k) for k in ("CCUP_CACHE_DIR", "HF_HOME")}
+    # HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE reach the subprocesses too (torchrun, the CLI probes)
+    old = {k: os.environ.get(k) for k in ("CCUP_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ["CCUP_CACHE_DIR"] = str(cache)
     os.environ["HF_HOME"] = str(hf)
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
     yield
     for key, value in old.items():
         if value is None:
