@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import open_clip
@@ -11,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ccup_cli.jobs.unlearn import run_unlearn
+from ccup_cli.output.atomic import sha256_file
 from ccup_cli.run.options import RunOptions
 from ccup_cli.spec.schema import build_spec
 
@@ -42,16 +44,40 @@ def test_plain_open_clip_loads_the_patched_file_and_features_are_W_times_origina
     patched, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(out / "model.safetensors"))
     original.eval()
     patched.eval()
-    W = _recompute_W(report, out)
     size = original.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = original.encode_image(images).double()
         after = patched.encode_image(images).double()
-    expected = before @ W.T
-    assert torch.allclose(after, expected, atol=1e-4 * before.abs().max().item())
-    assert not torch.allclose(after, before, atol=1e-3 * before.abs().max().item())
+    W = _library_W(original, name, report)  # patches `original` in place: it has done its part
+    scale = before.abs().max().item()
+    assert torch.allclose(after, before @ W.T, rtol=0, atol=1e-5 * scale)
+    assert not torch.allclose(after, before, atol=1e-3 * scale)
+    # the folded tensors themselves, and the report's singular values, are those of this W
+    src, dst = load_file(str(source)), load_file(str(out / "model.safetensors"))
+    for key, expected in _folded(report, src, W).items():
+        assert torch.allclose(dst[key].double(), expected, rtol=0, atol=2e-6 * expected.abs().max().item()), key
+    reported = torch.tensor(report["projector"]["singular_values_of_I_minus_W"], dtype=torch.float64)
+    singular = torch.linalg.svdvals(torch.eye(W.shape[0], dtype=torch.float64) - W)
+    assert len(reported) >= 5 and torch.allclose(reported, singular[:len(reported)], atol=1e-6)
+
+
+def _library_W(model, name: str, report: dict) -> torch.Tensor:
+    """W from ``ccup_cli.unlearn`` on the original model with the job's settings: solved apart from the job."""
+    import ccup_cli
+
+    proj = report["projector"]
+    return ccup_cli.unlearn(model, open_clip.get_tokenizer(name), forget=FORGET, retain=RETAIN, alpha=proj["alpha"],
+                            templates="photo", retain_templates="photo", inplace=True, **proj["params"]).W
+
+
+def _folded(report: dict, src: dict, W: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The fold-site tensors W makes from the source's, written out here rather than by ``fold``."""
+    keys = report["projector"]["fold_keys"]
+    if report["projector"]["fold_site"] == "visual.proj":  # x @ P: P' = P Wᵀ
+        return {keys[0]: src[keys[0]].double() @ W.T}
+    return {k: W @ src[k].double() for k in keys}  # Linear: weight' = W weight, bias' = W bias
 
 
 def assert_same_transform(a, b) -> None:
@@ -65,17 +91,6 @@ def assert_same_transform(a, b) -> None:
     assert norm(a) == norm(b)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 50, 3), dtype=np.uint8))
     assert torch.equal(a(img), b(img))
-
-
-def _recompute_W(report: dict, out) -> torch.Tensor:
-    """W from the fold site: for x @ P, P' = P Wᵀ, so Wᵀ = P⁺ P'."""
-    src = load_file(report["inputs"]["checkpoint"]["path"])
-    dst = load_file(str(out / "model.safetensors"))
-    key = report["projector"]["fold_keys"][0]
-    before, after = src[key].double(), dst[key].double()
-    if report["projector"]["fold_site"] == "visual.proj":
-        return (torch.linalg.pinv(before) @ after).T
-    return after @ torch.linalg.pinv(before)  # Linear: weight' = W weight
 
 
 def test_only_fold_site_tensors_differ_byte_for_byte(arch_run):
@@ -93,12 +108,16 @@ def test_only_fold_site_tensors_differ_byte_for_byte(arch_run):
 
 
 def test_outputs_carry_provenance(arch_run):
-    _, _, out, report = arch_run
+    _, source, out, report = arch_run
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["method"] == "ccup"
     assert json.loads(meta["forget"]) == FORGET
     assert meta["spec_sha256"] == report["spec_sha256"]
+    # the README's metadata: alpha, the ccup version and the source's sha256
+    assert float(meta["alpha"]) == report["projector"]["alpha"] == report["spec"]["alpha"]
+    assert meta["ccup_version"] == report["ccup_version"] == importlib.metadata.version("ccup")
+    assert meta["source_sha256"] == report["inputs"]["checkpoint"]["sha256"] == sha256_file(source)
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["outputs"]["checkpoint"]["sha256"] == report["outputs"]["checkpoint"]["sha256"]
     assert on_disk["inputs"]["checkpoint"]["sha256"] == report["inputs"]["checkpoint"]["sha256"]
@@ -112,9 +131,12 @@ def test_local_dir_round_trip_keeps_the_source_transform(arch_run):
     _, _, source_transform = open_clip.create_model_and_transforms(name, pretrained=str(source))
     assert_same_transform(transform, source_transform)
     by_file, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(out / "model.safetensors"))
-    for (k, a), (_, b) in zip(model.state_dict().items(), by_file.state_dict().items()):
-        assert torch.equal(a, b), k
-    assert open_clip.get_tokenizer(f"local-dir:{out}") is not None
+    folder_state, file_state = model.state_dict(), by_file.state_dict()
+    assert list(folder_state) == list(file_state)
+    for k in folder_state:
+        assert torch.equal(folder_state[k], file_state[k]), k
+    prompts = ["a photo of a cat.", "dog", "sneaker & sandal"]
+    assert torch.equal(open_clip.get_tokenizer(f"local-dir:{out}")(prompts), open_clip.get_tokenizer(name)(prompts))
 
 
 def test_same_inputs_give_byte_identical_checkpoints(tiny_vit_file, tmp_path):

@@ -199,13 +199,28 @@ def test_patched_model_evaluated_from_scratch_matches_metrics_after(model_args, 
 
 
 def test_thresholds_exit_codes(model_args, fashion_folder, tmp_path):
-    ok = run("eval", *model_args, "--eval", fashion_folder, "--templates", "photo", "--forget", "bag",
-             "--max-forget-acc", "1.0", "--min-retain-acc", "0.0", "-q")
+    """Each threshold just above / just below the measured figure: exit 0; just on the wrong side: exit 1."""
+    per_class = eval_json(*model_args, "--eval", fashion_folder)["metrics"]["before"]["overall"]["per_class"]
+    recognised = max(per_class, key=per_class.get)  # a class this random model gets right, to forget
+    args = ["eval", *model_args, "--eval", fashion_folder, "--templates", "photo", "--forget", recognised]
+    measured = eval_json(*args[1:])["metrics"]["before"]
+    forget_top1, retain_top1 = measured["forget"]["top1"], measured["retain"]["top1"]
+    assert forget_top1 > 0 and retain_top1 > 0  # both thresholds can be missed from below
+    ok = run(*args, "--max-forget-acc", forget_top1, "--min-retain-acc", retain_top1, "-q")
     assert ok.exit_code == 0, ok.output
-    failed = run("eval", *model_args, "--eval", fashion_folder, "--templates", "photo", "--min-retain-acc", "1.0",
-                 "--out", tmp_path / "r.json", "-q")
+    assert "threshold failed" not in ok.stderr
+    failed = run(*args, "--max-forget-acc", round(forget_top1 - 0.05, 4), "--min-retain-acc", retain_top1,
+                 "--out", tmp_path / "forget.json", "-q")
+    assert failed.exit_code == 1, failed.output
+    assert (f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {forget_top1 - 0.05:.4f} by 0.0500"
+            in failed.stderr), failed.stderr
+    assert "below --min-retain-acc" not in failed.stderr  # only the threshold that failed is named
+    report = json.loads((tmp_path / "forget.json").read_text())
+    assert report["thresholds"]["passed"] is False
+    failed = run(*args, "--min-retain-acc", 1.0, "--out", tmp_path / "r.json", "-q")
     assert failed.exit_code == 1
-    assert "below --min-retain-acc 1.0000 by" in failed.stderr
+    assert f"retain top-1 {retain_top1:.4f} is below --min-retain-acc 1.0000 by {1 - retain_top1:.4f}" in failed.stderr
+    assert "above --max-forget-acc" not in failed.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["thresholds"]["passed"] is False
     assert "after" not in report["metrics"] and "delta" not in report["metrics"]
