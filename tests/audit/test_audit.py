@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -13,11 +14,11 @@ from ccup_cli.audit.aliases import read_aliases
 from ccup_cli.audit.lineage import trace
 from ccup_cli.audit.probe import draw_pool, k_shot_indices, probe_curve, train_probe
 from ccup_cli.cli import app
-from ccup_cli.errors import SpecError
+from ccup_cli.errors import OutputError, SpecError
 from ccup_cli.jobs.audit import AuditRequest, run_audit
 from ccup_cli.run.options import RunOptions
 
-from ..conftest import FASHION, TINY_VIT
+from ..conftest import FASHION, TINY_VIT, make_image_folder
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -113,9 +114,13 @@ def test_audit_cli_bad_aliases_file_exits_2_and_writes_nothing(unlearned, tmp_pa
 
 
 def test_audit_cli_missing_aliases_file_and_bad_shots_exit_2(unlearned, tmp_path):
-    assert run("audit", unlearned, "--aliases", tmp_path / "none.yaml").exit_code == 2
-    result = run("audit", unlearned, "--probe-shots", "4,x")
+    result = run("audit", unlearned, "--aliases", tmp_path / "none.yaml", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "none.yaml" in result.stderr
+    result = run("audit", unlearned, "--probe-shots", "4,x", "--out", tmp_path / "b")
     assert result.exit_code == 2 and "probe-shots" in result.stderr
+    result = run("audit", unlearned, "--probe-shots", "0", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "probe-shots: 0 must be a positive number" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 # --- the page and the figures ------------------------------------------------------------------
@@ -143,10 +148,10 @@ def test_audit_writes_markdown_json_and_pngs_verdict_first(unlearned, tmp_path, 
         assert png.read_bytes()[:8] == PNG_MAGIC
     md = (out / "audit.md").read_text()
     first_paragraph = md.split("\n\n")[1]
-    assert first_paragraph.startswith("**Verdict:**")
-    assert report["verdict"]["headline"] in first_paragraph
+    assert first_paragraph == f"**Verdict:** {report['verdict']['headline']}"
     assert ("NOT GONE" in first_paragraph) == (not report["verdict"]["zero_shot_removed"]
                                                or not report["verdict"]["search_removed"])
+    # the verdict itself is pinned on the embedded model, both ways: test_verdict_is_right_both_ways
     assert "does not remove what a probe" in md and "needs labelled images" in md
     on_disk = json.loads((out / "audit.json").read_text())
     assert on_disk["forget"] == ["sandal", "sneaker"]
@@ -164,15 +169,126 @@ def test_audit_writes_markdown_json_and_pngs_verdict_first(unlearned, tmp_path, 
 def test_audit_of_a_bare_checkpoint_needs_model_and_forget(unlearned, tiny_vit_file, tmp_path, fashion_folder):
     bare = tmp_path / "patched.safetensors"
     bare.write_bytes((unlearned / "model.safetensors").read_bytes())
-    result = run("audit", bare)
+    result = run("audit", bare, "--out", tmp_path / "a")
     assert result.exit_code == 2 and "--model" in result.stderr
-    result = run("audit", bare, "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder)
+    result = run("audit", bare, "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder,
+                 "--out", tmp_path / "a")
     assert result.exit_code == 2 and "--forget" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["patched.safetensors"]  # nothing written
     result = run("audit", bare, "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--eval", fashion_folder,
                  "--forget", "sandal", "--probe-shots", "", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["lineage"] is None and report["probes"] is None and report["forget"] == ["sandal"]
+
+
+def test_a_failed_audit_write_leaves_the_previous_folder_and_nothing_else(unlearned, tmp_path, monkeypatch):
+    """The write fails after the PNGs and audit.md are in the temporary folder: nothing of it is left."""
+    import ccup_cli.report as rep
+
+    out = tmp_path / "audit"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+
+    def failing_write(path, report):
+        path.write_text('{"partial": ')
+        raise OSError(errno.ENOSPC, "simulated")
+
+    monkeypatch.setattr(rep, "write_report", failing_write)
+    with pytest.raises(OutputError, match="no space left"):
+        run_audit(AuditRequest(str(unlearned), probe_shots=[]), RunOptions(device="cpu", out=out, overwrite=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["audit"]
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    with pytest.raises(OutputError):
+        run_audit(AuditRequest(str(unlearned), probe_shots=[]), RunOptions(device="cpu", out=tmp_path / "fresh"))
+    assert [p.name for p in tmp_path.iterdir()] == ["audit"]
+
+
+def test_audit_of_a_finetune_output_encodes_both_models_and_says_so(tiny_vit_file, fashion_folder, tmp_path):
+    from ccup_cli.spec import build_spec
+    from ccup_cli.unlearn_job import run_unlearn
+
+    train = make_image_folder(tmp_path / "train" / "fashion", FASHION, per_class=2, seed=5)
+    spec = build_spec({}, {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "eval": str(fashion_folder),
+                           "templates": "photo", "retain_templates": "photo", "forget": "sandal,sneaker",
+                           "method": "finetune", "finetune_steps": 2, "finetune_batch_size": 4, "finetune_lr": 0.05,
+                           "finetune_data": str(train)})
+    options = RunOptions(device="cpu", use_cache=False)
+    tuned = run_unlearn(spec, options.but(out=tmp_path / "ft"))
+    report = run_audit(AuditRequest(str(tmp_path / "ft"), probe_shots=[]), options.but(out=tmp_path / "audit"))
+    patched = report["patched"]
+    assert patched["single_pass"] is False
+    outside = [k for k in patched["differs_from_original_at"] if k != "visual.proj"]
+    assert outside and set(patched["differs_from_original_at"]) <= set(tuned["finetune"]["trained_tensors"])
+    assert "both models encoded the images" in patched["note"] and outside[0] in patched["note"]
+    assert "encode_images_patched" in report["timings"]
+    assert f"Note: {patched['note']}." in (tmp_path / "audit" / "audit.md").read_text()
+    # the "after" figures are the fine-tuned model's own: the same as the unlearn report measured
+    after = report["zero_shot"][0]["after"]
+    assert after["forget_top1"] == tuned["metrics"]["after"]["forget"]["top1"]
+    assert after["retain_top1"] == tuned["metrics"]["after"]["retain"]["top1"]
+    assert report["zero_shot"][0]["before"]["forget_top1"] == tuned["metrics"]["before"]["forget"]["top1"]
+
+
+# --- the verdict on the embedded model -------------------------------------------------------------
+
+EMBEDDED_LIMIT = 50  # images per class of fashion-mnist-mini: 500 images, a P@100 of 0.5 at most per class
+
+
+@pytest.fixture(scope="module")
+def embedded_alpha_1(tmp_path_factory):
+    from ccup_cli.spec import build_spec
+    from ccup_cli.unlearn_job import run_unlearn
+
+    out = tmp_path_factory.mktemp("audit-embedded") / "alpha-1"
+    run_unlearn(build_spec({}, {"forget": "sandal,sneaker", "alpha": 1.0, "eval_limit": EMBEDDED_LIMIT}),
+                RunOptions(device="cpu").but(out=out))
+    return out
+
+
+@pytest.mark.embedded
+def test_verdict_is_right_both_ways(embedded_alpha_1, tmp_path):
+    """GONE on the α = 1 output; NOT GONE on an unpatched copy of the same model (audited as a bare checkpoint)."""
+    from ccup_cli.models import EMBEDDED_DIR, EMBEDDED_MODEL
+
+    options = RunOptions(device="cpu")
+    gone = run_audit(AuditRequest(str(embedded_alpha_1), eval_limit=EMBEDDED_LIMIT, probe_shots=[]), options)
+    v = gone["verdict"]
+    assert v["zero_shot_removed"] is True and v["search_removed"] is True, v
+    assert v["worst_forget_top1"] <= 0.05 and v["worst_forget_p_at_100"] <= 0.10
+    assert v["headline"].startswith("GONE for zero-shot") and "NOT GONE" not in v["headline"]
+    copy = tmp_path / "unpatched.safetensors"
+    copy.write_bytes((EMBEDDED_DIR / "open_clip_model.safetensors").read_bytes())
+    kept = run_audit(AuditRequest(str(copy), model=EMBEDDED_MODEL, forget=["sandal", "sneaker"],
+                                  eval="fashion-mnist-mini", eval_limit=EMBEDDED_LIMIT, probe_shots=[]), options)
+    v = kept["verdict"]
+    assert kept["patched"]["differs_from_original_at"] == []
+    assert v["zero_shot_removed"] is False and v["search_removed"] is False, v
+    assert v["worst_forget_top1"] > 0.8 and v["worst_forget_p_at_100"] > 0.3
+    assert v["headline"].startswith("NOT GONE for zero-shot") and "NOT GONE for text search" in v["headline"]
+
+
+@pytest.mark.embedded
+def test_leace_row_is_measured_where_concept_erasure_is_installed(embedded_alpha_1, tmp_path, monkeypatch):
+    pytest.importorskip("concept_erasure")  # the audit extra; CI installs it (make install: .[audit])
+    import importlib.util
+
+    request = dict(eval_limit=EMBEDDED_LIMIT, probe_shots=[4], probe_draws=1)
+    report = run_audit(AuditRequest(str(embedded_alpha_1), **request), RunOptions(device="cpu", out=tmp_path / "a"))
+    leace = report["probes"]["leace"]
+    assert leace["status"] == "measured" and "needs labelled images" in leace["note"]
+    assert [r["k"] for r in leace["rows"]] == [4]
+    for key in ("forget", "retain"):
+        assert 0.0 <= leace["rows"][0][key]["mean"] <= 1.0
+    assert report["timings"]["leace"] > 0 and report["cost"]["probe_seconds"] > 0
+    md = (tmp_path / "a" / "audit.md").read_text()
+    assert "| LEACE on patched (needs labelled images) | 4 |" in md and "LEACE: measured." in md
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "concept_erasure" else real(name, *a))
+    without = run_audit(AuditRequest(str(embedded_alpha_1), **request), RunOptions(device="cpu"))
+    assert without["probes"]["leace"]["status"] == "not installed"
+    assert "pip install 'ccup[audit]'" in without["probes"]["leace"]["note"]
 
 
 # --- sequential unlearning -----------------------------------------------------------------------
