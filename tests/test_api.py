@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ccup_cli
 
@@ -40,7 +41,11 @@ def test_inplace_patches_the_given_model(tiny):
     result = ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo",
                               retain_templates="photo", inplace=True)
     assert result.model is model
-    assert not torch.equal(model.visual.proj, proj_before)
+    expected = (proj_before.double() @ result.W.T).float()  # x @ P: P' = P Wᵀ
+    assert torch.allclose(model.visual.proj, expected, rtol=0, atol=1e-6)
+    assert torch.equal(result.folded_tensors["visual.proj"], model.visual.proj.detach())
+    assert torch.equal(result.original_tensors["visual.proj"], proj_before)
+    assert (model.visual.proj - proj_before).abs().max() > 1e-3  # W is not the identity
 
 
 def test_default_retain_is_imagenet_less_the_forget_classes(tiny):
@@ -69,12 +74,22 @@ def test_unlearn_takes_domain_sides_and_ccup_proto(tiny):
     assert result.forget.classnames == ["sandal in sketch"]
     assert result.retain.classnames == ["sandal in photo", "bag in photo", "bag in sketch", "Acme shoes"]
     assert result.forget.per_template.shape[0] == 2 and result.projector.rank > 0
+    # the logit side, Q t = Wᵀ t (rows: t W): every forget prompt is moved away from itself, every retain
+    # prompt (sandal in photo and the free prompt too) is kept
+    forget_t, retain_t = (F.normalize(e.per_template.double(), dim=-1) for e in (result.forget, result.retain))
+    assert F.cosine_similarity(forget_t @ result.W, forget_t).max() < 0.5
+    assert F.cosine_similarity(retain_t @ result.W, retain_t).min() > 0.99
+    assert torch.allclose(result.model.visual.proj, (model.visual.proj.double() @ result.W.T).float(), atol=1e-6)
     with pytest.raises(ValueError, match='unknown domain "skecth"'):
         ccup_cli.unlearn(model, tokenizer, forget=["sandal"], domains=table, forget_domains=["skecth"])
     preprocess = open_clip.image_transform(32, is_train=False)
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
     proto = ccup_cli.unlearn(model, tokenizer, forget=["sandal"], retain=["bag"], domains=table,
                              forget_domains=["sketch"], method="ccup-proto", preprocess=preprocess,
                              prototype_steps=2, prototypes_per_group=2)
     assert proto.projector.method == "ccup-proto" and proto.projector.params["prototypes_per_group"] == 2
-    assert not torch.allclose(proto.W, torch.eye(proto.W.shape[0], dtype=torch.float64))
-    assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # pixels only were optimised
+    assert not torch.allclose(proto.W, torch.eye(proto.W.shape[0], dtype=torch.float64), atol=1e-3)
+    # synthesis optimised pixels only: every weight of the given model is untouched, and no grad is left
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state_before.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.allclose(proto.model.visual.proj, (model.visual.proj.double() @ proto.W.T).float(), atol=1e-6)
