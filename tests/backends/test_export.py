@@ -32,14 +32,24 @@ def feature_gaps(loaded, hf, pixels: torch.Tensor) -> tuple[float, float, float,
         text_hf = hf.encode_prompts(PROMPTS)
         image_oc = loaded.model.encode_image(pixels)
         image_hf = hf.encode_images(pixels, projected=True)
-    return (float((text_oc - text_hf).abs().max()), float(F.cosine_similarity(text_oc, text_hf).min()),
-            float((image_oc - image_hf).abs().max()), float(F.cosine_similarity(image_oc, image_hf).min()))
+    return (float((text_oc - text_hf).abs().max()), float(cosine(text_oc, text_hf).min()),
+            float((image_oc - image_hf).abs().max()), float(cosine(image_oc, image_hf).min()))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row cosines in float64: a float32 cosine of equal vectors already errs by a few 1e-7."""
+    return F.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+# The README's promise for the embedded model (scripts/bench_backends.py), held here by every export
+MAX_FEATURE_DIFF = 1.1e-5
+MIN_FEATURE_COSINE = 0.9999998
 
 
 def assert_parity(loaded, hf, pixels):
     text_diff, text_cos, image_diff, image_cos = feature_gaps(loaded, hf, pixels)
-    assert text_diff <= 1e-4 and text_cos >= 0.9999, (text_diff, text_cos)
-    assert image_diff <= 1e-4 and image_cos >= 0.9999, (image_diff, image_cos)
+    assert text_diff <= MAX_FEATURE_DIFF and text_cos >= MIN_FEATURE_COSINE, (text_diff, text_cos)
+    assert image_diff <= MAX_FEATURE_DIFF and image_cos >= MIN_FEATURE_COSINE, (image_diff, image_cos)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +94,49 @@ def test_export_is_atomic_and_byte_identical(tiny_vit_file, tmp_path):
         export_to_transformers(loaded, tmp_path / "a", overwrite=False)
     export_to_transformers(loaded, tmp_path / "a", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no partial folder left behind
+
+
+def test_an_export_that_fails_midway_leaves_nothing(tiny_vit_file, tmp_path, monkeypatch):
+    """The weights fail to write after the configs and tokenizer are in the temporary folder."""
+    import errno
+
+    import ccup_cli.export as export
+
+    def failing_save(tensors, path, metadata):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "simulated")
+
+    loaded = load_model(TINY_VIT, str(tiny_vit_file))
+    previous = tmp_path / "out"
+    previous.mkdir()
+    (previous / "config.json").write_text("{}")
+    monkeypatch.setattr(export, "save_safetensors", failing_save)
+    with pytest.raises(OutputError, match="no space left"):
+        export_to_transformers(loaded, previous, overwrite=True)
+    assert [p.name for p in previous.iterdir()] == ["config.json"] and (previous / "config.json").read_text() == "{}"
+    with pytest.raises(OutputError, match="no space left"):
+        export_to_transformers(loaded, tmp_path / "fresh", overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_ccup_export_through_the_cli(tiny_vit_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+
+    out = tmp_path / "hf"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", TINY_VIT, "--pretrained", str(tiny_vit_file), "--to", "transformers",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    files = ["config.json", "merges.txt", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+             "tokenizer_config.json", "vocab.json"]
+    assert f"written: {out}" in result.stdout and all(f in result.stdout for f in files)
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert_parity(load_model(TINY_VIT, str(tiny_vit_file)), load_transformers_model(out),
+                  torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)))
+    again = runner.invoke(app, ["export", TINY_VIT, "--pretrained", str(tiny_vit_file), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.stderr
 
 
 def test_quick_gelu_source_exports_quick_gelu(tiny_models, tmp_path):
@@ -140,6 +193,7 @@ def test_preprocessing_maps_or_is_refused():
         image_processor_kwargs({**base, "interpolation": "lanczos"})
 
 
+@pytest.mark.embedded
 def test_embedded_model_keeps_its_accuracy(tmp_path):
     """Zero-shot top-1 on fashion-mnist-mini (2,000 images), each form with its own preprocessing.
 
@@ -156,7 +210,7 @@ def test_embedded_model_keeps_its_accuracy(tmp_path):
     n_classes, n_templates = len(dataset.classnames), len(templates)
     classes_oc = class_embeddings(encode_prompts(loaded.model, loaded.tokenizer, prompts), n_classes, n_templates)
     classes_hf = class_embeddings(hf.encode_prompts(prompts), n_classes, n_templates)
-    assert float((classes_oc - classes_hf).abs().max()) <= 1e-4
+    assert float((classes_oc - classes_hf).abs().max()) <= MAX_FEATURE_DIFF
     labels = torch.as_tensor(dataset.labels)
     images = [dataset.load_image(i) for i in range(len(dataset))]
     with torch.inference_mode():
@@ -167,5 +221,6 @@ def test_embedded_model_keeps_its_accuracy(tmp_path):
     top1_oc = float(((F.normalize(feats_oc, dim=-1) @ classes_oc.T).argmax(1) == labels).double().mean())
     top1_hf = float(((F.normalize(feats_hf, dim=-1) @ classes_hf.T).argmax(1) == labels).double().mean())
     assert top1_oc > 0.8  # the embedded model does classify fashion-mnist
-    assert abs(top1_oc - top1_hf) <= 0.001, (top1_oc, top1_hf)
-    assert float(F.cosine_similarity(feats_oc, feats_hf).min()) >= 0.9999
+    assert top1_oc == top1_hf  # identical figures, as the README promises
+    assert float((feats_oc - feats_hf).abs().max()) <= MAX_FEATURE_DIFF
+    assert float(cosine(feats_oc, feats_hf).min()) >= MIN_FEATURE_COSINE
