@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -24,7 +25,8 @@ print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
 
 def probe(*args: str) -> dict:
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
+    lines = done.stdout.strip().splitlines()
+    return {**json.loads(lines[-1]), "stderr": done.stderr, "stdout": "\n".join(lines[:-1])}
 
 
 def test_importing_the_cli_loads_no_heavy_module():
@@ -33,6 +35,13 @@ def test_importing_the_cli_loads_no_heavy_module():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+HELP_TEXT = {  # what each answer without torch must say
+    "--help": ["Usage:", "unlearn", "eval", "sweep", "export", "audit", "version"],
+    "unlearn --help": ["Usage:", "unlearn", "--forget", "--alpha", "--out", "--overwrite", "--debug"],
+    "version": [importlib.metadata.version("ccup")],
+}
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -57,6 +66,10 @@ def test_help_and_errors_at_the_door_never_import_torch(args, needle, tmp_path):
     assert result["heavy"] == [], result
     if needle is None:
         assert result["code"] in (None, 0), result
+        for text in HELP_TEXT[" ".join(args)]:
+            assert text in result["stdout"], (text, result)
+        if args == ["version"]:
+            assert result["stdout"].strip() == importlib.metadata.version("ccup")
     else:
         assert result["code"] == 2 and needle in result["stderr"], result
 

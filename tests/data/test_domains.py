@@ -151,13 +151,15 @@ def _unlearn(*args):
 @pytest.mark.parametrize("args, message", [
     (["--forget", "sandal", "--forget-domains", "skecth"],
      'forget_domains[0]: unknown domain "skecth"; did you mean "sketch"'),
-    (["--forget", "sandal", "--forget-domains", "sketch", "--domains", "{bad}"], "domains:"),
+    (["--forget", "sandal", "--forget-domains", "sketch", "--domains", "{bad}"],
+     'error: domains: "{bad}" is neither a domain preset nor a file'),
     (["--forget", "sandal", "--forget-domains", "sketch", "--eval", "fashion-mnist-mini", "--domains", "fashion-mnist-domains"], "has no domains"),
 ])
-def test_bad_domain_input_exits_2(args, message):
-    result = _unlearn(*args)
+def test_bad_domain_input_exits_2(args, message, tmp_path):
+    result = _unlearn(*args, "--out", tmp_path / "o")
     assert result.exit_code == 2, result.output
-    assert message in result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_domain_file_without_templates_and_empty_sides_exit_2(tmp_path):

@@ -188,3 +188,27 @@ def test_finetune_stops_early_once_held_out_forget_top1_meets_max_forget_acc(mon
     assert [h["step"] for h in missed["history"]] == [2, 4, 6]
     assert missed["history"][0]["holdout_forget_top1"] == first  # same seed, same first check
     assert all(h["holdout_forget_top1"] > 0.0 for h in missed["history"])
+
+
+def test_a_failed_sweep_write_leaves_the_previous_folder_and_nothing_else(spec_of, tmp_path, monkeypatch):
+    """report.json, the last file, fails to write after sweep.jsonl, spec.yaml and the plot are written."""
+    import errno
+
+    import ccup_cli.report as rep
+    from ccup_cli.errors import OutputError
+
+    def failing_write(path, report):
+        path.write_text('{"partial": ')
+        raise OSError(errno.ENOSPC, "simulated")
+
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sweep.jsonl").write_text("previous\n")
+    monkeypatch.setattr(rep, "write_report", failing_write)
+    with pytest.raises(OutputError, match="no space left"):
+        run_sweep_job(spec_of(), [0.0, 1.0], ["ccup"], OPTIONS.but(out=out, overwrite=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    assert [p.name for p in out.iterdir()] == ["sweep.jsonl"] and (out / "sweep.jsonl").read_text() == "previous\n"
+    with pytest.raises(OutputError):
+        run_sweep_job(spec_of(), [0.0, 1.0], ["ccup"], OPTIONS.but(out=tmp_path / "fresh"))
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]

@@ -242,31 +242,45 @@ def tiny_flags(tiny_vit_file, fashion_folder):
             "retain_templates": "photo", "forget": "sandal,sneaker"}
 
 
-def test_the_report_names_the_sink_and_sink_zero_is_the_papers_map(tiny_flags):
+EMBEDDED_FLAGS = {"forget": "sandal,sneaker", "alpha": 1.0, "eval_limit": 30}  # 300 images of fashion-mnist-mini
+
+
+@pytest.mark.embedded
+def test_the_report_names_the_sink_and_the_default_sink_hides_the_class_from_search():
+    """On the embedded model: with the paper's zero sink search still finds the forgotten classes;
+    with the default it does not. Both remove them from classification."""
     from ccup_cli.jobs.unlearn import run_unlearn
     from ccup_cli.run.options import RunOptions
     from ccup_cli.spec.schema import build_spec
 
-    options = RunOptions(device="cpu", use_cache=False)
-    default = run_unlearn(build_spec({}, tiny_flags), options)
-    paper = run_unlearn(build_spec({}, {**tiny_flags, "sink": "zero"}), options)
+    options = RunOptions(device="cpu")
+    default = run_unlearn(build_spec({}, EMBEDDED_FLAGS), options)
+    paper = run_unlearn(build_spec({}, {**EMBEDDED_FLAGS, "sink": "zero"}), options)
     assert default["projector"]["params"]["sink"] == "retain-mean-orthogonal"
     assert paper["projector"]["params"]["sink"] == "zero"
-    assert default["metrics"]["after"] != paper["metrics"]["after"]
+    assert default["metrics"]["before"] == paper["metrics"]["before"]
+    assert default["metrics"]["before"]["retrieval"]["forget"]["p_at_10"] >= 0.9
+    assert paper["metrics"]["after"]["retrieval"]["forget"]["p_at_10"] >= 0.9  # the paper's map: still found
+    assert default["metrics"]["after"]["retrieval"]["forget"]["p_at_10"] <= 0.1  # the default: gone from search
+    for report in (default, paper):
+        assert report["metrics"]["after"]["forget"]["top1"] <= 0.05
     assert set(default["metrics"]["delta"]["retrieval"]) == {"per_class", "forget", "retain"}
 
 
-def test_sweep_compares_sinks(tiny_flags, tmp_path):
+@pytest.mark.embedded
+def test_sweep_compares_sinks(tmp_path):
     from ccup_cli.jobs.sweep import run_sweep_job
     from ccup_cli.run.options import RunOptions
     from ccup_cli.spec.schema import build_spec
 
-    report = run_sweep_job(build_spec({}, tiny_flags), [1.0], ["ccup:zero", "ccup", "ccup:neutral"],
-                           RunOptions(device="cpu", use_cache=False, out=tmp_path / "s"))
+    report = run_sweep_job(build_spec({}, EMBEDDED_FLAGS), [1.0], ["ccup:zero", "ccup", "ccup:neutral"],
+                           RunOptions(device="cpu", out=tmp_path / "s"))
     rows = {r["method"]: r for r in report["rows"]}
     assert [rows[m]["params"]["sink"] for m in ("ccup:zero", "ccup", "ccup:neutral")] == [
         "zero", "retain-mean-orthogonal", "neutral"]
-    assert rows["ccup:zero"]["metrics"] != rows["ccup"]["metrics"]
+    search = {m: rows[m]["metrics"]["retrieval"]["forget"]["p_at_10"] for m in rows}
+    assert search["ccup"] < search["ccup:zero"] and search["ccup:neutral"] < search["ccup:zero"], search
+    assert search["ccup"] <= 0.1 and search["ccup:zero"] >= 0.9, search
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from ccup_cli.cli import app
@@ -55,6 +57,18 @@ def test_example_configs_validate(config):
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if "vit-b-32" not in c.name], ids=lambda p: p.name)
 def test_offline_example_configs_run_as_they_are(config, tmp_path):
-    result = CliRunner().invoke(app, ["unlearn", str(config), "--out", str(tmp_path / "out"), "-q"])
+    result = CliRunner().invoke(app, ["unlearn", str(config), "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    report = json.loads(result.stdout)
+    wanted = read_spec_file(config)
+    for key, value in wanted.items():  # the run did what the file says
+        assert report["spec"][key] == value, key
+    assert yaml.safe_load((tmp_path / "out" / "spec.yaml").read_text()) == report["spec"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md", "model.safetensors", "open_clip_config.json", "per_class_top1.png", "report.json", "spec.yaml"]
+    m = report["metrics"]
+    if wanted["alpha"] == 1.0:  # full strength on the embedded model: the classes are gone
+        assert m["after"]["forget"]["top1"] <= 0.05
+    else:  # part of the way: forget top-1 falls, but less than at full strength
+        assert m["before"]["forget"]["top1"] - 0.05 > m["after"]["forget"]["top1"] > 0.0
+    assert m["delta"]["retain_only"]["top1"] >= -0.02
