@@ -93,3 +93,47 @@ def test_unlearn_takes_domain_sides_and_ccup_proto(tiny):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state_before.items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.allclose(proto.model.visual.proj, (model.visual.proj.double() @ proto.W.T).float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("break_tower, needle", [
+    (lambda m: setattr(m.visual, "proj", None), "unsupported tower: VisionTransformer without a projection"),
+    (lambda m: setattr(m, "visual", torch.nn.Identity()), "unsupported tower: visual is Identity"),
+])
+def test_an_unsupported_tower_is_refused(tiny, break_tower, needle):
+    from ccup_cli.errors import CheckpointError
+
+    model, tokenizer = tiny
+    break_tower(model)
+    with pytest.raises(CheckpointError) as err:
+        ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo", retain_templates="photo")
+    assert needle in err.value.one_line() and "\n" not in err.value.one_line()
+
+
+def test_retain_classes_closer_than_retain_warn_cosine_are_warned_about(tiny_vit_file, tmp_path):
+    """Every retain class at -1; then a threshold between two measured cosines splits them exactly there."""
+    from typer.testing import CliRunner
+
+    from ccup_cli.cli import app
+    from ccup_cli.options import RunOptions
+    from ccup_cli.spec import build_spec
+    from ccup_cli.unlearn_job import run_unlearn
+
+    flags = {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "forget": "cat", "retain": "car,tree,house,boat",
+             "templates": "photo", "retain_templates": "photo", "eval": None}
+    options = RunOptions(device="cpu", use_cache=False)
+    everything = run_unlearn(build_spec({}, {**flags, "retain_warn_cosine": -1.0}), options)["warnings"]
+    assert len(everything) == 4 and all('close to forget class "cat" (cosine ' in w for w in everything)
+    cosines = sorted(float(w.split("(cosine ")[1].split(")")[0]) for w in everything)
+    assert cosines[0] < cosines[-1]
+    threshold = (cosines[0] + cosines[1]) / 2
+    some = run_unlearn(build_spec({}, {**flags, "retain_warn_cosine": threshold}), options)["warnings"]
+    assert len(some) == 3
+    none = run_unlearn(build_spec({}, {**flags, "retain_warn_cosine": 1.0}), options)["warnings"]
+    assert none == []
+    spec = tmp_path / "spec.yaml"  # a spec field, no flag
+    spec.write_text("retain_warn_cosine: -1\n")
+    shown = CliRunner().invoke(app, ["unlearn", str(spec), "--model", TINY_VIT, "--pretrained", str(tiny_vit_file),
+                                     "--forget", "cat", "--retain", "car,tree,house,boat", "--templates", "photo",
+                                     "--retain-templates", "photo", "--no-cache"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stderr.count("warning: retain class") == 4

@@ -167,6 +167,23 @@ def test_agrees_with_an_independent_zero_shot_implementation(tiny_models, tiny_v
     assert abs(report["metrics"]["before"]["overall"]["top1"] - top1) <= 0.001
 
 
+def test_mean_true_class_prob_is_the_softmax_of_the_true_class_over_forget_images():
+    """Three forget images of "a" at moderate angles, so that the probabilities are far from 0 and 1."""
+    classes = ["a", "b", "c"]
+    text = torch.eye(3)
+    feats = torch.tensor([[1.0, 0.99, 0.0], [1.0, 1.01, 0.97], [0.5, 0.0, 0.52], [0.0, 1.0, 0.0]])
+    labels = np.array([0, 0, 0, 1])
+    m = zero_shot_metrics(feats, text, labels, classes, forget=["a"])
+    logits = 100 * feats.double() / feats.double().norm(dim=1, keepdim=True)  # text is the identity
+    probs = logits.exp() / logits.exp().sum(dim=1, keepdim=True)
+    expected = float(probs[:3, 0].mean())
+    assert 0.2 < expected < 0.6  # a figure that can be wrong in either direction
+    assert m["forget"]["mean_true_class_prob"] == pytest.approx(expected, rel=1e-6)
+    assert m["forget"]["mean_true_class_rank"] == pytest.approx((1 + 2 + 2) / 3)
+    none = zero_shot_metrics(feats[3:], text, labels[3:], classes, forget=["a"])  # no forget image
+    assert none["forget"]["mean_true_class_prob"] is None
+
+
 # --- one pass, caches, thresholds ------------------------------------------------------------
 
 
@@ -267,3 +284,17 @@ def test_classnames_file_renames_a_named_dataset(model_args, fake_idx_root, tmp_
     result = run("eval", *model_args, "--eval", "fashion-mnist", "--data-root", fake_idx_root, "--classnames", names)
     assert result.exit_code == 2
     assert "has 2 class names but the dataset has 10 classes" in result.stderr
+
+
+def test_random_init_models_are_never_cached(tiny_vit_file, fashion_folder, tmp_path, monkeypatch):
+    """--pretrained none writes nothing to the cache; the same run on a checkpoint file does (the cache works)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CCUP_CACHE_DIR", str(cache))
+    args = ["--model", TINY_VIT, "--eval", fashion_folder, "--forget", "bag"]
+    random_init = eval_json(*args, "--pretrained", "none")
+    assert random_init["model"]["pretrained"] is None and random_init["dataset"]["feature_cache_hit"] is False
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    again = eval_json(*args, "--pretrained", "none")
+    assert again["dataset"]["feature_cache_hit"] is False
+    eval_json(*args, "--pretrained", tiny_vit_file)
+    assert any(p.is_file() for p in cache.rglob("*"))

@@ -54,7 +54,10 @@ def test_eval_on_two_ranks_equals_one_process(flags, tiny_models, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["metrics"] == json.loads(one.stdout)["metrics"]
 
 
-def test_bad_input_ends_every_rank_with_exit_2(flags, tiny_models):
+def test_bad_input_ends_every_rank_and_the_first_to_fail_exits_2(flags, tiny_models):
+    """torchrun itself exits 1 when a rank fails, and stops the others; its summary names the first failure."""
     two = ccup("eval", *flags, "--forget", "sandl", ranks=2)
-    assert two.returncode == 2  # torchrun passes on the ranks' exit code: bad input, not a crash
+    assert two.returncode == 1
+    root_cause = two.stderr.split("Root Cause (first observed failure):")[1]
+    assert "exitcode  : 2 " in root_cause, two.stderr[-2000:]  # bad input, not a crash (1) or a hang
     assert two.stderr.count('"sandl" is not a class') == 2  # each rank says it once, then stops
