@@ -114,9 +114,9 @@ def test_retain_classes_closer_than_retain_warn_cosine_are_warned_about(tiny_vit
     from typer.testing import CliRunner
 
     from ccup_cli.cli import app
-    from ccup_cli.options import RunOptions
-    from ccup_cli.spec import build_spec
-    from ccup_cli.unlearn_job import run_unlearn
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.run.options import RunOptions
+    from ccup_cli.spec.schema import build_spec
 
     flags = {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "forget": "cat", "retain": "car,tree,house,boat",
              "templates": "photo", "retain_templates": "photo", "eval": None}

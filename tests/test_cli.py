@@ -248,7 +248,7 @@ def test_pt_checkpoint_loads_with_weights_only(tiny_vit_file, tmp_path, fashion_
 @pytest.fixture()
 def offline(monkeypatch):
     """No network answers: the probe is mocked, so the test reads the same on a machine with one."""
-    import ccup_cli.models as models
+    import ccup_cli.backends.open_clip as models
 
     monkeypatch.setattr(models, "_network_reachable", lambda *a, **k: False)
 
@@ -260,7 +260,7 @@ def online(monkeypatch):
     import open_clip.factory
     import open_clip.pretrained
 
-    import ccup_cli.models as models
+    import ccup_cli.backends.open_clip as models
 
     tried = []
 
@@ -305,7 +305,7 @@ def test_no_test_reaches_beyond_loopback():
     """The conftest guard: a remote address or name is refused; loopback still connects."""
     import socket
 
-    from ccup_cli.models import _network_reachable
+    from ccup_cli.backends.open_clip import _network_reachable
 
     from .conftest import NetworkRefused
 
@@ -371,7 +371,7 @@ def test_debug_shows_the_traceback(base, tmp_path, monkeypatch):
     """--debug lets the exception through: its traceback reaches the user (here: the runner)."""
     import traceback
 
-    import ccup_cli.unlearn_job as pipeline
+    import ccup_cli.jobs.unlearn as pipeline
 
     def boom(*a, **k):
         raise ZeroDivisionError("boom")

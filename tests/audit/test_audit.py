@@ -184,7 +184,7 @@ def test_audit_of_a_bare_checkpoint_needs_model_and_forget(unlearned, tiny_vit_f
 
 def test_a_failed_audit_write_leaves_the_previous_folder_and_nothing_else(unlearned, tmp_path, monkeypatch):
     """The write fails after the PNGs and audit.md are in the temporary folder: nothing of it is left."""
-    import ccup_cli.report as rep
+    import ccup_cli.output.report as rep
 
     out = tmp_path / "audit"
     out.mkdir()
@@ -205,8 +205,8 @@ def test_a_failed_audit_write_leaves_the_previous_folder_and_nothing_else(unlear
 
 
 def test_audit_of_a_finetune_output_encodes_both_models_and_says_so(tiny_vit_file, fashion_folder, tmp_path):
-    from ccup_cli.spec import build_spec
-    from ccup_cli.unlearn_job import run_unlearn
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.spec.schema import build_spec
 
     train = make_image_folder(tmp_path / "train" / "fashion", FASHION, per_class=2, seed=5)
     spec = build_spec({}, {"model": TINY_VIT, "pretrained": str(tiny_vit_file), "eval": str(fashion_folder),
@@ -237,8 +237,8 @@ EMBEDDED_LIMIT = 50  # images per class of fashion-mnist-mini: 500 images, a P@1
 
 @pytest.fixture(scope="module")
 def embedded_alpha_1(tmp_path_factory):
-    from ccup_cli.spec import build_spec
-    from ccup_cli.unlearn_job import run_unlearn
+    from ccup_cli.jobs.unlearn import run_unlearn
+    from ccup_cli.spec.schema import build_spec
 
     out = tmp_path_factory.mktemp("audit-embedded") / "alpha-1"
     run_unlearn(build_spec({}, {"forget": "sandal,sneaker", "alpha": 1.0, "eval_limit": EMBEDDED_LIMIT}),
@@ -249,7 +249,7 @@ def embedded_alpha_1(tmp_path_factory):
 @pytest.mark.embedded
 def test_verdict_is_right_both_ways(embedded_alpha_1, tmp_path):
     """GONE on the α = 1 output; NOT GONE on an unpatched copy of the same model (audited as a bare checkpoint)."""
-    from ccup_cli.models import EMBEDDED_DIR, EMBEDDED_MODEL
+    from ccup_cli.backends.open_clip import EMBEDDED_DIR, EMBEDDED_MODEL
 
     options = RunOptions(device="cpu")
     gone = run_audit(AuditRequest(str(embedded_alpha_1), eval_limit=EMBEDDED_LIMIT, probe_shots=[]), options)

@@ -100,7 +100,7 @@ def test_an_export_that_fails_midway_leaves_nothing(tiny_vit_file, tmp_path, mon
     """The weights fail to write after the configs and tokenizer are in the temporary folder."""
     import errno
 
-    import ccup_cli.export as export
+    import ccup_cli.backends.export as export
 
     def failing_save(tensors, path, metadata):
         path.write_bytes(b"partial")

@@ -174,7 +174,7 @@ def test_finetune_is_refused_under_torchrun(spec_of, tmp_path, monkeypatch):
 @pytest.mark.embedded
 def test_finetune_stops_early_once_held_out_forget_top1_meets_max_forget_acc(monkeypatch):
     """A check every 2 steps: a target the first check meets stops there; one it cannot meet runs the budget."""
-    import ccup_cli.finetune as finetune
+    import ccup_cli.methods.finetune as finetune
 
     monkeypatch.setattr(finetune, "CHECK_EVERY", 2)
     common = dict(method="finetune", finetune_steps=6, finetune_batch_size=8, finetune_lr=1e-5, eval_limit=5,
@@ -194,7 +194,7 @@ def test_a_failed_sweep_write_leaves_the_previous_folder_and_nothing_else(spec_o
     """report.json, the last file, fails to write after sweep.jsonl, spec.yaml and the plot are written."""
     import errno
 
-    import ccup_cli.report as rep
+    import ccup_cli.output.report as rep
     from ccup_cli.errors import OutputError
 
     def failing_write(path, report):

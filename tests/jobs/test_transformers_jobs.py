@@ -71,17 +71,17 @@ def test_unlearn_changes_only_visual_projection_and_loads_with_transformers_alon
 
 def expected_map(report: dict, folder) -> torch.Tensor:
     """The report's method solved again from the source's text embeddings (library calls, no job, no fold)."""
-    from ccup_cli.embeddings import embed_forget_and_retain
-    from ccup_cli.hf_backend import load_transformers_model
-    from ccup_cli.methods import build_projector
-    from ccup_cli.templates import load_templates
+    from ccup_cli.backends.transformers import load_transformers_model
+    from ccup_cli.methods.table import MethodContext, build_projector
+    from ccup_cli.text.embeddings import embed_forget_and_retain
+    from ccup_cli.text.templates import load_templates
 
     loaded = load_transformers_model(folder)
     spec, proj = report["spec"], report["projector"]
     forget, retain = embed_forget_and_retain(loaded.encode_prompts, spec["forget"], spec["retain"],
                                              load_templates(spec["templates"]), load_templates(spec["retain_templates"]))
     return build_projector(proj["method"], forget, retain, proj["alpha"], proj["params"],
-                           encode=loaded.encode_prompts).W
+                           MethodContext(encode=loaded.encode_prompts)).W
 
 
 def test_eval_of_the_output_folder_equals_metrics_after(hf_run, fashion_folder):

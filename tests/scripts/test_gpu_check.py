@@ -53,8 +53,8 @@ def test_gpu_check_refuses_cuda_without_gpu(capsys, monkeypatch):
 def test_a_solve_that_disagrees_fails_the_check(monkeypatch):
     """The device solve off by 1e-3 from the CPU's: the solve check says so."""
     gpu_check = load_script()
-    from ccup_cli.models import load_model
-    from ccup_cli.templates import load_templates
+    from ccup_cli.backends.open_clip import load_model
+    from ccup_cli.text.templates import load_templates
 
     real, calls = gpu_check.ccup_map, []
 
