@@ -137,3 +137,27 @@ def test_retain_classes_closer_than_retain_warn_cosine_are_warned_about(tiny_vit
                                      "--retain-templates", "photo", "--no-cache"])
     assert shown.exit_code == 0, shown.output
     assert shown.stderr.count("warning: retain class") == 4
+
+
+def test_text_side_reads_the_query_the_patched_logits_use(tiny):
+    """``text_side`` is cos(t_c, Wᵀ t_c): the logit t_cᵀ W f scores images with the query Wᵀ t_c.
+
+    Checked against the patched model's own logits: (Wᵀ t)·f equals tᵀ (W f) for real features,
+    and the reported cosine is that query's, which differs from cos(t, W t) for this W.
+    """
+    model, tokenizer = tiny
+    result = ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car", "tree"], templates="photo",
+                              retain_templates="photo")
+    W = result.W
+    t = result.retain.per_class.double()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        f_after = result.model.encode_image(images).double()
+        f_before = model.encode_image(images).double()
+    assert torch.allclose(t @ f_after.T, (t @ W) @ f_before.T, atol=1e-5)  # rows of t @ W are Wᵀ t_c
+    reported = result.text_side()["retain"]
+    by_query = F.cosine_similarity(t @ W, t, dim=-1)
+    by_wrong_side = F.cosine_similarity(t @ W.T, t, dim=-1)
+    assert (by_query - by_wrong_side).abs().max() > 1e-3  # the two sides differ for this W
+    for name, want in zip(result.retain.classnames, by_query.tolist()):
+        assert reported[name]["after"] == pytest.approx(want, abs=1e-12)

@@ -40,16 +40,17 @@ class UnlearnResult:
         return self.projector.W
 
     def text_side(self) -> dict:
-        """For each class, cos(t_c, W t_c): how much of its own direction the image map keeps.
+        """For each class, cos(t_c, Wᵀ t_c): how much of its own direction the class's query keeps.
 
-        Before unlearning W = I, so the value is 1.0 for every class.
+        A zero-shot logit is ``t_cᵀ W f = (Wᵀ t_c)ᵀ f``, so ``Wᵀ t_c`` is the query the patched
+        model effectively scores images with. Before unlearning W = I, so the value is 1.0.
         """
         W = self.projector.W
         out = {}
         for role, emb in (("forget", self.forget), ("retain", self.retain)):
             t = emb.per_class.to(W.device, torch.float64)
-            response = t @ W.T  # rows: W t_c
-            cos = F.cosine_similarity(response, t, dim=-1).clamp(-1, 1)
+            query = t @ W  # rows: Wᵀ t_c
+            cos = F.cosine_similarity(query, t, dim=-1).clamp(-1, 1)
             out[role] = {c: {"before": 1.0, "after": float(v)} for c, v in zip(emb.classnames, cos.cpu())}
         return out
 
