@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo lint bench clean
 
+ACTIVATE := @echo "ccup is installed in .venv; to run the README's commands as written, first:  source .venv/bin/activate"
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -15,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PINS)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers,audit]' $(TORCH_PINS)
 	touch $(STAMP)
+	$(ACTIVATE)
 
 # two pytest-xdist workers: the tests are independent (each worker has its own temp, cache and HF folders)
 PYTEST_WORKERS ?= 2
@@ -25,6 +28,7 @@ test: install
 demo: install
 	rm -rf demo-out
 	$(BIN)/ccup unlearn --forget sandal,sneaker --alpha 1.0 --out demo-out/
+	$(ACTIVATE)
 
 # ruff, then the import contracts of pyproject.toml (layers only run downward; no cycles)
 lint: install

@@ -297,7 +297,7 @@ def eval_command(
     elif not flags.quiet:
         ds = report["dataset"]
         stdout.print(rep.metrics_table(report["metrics"], f"{report['model']['name']} on {ds['name']} "
-                                                          f"({ds['n_images']} images)"))
+                                                          f"({ds['n_images']} images)", measured="this model"))
         if "domains" in report["metrics"]["before"] and (req.forget or req.forget_domains):
             stdout.print(rep.domain_grid_table(report["metrics"], report["request"]))
     if _rank() > 0:
@@ -306,6 +306,9 @@ def eval_command(
         stderr.print(f"[bold red]threshold failed:[/] {failure}", highlight=False)
     if failures:
         raise typer.Exit(1)
+    held = report["thresholds"]["held"]
+    if held and flags.tables:
+        stdout.print(f"[bold green]every threshold held:[/] {'; '.join(held)}", highlight=False)
 
 
 @job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "templates", "retain_templates")

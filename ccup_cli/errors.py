@@ -57,3 +57,41 @@ class OutputError(CcupError):
 
 class ThresholdNotReachable(CcupError):
     """``--alpha auto`` found no strength that meets the forget target."""
+
+
+class Problems:
+    """Every problem found at the door, gathered so that all are reported at once.
+
+    ``attempt`` runs one check and keeps its ``CcupError``; ``raise_all`` raises nothing when all
+    passed, the error itself when there was one, and a ``SpecError`` of every line otherwise.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[CcupError] = []
+
+    def add(self, lines: list[str] | str) -> None:
+        if lines:
+            self.errors.append(SpecError(lines))
+
+    def attempt(self, check, *args, **kwargs):
+        """``check(*args, **kwargs)``, or None when it raised a CcupError (kept for ``raise_all``)."""
+        try:
+            return check(*args, **kwargs)
+        except CcupError as err:
+            self.errors.append(err)
+            return None
+
+    def passes(self, check, *args, **kwargs) -> bool:
+        """Whether ``check(*args, **kwargs)`` raised no CcupError (the error is kept)."""
+        before = len(self.errors)
+        self.attempt(check, *args, **kwargs)
+        return len(self.errors) == before
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def raise_all(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise SpecError([line for err in self.errors for line in err.one_line().splitlines()])

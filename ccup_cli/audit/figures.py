@@ -99,22 +99,36 @@ def confusion_shift(before: torch.Tensor, after: torch.Tensor, class_embeddings:
     return out
 
 
-def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None) -> dict:
-    """The headline: is the class gone for zero-shot, for text search, for a probe?"""
+def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None,
+            forget: Sequence[str] | None = None) -> dict:
+    """The headline: is the class gone for zero-shot, for text search, for a probe?
+
+    Only aliases of the forget classes count, and only those the original model recognised: an alias
+    it never classified (top-1 at most ``ZERO_SHOT_GONE`` before) says nothing about forgetting, nor
+    does a search it never answered (P@100 at most ``SEARCH_GONE_P100`` before). Those are listed apart.
+    """
+    mine = [r for r in aliases if forget is None or r["class"] in forget]
+    recognised = [r for r in mine if (r["before"]["top1"] or 0) > ZERO_SHOT_GONE]
+    found = [r for r in mine if (r["before"]["p_at_100"] or 0) > SEARCH_GONE_P100]
     worst_zs = max((r["after"]["forget_top1"] for r in zero_shot if r["after"]["forget_top1"] is not None),
                    default=None)
-    worst_alias = max((r["after"]["top1"] for r in aliases if r["after"]["top1"] is not None), default=None)
+    worst_alias = max((r["after"]["top1"] for r in recognised if r["after"]["top1"] is not None), default=None)
     zs = max(v for v in (worst_zs, worst_alias) if v is not None) if (worst_zs, worst_alias) != (None, None) \
         else None
     search = [r["after"]["retrieval"]["forget"]["p_at_100"] for r in zero_shot
               if r["after"]["retrieval"]["forget"]["p_at_100"] is not None]
-    search += [r["after"]["p_at_100"] for r in aliases if r["after"]["p_at_100"] is not None]
+    search += [r["after"]["p_at_100"] for r in found if r["after"]["p_at_100"] is not None]
     worst_search = max(search, default=None)
     result = {
         "zero_shot_removed": zs is not None and zs <= ZERO_SHOT_GONE,
         "worst_forget_top1": zs,
         "search_removed": worst_search is not None and worst_search <= SEARCH_GONE_P100,
         "worst_forget_p_at_100": worst_search,
+        "template_sets": sum(r["names"] == "class names" for r in zero_shot),
+        "aliases_counted": len(recognised),
+        "aliases_not_recognised_before": [{"class": r["class"], "alias": r["alias"], "top1_before": r["before"]["top1"],
+                                           "p_at_100_before": r["before"]["p_at_100"]}
+                                          for r in mine if r not in recognised],
         "probe_recovers": None, "probe_k": None, "probe_forget_patched": None, "probe_forget_original": None,
         "thresholds": {"zero_shot_top1": ZERO_SHOT_GONE, "search_p_at_100": SEARCH_GONE_P100,
                        "probe_recovered_share": PROBE_RECOVERED_SHARE},
@@ -132,10 +146,17 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
 def headline(v: dict) -> str:
-    """One sentence a person reads first."""
+    """One sentence a person reads first; it names what was tried, nothing more."""
+    under = f"the class names in {_count(v.get('template_sets', 1), 'template set')}"
+    if v.get("aliases_counted"):
+        under += f" and {_count(v['aliases_counted'], 'alias')} the original model recognised"
     parts = [("GONE" if v["zero_shot_removed"] else "NOT GONE") + " for zero-shot recognition "
-             f"(worst forget top-1 {_pct(v['worst_forget_top1'])} under names, aliases and templates)",
+             f"(worst forget top-1 {_pct(v['worst_forget_top1'])} under {under})",
              ("GONE" if v["search_removed"] else "NOT GONE") + " for text search "
              f"(worst forget P@100 {_pct(v['worst_forget_p_at_100'])})"]
     if v["probe_recovers"] is not None:
@@ -144,4 +165,9 @@ def headline(v: dict) -> str:
                      "on the original)")
     else:
         parts.append("recoverability not measured (no probe)")
-    return "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    skipped = v.get("aliases_not_recognised_before") or []
+    if skipped:
+        text += (f" Not counted: {_count(len(skipped), 'alias')} the original model did not recognise either ("
+                 + ", ".join(f'"{a["alias"]}" {_pct(a["top1_before"])} top-1 before' for a in skipped) + ").")
+    return text

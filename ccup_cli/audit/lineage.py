@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError
+from ..output.portable import portable_path
 
 MAX_STEPS = 32  # a longer chain is a loop or a mistake
 
@@ -54,7 +55,7 @@ class Lineage:
                    for a, b in zip(self.steps, self.steps[1:]))
 
     def record(self) -> list[dict]:
-        return [{"folder": str(s.folder), "method": s.method, "alpha": s.alpha, "forget": s.spec.get("forget"),
+        return [{"folder": portable_path(s.folder), "method": s.method, "alpha": s.alpha, "forget": s.spec.get("forget"),
                  "source": {"model": s.spec.get("model"), "pretrained": s.spec.get("pretrained"),
                             "sha256": s.source_sha256},
                  "output_sha256": s.output_sha256, "spec": s.spec} for s in self.steps]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..output import report as rep
 from ..output.atomic import atomic_dir
-from .figures import HONEST_STATEMENT
+from ..output.portable import portable_path
+from .figures import HONEST_STATEMENT, ZERO_SHOT_GONE
 
 AUDIT_FIGURES = {"per_class": "per_class_top1.png", "confusion": "confusion_shift.png",
                  "retrieval": "retrieval.png", "probes": "probe_accuracy.png"}
@@ -17,17 +18,30 @@ UNLEARN_FIGURES = {"per_class": "per_class_top1.png"}
 
 
 def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
+    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _pm(cell: dict) -> str:
-    return "—" if cell["mean"] is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
+    return "n/a" if cell["mean"] is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def leace_sentence(status: str | None) -> str:
+    """One sentence on what LEACE is, why its row is there, and whether it was measured."""
+    what = ("LEACE (least-squares concept erasure, Belrose et al. 2023) is provable linear erasure: fitted on "
+            "labelled images of the forgotten classes, it makes their indicator linearly unpredictable on those "
+            "images, so its row shows what the same probes find after an eraser that uses such images; ccup uses "
+            "none")
+    if status == "measured":
+        return what + "; a comparison, not what ccup does."
+    if status == "not installed":
+        return what + "; not measured here: pip install 'ccup[audit]' adds it."
+    return what + "; not measured here (--no-leace)."
 
 
 def audit_markdown(report: dict, figures: dict[str, str]) -> str:
@@ -58,14 +72,24 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
     search_rows = [[f"{c} (name)", _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_10"]),
                     _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_10"]),
                     _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_100"]),
-                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_100"]), "—", "—"]
+                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_100"]),
+                    "in the table above", "in the table above", "yes"]
                    for c in report["forget"] if c in report["zero_shot"][0]["before"]["retrieval"]["per_class"]]
+    skipped = {(a["class"], a["alias"]) for a in v.get("aliases_not_recognised_before") or []}
+    forget = set(report["forget"])
     search_rows += [[f"{r['class']} as \"{r['alias']}\"", _pct(r["before"]["p_at_10"]), _pct(r["after"]["p_at_10"]),
                      _pct(r["before"]["p_at_100"]), _pct(r["after"]["p_at_100"]), _pct(r["before"]["top1"]),
-                     _pct(r["after"]["top1"])] for r in report["alias_rows"]]
+                     _pct(r["after"]["top1"]),
+                     "no: a kept class" if r["class"] not in forget else
+                     "no: not recognised before" if (r["class"], r["alias"]) in skipped else "yes"]
+                    for r in report["alias_rows"]]
     out += ["## Text search and aliases", "",
             _table(["query", "P@10 before %", "P@10 after %", "P@100 before %", "P@100 after %",
-                    "class top-1 before %", "class top-1 after %"], search_rows), ""]
+                    "class top-1 before %", "class top-1 after %", "counted in the verdict"], search_rows), "",
+            "Class top-1 of an alias: the class's zero-shot top-1 when only its class vector is replaced by the "
+            "alias's. An alias counts towards the verdict only for a forgotten class, and only when the original "
+            f"model recognised it (top-1 above {100 * ZERO_SHOT_GONE:.0f} % before): a name it never knew cannot "
+            "show forgetting.", ""]
     conf_rows = []
     for name, shares in report["confusion"].items():
         top_after = sorted(shares["after"].items(), key=lambda kv: -kv[1])[:3]
@@ -81,19 +105,19 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
                             ("LEACE on patched (needs labelled images)", (probes.get("leace") or {}).get("rows"))):
             for r in rows or []:
                 prow.append([label, r["k"], _pm(r["forget"]), _pm(r["retain"])])
+        n_classes = len(ds.get("images_per_class") or {}) or None
+        chance = f" Chance: {100 / n_classes:.1f} % (one of {n_classes} classes)." if n_classes else ""
         out += [f"## Recoverability: k-shot linear probes ({probes['draws']} draws, seed {probes['seed']})", "",
-                f"Trained on {probes['train_on']}, tested on the {probes['test_on']}. "
-                "Mean ± std over draws, in %.", "",
+                f"A logistic-regression probe over all classes, trained on k labelled images per class from "
+                f"{probes['train_on']}, tested on the {probes['test_on']}. Mean ± std over draws, in %.{chance}", "",
                 _table(["features", "k", "forget top-1", "retain top-1"], prow), "",
-                f"What this means: {HONEST_STATEMENT} LEACE (concept-erasure) is the reference for provable "
-                "linear erasure, shown as a comparison only: it needs labelled images of the forgotten classes. "
-                f"LEACE: {(probes.get('leace') or {}).get('status')}.", ""]
+                leace_sentence((probes.get("leace") or {}).get("status")), ""]
     lineage = report.get("lineage")
     if lineage and len(lineage["steps"]) > 1:
         out += ["## Sequential unlearning: the chain", "",
                 _table(["step", "forget", "method / α", "source sha256", "output sha256"],
                        [[i + 1, ", ".join(s["forget"] or []), f"{s['method']} / {s['alpha']}",
-                         (s["source"]["sha256"] or "—")[:12], (s["output_sha256"] or "—")[:12]]
+                         (s["source"]["sha256"] or "not recorded")[:12], (s["output_sha256"] or "not recorded")[:12]]
                         for i, s in enumerate(lineage["steps"])]),
                 "", f"Chain intact (each source is the previous output): {'yes' if lineage['intact'] else 'NO'}.", ""]
     if not report["patched"]["single_pass"]:
@@ -135,8 +159,8 @@ def write_audit_folder(out: Path, overwrite: bool, report: dict) -> None:
     with atomic_dir(out, overwrite) as tmp:
         figures, warnings = draw_audit_figures(report, tmp)
         report.setdefault("warnings", []).extend(warnings)
-        report["outputs"] = {"folder": str(out), "audit_md": str(out / "audit.md"),
-                             "figures": {k: str(out / v) for k, v in figures.items()}}
+        report["outputs"] = {"folder": portable_path(out), "audit_md": portable_path(out / "audit.md"),
+                             "figures": {k: portable_path(out / v) for k, v in figures.items()}}
         (tmp / "audit.md").write_text(audit_markdown(report, figures), encoding="utf-8")
         rep.write_report(tmp / "audit.json", report)
 
@@ -156,10 +180,18 @@ def unlearn_markdown(report: dict, figures: dict[str, str]) -> str:
         how = (f"method `{method}`, α = {proj.get('alpha', spec.get('alpha'))}, folded into "
                f"`{proj.get('fold_site', '?')}` (the image tower's final linear map; no other tensor changed; "
                "no image of the forgotten classes was used)")
-    out = [f"# {report['model']['name']}, with {', '.join(spec['forget'])} forgotten", "",
+    forget_domains = spec.get("forget_domains") or []
+    what = ", ".join(spec["forget"]) or "every class"
+    where = f" in {', '.join(forget_domains)}" if forget_domains else ""
+    out = [f"# {report['model']['name']}, with {what} forgotten{where}", "",
            f"Made by `ccup unlearn` {report['ccup_version']} on {report['created_at']}: {how}. "
            f"Source: `{spec.get('model') or 'ccup-tiny-fashion'}` / `{spec.get('pretrained') or 'default'}` "
            f"(sha256 `{(source or 'random-init')[:12]}…`).", ""]
+    if forget_domains:
+        kept = [d for d in (report.get("metrics", {}).get("before", {}).get("domains") or {}) if d not in forget_domains]
+        out += [f"**Scope:** {what} was targeted **only in {', '.join(forget_domains)}**"
+                + (f"; in {', '.join(kept)} it was meant to stay." if kept and spec["forget"] else ".")
+                + " The figures below are over every domain; the grid shows each class in each domain.", ""]
     metrics = report.get("metrics")
     if metrics:
         ds = report["dataset"]
@@ -168,9 +200,11 @@ def unlearn_markdown(report: dict, figures: dict[str, str]) -> str:
             b, a = rep._at(metrics["before"], path), rep._at(metrics["after"], path)
             if b is None and a is None:
                 continue
-            rows.append([label, _pct(b), _pct(a), "—" if a is None or b is None else f"{100 * (a - b):+.1f}"])
+            rows.append([label, _pct(b), _pct(a), "n/a" if a is None or b is None else f"{100 * (a - b):+.1f}"])
         out += [f"## Measured on {ds['name']} {ds['split']} ({ds['n_images']} images)", "",
-                _table(["metric", "before %", "after %", "Δ points"], rows), ""]
+                _table(["metric", "before", "after", "change (points)"], rows), ""]
+        if "domains" in metrics["before"] and forget_domains:
+            out += domain_section(metrics, spec)
     else:
         out += ["Not evaluated: no dataset was given.", ""]
     out += ["## What this does and does not remove", "", HONEST_STATEMENT, "",
@@ -180,17 +214,45 @@ def unlearn_markdown(report: dict, figures: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+def domain_section(metrics: dict, spec: dict) -> list[str]:
+    """The class × domain grid (before → after top-1, forgotten domains marked) and the collateral loss."""
+    domains, forgotten, classes, cells = rep.domain_grid(metrics, spec)
+    header = ["class"] + [f"{d} (forgotten)" if d in forgotten else d for d in domains]
+    rows = [[c] + [f"{_pct(b)} → {_pct(a)}" for b, a in cells[c].values()] for c in classes]
+    lines = ["## By class and domain (top-1 %, before → after)", "", _table(header, rows), ""]
+    losses = [(c, d, change) for c, d, change in rep.collateral(metrics, spec) if change < 0]
+    if losses:
+        lines += ["**Collateral loss** in cells that were not forgotten: "
+                  + ", ".join(f"{c} in {d} {100 * change:+.1f} pt" for c, d, change in losses) + ".", ""]
+    else:
+        lines += ["No cell that was not forgotten lost top-1.", ""]
+    return lines
+
+
+def _per_class_figure(report: dict, path: Path) -> None:
+    """Per-class top-1 before and after; on a domain forget, one pair of bars per class and domain."""
+    from .plots import plot_per_class  # lazy: matplotlib is an optional extra
+
+    metrics, spec = report["metrics"], report["spec"]
+    if "domains" in metrics["before"] and spec.get("forget_domains"):
+        domains, forgotten, classes, cells = rep.domain_grid(metrics, spec)
+        label = {(c, d): f"{c} / {d}" for c in classes for d in domains}
+        before = {label[c, d]: cells[c][d][0] or 0.0 for c in classes for d in domains}
+        after = {label[c, d]: cells[c][d][1] or 0.0 for c in classes for d in domains}
+        marked = [label[c, d] for c in classes for d in domains if d in forgotten]
+        plot_per_class(before, after, marked, path, "zero-shot top-1 by class and domain")
+        return
+    plot_per_class(metrics["before"]["overall"]["per_class"], metrics["after"]["overall"]["per_class"],
+                   spec["forget"], path, "per-class zero-shot top-1")
+
+
 def write_unlearn_summary(folder: Path, report: dict) -> dict[str, Path]:
     """README.md and small figures for an unlearn output folder; returns ``{name: path}`` written."""
     figures: dict[str, str] = {}
     metrics = report.get("metrics")
     if metrics:
         try:
-            from .plots import plot_per_class  # lazy: matplotlib is an optional extra
-
-            plot_per_class(metrics["before"]["overall"]["per_class"], metrics["after"]["overall"]["per_class"],
-                           report["spec"]["forget"], folder / UNLEARN_FIGURES["per_class"],
-                           "per-class zero-shot top-1")
+            _per_class_figure(report, folder / UNLEARN_FIGURES["per_class"])
             figures["per_class"] = UNLEARN_FIGURES["per_class"]
         except ImportError:
             report.setdefault("warnings", []).append(
@@ -249,6 +311,6 @@ def audit_table(report: dict):
             table.add_row(f"{p['k']}-shot probe, retain top-1 (original → patched)", _pm(o["retain"]),
                           _pm(p["retain"]))
             if p["k"] in leace:
-                table.add_row(f"{p['k']}-shot probe after LEACE (needs labelled images), forget / retain", "",
+                table.add_row(f"{p['k']}-shot probe after LEACE (needs labelled images), forget / retain", "n/a",
                               f"{_pm(leace[p['k']]['forget'])} / {_pm(leace[p['k']]['retain'])}")
     return table

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DependencyError
+from .sources import transformers_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -57,23 +58,6 @@ class Backend(Protocol):
     def write_config_files(self, folder: Path) -> dict[str, Path]: ...
 
     def provenance(self) -> dict[str, Any]: ...
-
-
-TRANSFORMERS_PREFIX = "transformers:"
-
-
-def transformers_source(model: str | None, pretrained: str | None) -> Path | None:
-    """The folder the transformers backend loads, or None: ``transformers:PATH``, or a folder with a
-    ``config.json`` and no ``open_clip_config.json`` given as the model or as ``pretrained``."""
-    if model is not None and model.startswith(TRANSFORMERS_PREFIX):
-        return Path(model[len(TRANSFORMERS_PREFIX):])
-    for given in (pretrained, model):
-        if not given or given == "none" or given.startswith(("hf-hub:", "local-dir:")):
-            continue
-        folder = Path(given)
-        if folder.is_dir() and (folder / "config.json").is_file() and not (folder / "open_clip_config.json").is_file():
-            return folder
-    return None
 
 
 def _load_transformers(model: str | None, pretrained: str | None, device: str) -> Backend:

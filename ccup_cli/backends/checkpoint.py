@@ -18,8 +18,6 @@ import torch
 
 from ..errors import CheckpointError
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, with a one-line error for every way it can be bad.

@@ -22,10 +22,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from ..errors import CheckpointError
 from ..output.atomic import atomic_dir, sha256_file
+from ..output.portable import portable_path
 from .checkpoint import save_safetensors
 from .open_clip import LoadedModel
 from .transformers import WEIGHTS_NAME, import_transformers
@@ -270,10 +272,12 @@ def export_to_transformers(loaded: LoadedModel, out: Path, overwrite: bool) -> d
     _check_fits(config, tensors)
     tokenizer = build_tokenizer(loaded.tokenizer, config_kwargs["text_config"]["max_position_embeddings"])
     image_processor = transformers.CLIPImageProcessor(**image_processor_kwargs(loaded.preprocess_cfg))
-    source = {"model": loaded.display_name or loaded.model_name, "pretrained": loaded.pretrained,
-              "checkpoint_sha256": loaded.checkpoint_sha256}
+    source = {"model": portable_path(loaded.display_name or loaded.model_name),
+              "pretrained": portable_path(loaded.pretrained), "checkpoint_sha256": loaded.checkpoint_sha256}
+    unlearning = unlearning_facts(loaded.checkpoint_path)
     metadata = {"format": "pt", "ccup_export_from": "open_clip", "ccup_source_model": str(source["model"]),
-                "ccup_source_sha256": str(loaded.checkpoint_sha256)}
+                "ccup_source_sha256": str(loaded.checkpoint_sha256),
+                **{f"ccup_unlearning_{key}": value for key, value in (unlearning or {}).items()}}
     files: dict[str, str] = {}
     out = Path(out)
     with atomic_dir(out, overwrite) as tmp:
@@ -282,8 +286,57 @@ def export_to_transformers(loaded: LoadedModel, out: Path, overwrite: bool) -> d
         tokenizer.save_pretrained(str(tmp))  # tokenizer.json, tokenizer_config.json
         _write_bpe_files(loaded.tokenizer, tmp)  # vocab.json, merges.txt for tokenizers without tokenizer.json
         files[WEIGHTS_NAME] = save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata)
+        (tmp / "README.md").write_text(export_readme(source, unlearning), encoding="utf-8")
         for path in sorted(tmp.iterdir()):
             if path.name != WEIGHTS_NAME:
                 files[path.name] = sha256_file(path)
     return {"out": str(out.absolute()), "files": dict(sorted(files.items())), "config": config_kwargs,
-            "source": source, "transformers": transformers.__version__}
+            "source": source, "unlearning": unlearning, "transformers": transformers.__version__}
+
+
+# the string metadata an unlearned checkpoint carries (writer.write_checkpoint_folder) that an export keeps
+UNLEARNING_KEYS = ("method", "alpha", "forget", "forget_domains", "fold_site", "steps", "lr", "model", "pretrained",
+                   "source_sha256", "spec_sha256", "ccup_version")
+
+
+def unlearning_facts(checkpoint: Path | None) -> dict[str, str] | None:
+    """What ``ccup unlearn`` recorded in a checkpoint's safetensors metadata, or None for a model that
+    was never unlearned (no ``method`` key)."""
+    if checkpoint is None or Path(checkpoint).suffix != ".safetensors" or not Path(checkpoint).is_file():
+        return None
+    with safe_open(str(checkpoint), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "method" not in metadata or "ccup_version" not in metadata:
+        return None
+    return {key: metadata[key] for key in UNLEARNING_KEYS if key in metadata}
+
+
+def export_readme(source: dict, unlearning: dict[str, str] | None) -> str:
+    """The exported folder's README.md: where the weights came from and, for an unlearned model, what
+    was forgotten, how, and what that does not remove."""
+    lines = ["# A CLIP model exported by `ccup export`", "",
+             f"Converted from the open_clip model `{source['model']}` (weights sha256 "
+             f"`{(source['checkpoint_sha256'] or 'random-init')[:12]}…`) into a transformers `CLIPModel` folder: "
+             "`CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load it alone. The conversion "
+             "maps every weight one to one.", ""]
+    if unlearning is None:
+        lines += ["No unlearning: this is the source model in another format.", ""]
+        return "\n".join(lines)
+    forget = ", ".join(json.loads(unlearning.get("forget", "[]"))) or "no class"
+    domains = json.loads(unlearning.get("forget_domains", "[]"))
+    how = (f"`{unlearning['method']}`" + (f", α = {unlearning['alpha']}" if "alpha" in unlearning else "")
+           + (f", {unlearning['steps']} fine-tuning steps" if "steps" in unlearning else "")
+           + (f", folded into `{unlearning['fold_site']}`" if "fold_site" in unlearning else ""))
+    lines += ["## Unlearning", "",
+              f"The source was made by `ccup unlearn` {unlearning.get('ccup_version', '')}: forget {forget}"
+              + (f" in the domains {', '.join(domains)}" if domains else "") + f"; method {how}.",
+              f"It was unlearned from `{unlearning.get('model', '?')}` / `{unlearning.get('pretrained', '?')}` "
+              f"(sha256 `{unlearning.get('source_sha256', '?')[:12]}…`); the unlearning spec's sha256 is "
+              f"`{unlearning.get('spec_sha256', '?')[:12]}…`.", "",
+              "The same facts are in `model.safetensors`'s metadata, as `ccup_unlearning_*` keys.", "",
+              "## What this does and does not remove", "",
+              "The unlearning changed the image tower's final linear map (fine-tuning: its last layers). It removes "
+              "zero-shot recognition of the forgotten classes, and text search to the extent the image side "
+              "carries it. It does not remove what a probe trained on labelled images can decode; `ccup audit` "
+              "on the unlearn output folder measures that.", ""]
+    return "\n".join(lines)

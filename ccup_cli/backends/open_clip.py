@@ -26,11 +26,12 @@ import torch
 
 from ..errors import CheckpointError
 from ..output.atomic import sha256_file
-from ..presets.defaults import EMBEDDED_MODEL, EMBEDDED_MODELS
+from ..presets.defaults import EMBEDDED_MODEL, EMBEDDED_MODELS, EMBEDDED_PRETRAINED
 from ..text.encode import encode_prompts, encode_prompts_sharded, supports_fast_text
-from .checkpoint import CHECKPOINT_SUFFIXES, load_weights
+from .checkpoint import load_weights
 from .fold import FoldSite
 from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
+from .sources import CHECKPOINT_SUFFIXES
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
@@ -267,8 +268,9 @@ def resolve_source(model_name: str | None = None, pretrained: str | None = None)
                       Path(pretrained), str(pretrained))
     name = model_name or EMBEDDED_MODEL
     display = name
-    if name in EMBEDDED_MODELS and pretrained is None:
-        name = LOCAL_DIR + str(ASSETS / name)
+    embedded = name in EMBEDDED_MODELS and pretrained in (None, EMBEDDED_PRETRAINED)
+    if embedded:  # the shipped weights, in their local-dir folder
+        name, pretrained = LOCAL_DIR + str(ASSETS / name), None
     if pretrained is not None and pretrained != "none" and Path(pretrained).is_dir():
         name, pretrained = LOCAL_DIR + pretrained, None  # an output folder of ccup, or any local-dir
         display = name
@@ -283,7 +285,7 @@ def resolve_source(model_name: str | None = None, pretrained: str | None = None)
         checkpoint = _checkpoint_in_dir(folder)
         if checkpoint is None:
             raise CheckpointError(f"{folder} holds no checkpoint file", "write model.safetensors beside its config")
-        arch_name, pretrained_desc = name, str(checkpoint)
+        arch_name, pretrained_desc = name, EMBEDDED_PRETRAINED if embedded else str(checkpoint)
     elif name.startswith(HF_HUB):
         model_id = name[len(HF_HUB):]
         from open_clip.factory import _get_hf_config

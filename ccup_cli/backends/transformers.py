@@ -26,6 +26,7 @@ from ..errors import CheckpointError, DependencyError
 from ..output.atomic import sha256_file
 from .checkpoint import read_state_dict
 from .fold import FoldSite
+from .sources import UNSUPPORTED_MODEL_TYPES, transformers_folder_problems
 
 TRANSFORMERS_PREFIX = "transformers:"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,10 +35,6 @@ SITE_PATH = "visual_projection"
 CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                 "added_tokens.json", "chat_template.json")
-_WHY_NOT = {
-    "siglip": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
-    "siglip2": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
-}
 
 
 def import_transformers():
@@ -241,10 +238,13 @@ def _check_folder(folder: Path) -> Path:
         raise CheckpointError(f"{folder} has no config.json", "pass a folder written by save_pretrained")
     model_type = _model_type(folder)
     if model_type != "clip":
-        why = _WHY_NOT.get(str(model_type), "ccup folds into CLIP's visual_projection only")
+        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP's visual_projection only")
         raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported: {why}",
                               "pass a CLIP folder (config.json model_type \"clip\")")
     weights = folder / WEIGHTS_NAME
+    missing = transformers_folder_problems(folder)
+    if weights.is_file() and missing:  # weights present, processor or tokenizer files missing
+        raise CheckpointError(missing[0].removeprefix("model: "))
     if not weights.is_file():
         others = sorted(p.name for p in folder.iterdir()
                         if p.name.endswith((".bin", ".safetensors", ".safetensors.index.json")))
@@ -253,6 +253,15 @@ def _check_folder(folder: Path) -> Path:
                else "copy the model's weights into the folder")
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}", fix)
     return weights
+
+
+def check_vocabulary(folder: Path, tokens: int, embedding_rows: int) -> None:
+    """Refuse a tokenizer far smaller than the text tower's token embedding: transformers 5 builds a
+    2-token tokenizer from a folder without tokenizer files, and every prompt then reads the same."""
+    if tokens < embedding_rows // 2:
+        raise CheckpointError(f"{folder}: its tokenizer has {tokens} tokens for a text embedding of "
+                              f"{embedding_rows} rows, so the tokenizer files are missing or wrong",
+                              "copy the model's tokenizer.json (or vocab.json and merges.txt) into the folder")
 
 
 def load_transformers_model(path: str | Path, device: str = "cpu") -> HFLoaded:
@@ -281,6 +290,7 @@ def load_transformers_model(path: str | Path, device: str = "cpu") -> HFLoaded:
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{folder}: preprocessor or tokenizer files cannot be read: {str(err).splitlines()[0]}",
                               "keep preprocessor_config.json and the tokenizer files beside config.json") from err
+    check_vocabulary(folder, len(tokenizer), model.config.text_config.vocab_size)
     site = FoldSite(SITE_PATH, "linear", weight_key, None, projection.in_features, projection.out_features)
     return HFLoaded(
         model=model.to(device).eval(), preprocess=HFImageTransform(processor),

@@ -60,10 +60,12 @@ def _idx_dataset(name: str, default_root: str | None, torchvision_cls: str):
 
 def _torchvision(name: str, cls_name: str, split_kw: Callable[[str], dict], classnames_of=None):
     def load(root: str | None, split: str, download: bool) -> EvalDataset:
-        import torchvision
-
         if root is None:
             raise DatasetError(f"{name} needs --data-root", "point it at the dataset folder, or add --download")
+        if not download and not Path(root).is_dir():  # said before torchvision (and torch) load
+            raise DatasetError(f"{name}: data root {root} does not exist", "check --data-root, or add --download")
+        import torchvision  # lazy: torchvision loads torch (start-up time)
+
         try:
             ds = getattr(torchvision.datasets, cls_name)(root, download=download, **split_kw(split))
         except (RuntimeError, FileNotFoundError, OSError) as err:

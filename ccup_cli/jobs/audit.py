@@ -20,7 +20,8 @@ from ..data.catalog import MINI_NAME, check_classes_in
 from ..data.dataset import EvalDataset
 from ..data.datasets import DATASETS, open_dataset
 from ..errors import CheckpointError, DatasetError, SpecError
-from ..run.door import canonical_names, default_eval, open_eval_dataset
+from ..output.portable import portable_path
+from ..run.door import canonical_names, default_eval, open_eval_dataset, pretrained_problems
 from ..run.options import RunOptions, resolve_device
 from ..run.provenance import PhaseTimer, finish_report, start_report
 from ..run.writer import check_output
@@ -107,6 +108,9 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
     if not forget and not forget_domains:
         raise SpecError("forget: no forget classes given, and none recorded beside the checkpoint",
                         "pass --forget a,b")
+    source = pretrained_problems(model, pretrained)
+    if source:
+        raise SpecError(source)
     backend_for(model, pretrained)
     eval_name = req.eval or last.get("eval") or default_eval(model, None)
     if eval_name is None:
@@ -230,10 +234,10 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
     probes = _probes(req, planned, session, patched_tensors, patched_session, before, after, timer) \
         if req.probe_shots else None
-    verdict = audit.verdict(zero_shot, alias_rows, probes)
+    verdict = audit.verdict(zero_shot, alias_rows, probes, forget)
 
     report = start_report("audit", options.argv, session.loaded, None, dataset, hit)
-    report["patched"] = {"path": str(planned.patched_file), "sha256": _sha(planned.patched_file),
+    report["patched"] = {"path": portable_path(planned.patched_file), "sha256": _sha(planned.patched_file),
                          "differs_from_original_at": differ,
                          "single_pass": patched_tensors is not None,
                          "note": None if patched_tensors is not None else

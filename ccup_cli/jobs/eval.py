@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ..backends.base import backend_for
 from ..data.catalog import DATASET_NAMES, check_classes_in, check_dataset_name, preset_classnames
-from ..errors import SpecError
+from ..errors import Problems, SpecError
 from ..methods.prompt_sides import domain_problems, forgotten_classes
 from ..output import report as rep
 from ..presets import defaults
-from ..run.door import canonical_names, default_eval, open_eval_dataset
+from ..run.door import canonical_names, default_eval, open_eval_dataset, pretrained_problems
 from ..run.options import RunOptions, resolve_device
 from ..run.provenance import PhaseTimer, finish_report, start_report
 from ..run.writer import check_output
@@ -52,25 +52,41 @@ def validate_eval_request(req: EvalRequest) -> None:
         raise SpecError(problems)
 
 
-def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
-    """One message per threshold that does not hold, saying by how much."""
-    failures = []
+def _pc(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def threshold_checks(req: EvalRequest, metrics: dict) -> list[tuple[bool, str]]:
+    """``(held, message)`` per threshold given, in %: a failure says by how many points."""
+    checks = []
     forget_top1 = metrics["forget"]["top1"]
-    if req.max_forget_acc is not None and forget_top1 is not None and forget_top1 > req.max_forget_acc:
-        failures.append(f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {req.max_forget_acc:.4f} "
-                        f"by {forget_top1 - req.max_forget_acc:.4f}")
+    if req.max_forget_acc is not None and forget_top1 is not None:
+        over = forget_top1 - req.max_forget_acc
+        checks.append((over <= 0, f"forget top-1 {_pc(forget_top1)} ≤ {_pc(req.max_forget_acc)}" if over <= 0 else
+                       f"forget top-1 {_pc(forget_top1)} is above --max-forget-acc {_pc(req.max_forget_acc)} "
+                       f"by {100 * over:.1f} points"))
     retain_top1 = metrics["retain"]["top1"]
-    if req.min_retain_acc is not None and retain_top1 is not None and retain_top1 < req.min_retain_acc:
-        failures.append(f"retain top-1 {retain_top1:.4f} is below --min-retain-acc {req.min_retain_acc:.4f} "
-                        f"by {req.min_retain_acc - retain_top1:.4f}")
+    if req.min_retain_acc is not None and retain_top1 is not None:
+        under = req.min_retain_acc - retain_top1
+        checks.append((under <= 0, f"retain top-1 {_pc(retain_top1)} ≥ {_pc(req.min_retain_acc)}" if under <= 0 else
+                       f"retain top-1 {_pc(retain_top1)} is below --min-retain-acc {_pc(req.min_retain_acc)} "
+                       f"by {100 * under:.1f} points"))
     if req.max_forget_retrieval is not None:
         per_class = metrics["retrieval"]["per_class"]
         for name in req.forget:
             p10 = per_class.get(name, {}).get("p_at_10")
-            if p10 is not None and p10 > req.max_forget_retrieval:
-                failures.append(f'text search for "{name}": precision@10 {p10:.2f} is above --max-forget-retrieval '
-                                f"{req.max_forget_retrieval:.2f} by {p10 - req.max_forget_retrieval:.2f}")
-    return failures
+            if p10 is None:
+                continue
+            over = p10 - req.max_forget_retrieval
+            checks.append((over <= 0, f'text search for "{name}" P@10 {_pc(p10)} ≤ {_pc(req.max_forget_retrieval)}'
+                           if over <= 0 else f'text search for "{name}": P@10 {_pc(p10)} is above '
+                           f"--max-forget-retrieval {_pc(req.max_forget_retrieval)} by {100 * over:.1f} points"))
+    return checks
+
+
+def threshold_failures(req: EvalRequest, metrics: dict) -> list[str]:
+    """One message per threshold that does not hold, saying by how much (in %)."""
+    return [message for held, message in threshold_checks(req, metrics) if not held]
 
 
 def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = None) -> tuple[dict, list[str]]:
@@ -79,18 +95,22 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     validate_eval_request(req)
     timer = PhaseTimer()
     eval_name = default_eval(req.model, req.eval, domains=bool(req.forget_domains))
+    problems = Problems()  # every problem at the door is reported at once
+    problems.add(pretrained_problems(req.model, req.pretrained))
     if eval_name is None:
-        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
+        problems.add("eval: no dataset given; pass --eval DATASET (a name or an ImageFolder path)")
     if report_path is not None:
-        check_output(report_path, options.overwrite, what="report")
-    templates = load_templates(req.templates)
-    backend_for(req.model, req.pretrained)  # a missing optional package is bad input, said here
-    check_dataset_name(eval_name)
-    preset = preset_classnames(eval_name) if eval_name in DATASET_NAMES and req.classnames is None else None
-    if preset:  # a named dataset's classes are known before its files are opened
-        check_classes_in({"forget": req.forget}, preset, eval_name)
-    dataset = open_eval_dataset(eval_name, req.data_root, req.eval_split, req.download, req.eval_limit,
-                                req.classnames, timer)
+        problems.attempt(check_output, report_path, options.overwrite, what="report")
+    templates = problems.attempt(load_templates, req.templates)
+    problems.attempt(backend_for, req.model, req.pretrained)  # a missing optional package is bad input
+    dataset = None
+    if eval_name is not None and problems.passes(check_dataset_name, eval_name):
+        preset = preset_classnames(eval_name) if eval_name in DATASET_NAMES and req.classnames is None else None
+        if preset:  # a named dataset's classes are known before its files are opened
+            problems.attempt(check_classes_in, {"forget": req.forget}, preset, eval_name)
+        dataset = problems.attempt(open_eval_dataset, eval_name, req.data_root, req.eval_split, req.download,
+                                   req.eval_limit, req.classnames, timer)
+    problems.raise_all()
     check_classes_in({"forget": req.forget}, dataset.classnames, dataset.name)
     forget = canonical_names(req.forget, dataset.classnames)
     if req.forget_domains:
@@ -111,10 +131,11 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
                           request={**req.__dict__, "eval": eval_name, "forget": forget if req.forget else []})
     report["metrics"] = {"before": before}
-    failures = threshold_failures(req, before)
+    checks = threshold_checks(req, before)
+    failures = [message for held, message in checks if not held]
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
-                            "failures": failures}
+                            "failures": failures, "held": [message for held, message in checks if held]}
     finish_report(report, timer, device, session.loaded, options)
     if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes
         rep.write_report(Path(report_path).absolute(), report)

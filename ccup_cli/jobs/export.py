@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..backends.base import transformers_source
 from ..errors import SpecError
+from ..output.portable import portable_path
+from ..run.door import pretrained_problems
 from ..run.options import RunOptions
 from ..run.provenance import PhaseTimer, finish_report, start_report
 from ..run.writer import check_output
@@ -34,6 +36,8 @@ def run_export(source: str | None, pretrained: str | None, to: str, options: Run
     model, pretrained = resolve_export_source(source, pretrained)
     if transformers_source(model, pretrained) is not None:
         problems.append(f"source: {source or pretrained} is already a transformers folder; nothing to export")
+    else:
+        problems += pretrained_problems(model, pretrained)
     if problems:
         raise SpecError(problems)
     # lazy: start-up time (torch loads after the door)
@@ -50,5 +54,5 @@ def run_export(source: str | None, pretrained: str | None, to: str, options: Run
         loaded = load_model(model, pretrained, "cpu")
     with timer("write"):
         written = export_to_transformers(loaded, Path(options.out), options.overwrite)
-    report = start_report("export", options.argv, loaded, export=written)
+    report = start_report("export", options.argv, loaded, export={**written, "out": portable_path(written["out"])})
     return finish_report(report, timer, "cpu", loaded)

@@ -18,7 +18,7 @@ from ..metrics.compare import delta, metrics_for
 from ..output import report as rep
 from ..run.door import Plan
 from ..run.options import RunOptions
-from ..run.provenance import PhaseTimer, dataset_record, finish_report, start_report
+from ..run.provenance import PhaseTimer, dataset_record, finish_report, resolved_fields, start_report
 from ..run.session import open_session
 from ..run.writer import write_checkpoint_folder
 from ..text.embeddings import default_retain
@@ -49,7 +49,7 @@ def run_finetune(plan: Plan, options: RunOptions, timer: PhaseTimer, device: str
     replaced = {k: state[k].detach().cpu() for k in ft.trained_keys}
     after = metrics_for(site, {k: state[k] for k in site.keys}, pre_after, classifier, dataset, spec.forget)
 
-    resolved = spec.model_copy(update={"retain": retain})
+    resolved = spec.model_copy(update={"retain": retain, **resolved_fields(spec, loaded)})
     report = start_report("unlearn", options.argv, loaded, resolved)
     report["inputs"]["train_data"] = dataset_record(train)
     report["finetune"] = {"steps": ft.steps, "step_budget": spec.finetune_steps, "lr": spec.finetune_lr,

@@ -11,9 +11,10 @@ from pathlib import Path
 from ..errors import SpecError
 from ..methods.table import get_method, method_params, split_variant
 from ..output import report as rep
+from ..output.portable import portable_path
 from ..run.door import admit
 from ..run.options import RunOptions, resolve_device
-from ..run.provenance import PhaseTimer, finish_report, start_report
+from ..run.provenance import PhaseTimer, finish_report, resolved_fields, start_report
 from ..spec.schema import UnlearnSpec, check_sweep
 
 
@@ -45,7 +46,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
             name, override = split_variant(entry)
             params[entry] = {**method_params(get_method(name), spec), **override}
         rows = run_sweep(inputs, methods, alphas, features.forget_names, params, session.method_context())
-    resolved = spec.model_copy(update={"retain": retain})
+    resolved = spec.model_copy(update={"retain": retain, **resolved_fields(spec, session.loaded)})
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
                           sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})
     out = Path(options.out).absolute()
@@ -60,12 +61,12 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
         try:
             plot_tradeoff(rows, tmp / "tradeoff.png", f"{report['model']['name']} on {dataset.name}: "
                                                        f"forget {', '.join(spec.forget)}")
-            report["plot"] = str(out / "tradeoff.png")
+            report["plot"] = portable_path(out / "tradeoff.png")
         except ImportError:
             report["plot"] = None
             report.setdefault("warnings", []).append(
                 "tradeoff.png not written: matplotlib is missing; pip install 'ccup[plot]'")
-        report["outputs"] = {"folder": str(out), "sweep_jsonl": {"path": str(out / "sweep.jsonl"),
+        report["outputs"] = {"folder": portable_path(out), "sweep_jsonl": {"path": portable_path(out / "sweep.jsonl"),
                                                                  "sha256": sha256_file(tmp / "sweep.jsonl")}}
         finish_report(report, timer, device, session.loaded, options)
         rep.write_report(tmp / "report.json", {k: v for k, v in report.items() if k != "rows"})

@@ -14,7 +14,7 @@ from ..methods.table import get_method, method_params
 from ..output import report as rep
 from ..run.door import Plan, admit
 from ..run.options import RunOptions, resolve_device
-from ..run.provenance import PhaseTimer, dataset_record, finish_report, start_report
+from ..run.provenance import PhaseTimer, dataset_record, finish_report, resolved_fields, start_report
 from ..spec.schema import UnlearnSpec
 
 AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
@@ -84,7 +84,7 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
                                   params, inplace=True, retain_warn_cosine=spec.retain_warn_cosine, context=context)
 
     retain = features.retain_names
-    resolved = spec.model_copy(update={"retain": retain})
+    resolved = spec.model_copy(update={"retain": retain, **resolved_fields(spec, loaded)})
     report = start_report("unlearn", options.argv, loaded, resolved)
     proj = result.projector
     report["projector"] = {

@@ -45,16 +45,17 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}"
 
 
-ROWS = (  # (path in a metrics tree, label); a row shows where its value exists
-    ("forget.top1", "forget top-1 (lower is better)"),
-    ("retain.top1", "retain top-1, all classes"),
-    ("retain_only.top1", "retain top-1, retain classes only"),
-    ("overall.top1", "overall top-1"),
-    ("retain.mean_per_class_recall", "retain mean per-class recall"),
-    ("retrieval.forget.p_at_10", "forget text search P@10 (lower is better)"),
-    ("retrieval.forget.p_at_100", "forget text search P@100 (lower is better)"),
-    ("retrieval.retain.p_at_100", "retain text search P@100"),
+ROWS = (  # (path in a metrics tree, label); a row shows where its value exists; every value is a share, shown in %
+    ("forget.top1", "forget top-1 % (lower is better)"),
+    ("retain.top1", "retain top-1 %, all classes"),
+    ("retain_only.top1", "retain top-1 %, retain classes only"),
+    ("overall.top1", "overall top-1 %"),
+    ("retain.mean_per_class_recall", "retain mean per-class recall %"),
+    ("retrieval.forget.p_at_10", "forget text search P@10 % (lower is better)"),
+    ("retrieval.forget.p_at_100", "forget text search P@100 % (lower is better)"),
+    ("retrieval.retain.p_at_100", "retain text search P@100 %"),
 )
+RANK_LABEL = "forget true-class mean rank (1 = first; not a %)"
 
 
 def _at(tree: dict | None, path: str):
@@ -65,26 +66,29 @@ def _at(tree: dict | None, path: str):
     return tree
 
 
-def metrics_table(metrics: dict, title: str):
-    """Before / after / delta (points) for forget, retain and overall accuracy and text search."""
+def metrics_table(metrics: dict, title: str, measured: str = "measured"):
+    """Before / after / change for forget, retain and overall accuracy and text search, each labelled with its
+    unit (% rows change in points, the rank row in ranks). With one model (no ``after``) the single
+    column is labelled ``measured``."""
     from rich.table import Table
 
     before, after, change = metrics.get("before", {}), metrics.get("after"), metrics.get("delta")
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
-    table.add_column("before %", justify="right")
+    table.add_column("before" if after is not None else measured, justify="right")
     if after is not None:
-        table.add_column("after %", justify="right")
-        table.add_column("Δ points", justify="right")
+        table.add_column("after", justify="right")
+        table.add_column("change", justify="right")
     for path, label in ROWS:
         if _at(before, path) is None:
             continue
         row = [label, _pct(_at(before, path))]
         if after is not None:
-            row += [_pct(_at(after, path)), _signed(_at(change, path))]
+            delta = _signed(_at(change, path))
+            row += [_pct(_at(after, path)), delta if delta == "—" else f"{delta} pt"]
         table.add_row(*row)
     if before.get("forget", {}).get("mean_true_class_rank") is not None:
-        row = ["forget true-class mean rank", f"{before['forget']['mean_true_class_rank']:.2f}"]
+        row = [RANK_LABEL, f"{before['forget']['mean_true_class_rank']:.2f}"]
         if after is not None:
             r = after["forget"]["mean_true_class_rank"]
             row += [f"{r:.2f}", f"{r - before['forget']['mean_true_class_rank']:+.2f}"]
@@ -92,28 +96,44 @@ def metrics_table(metrics: dict, title: str):
     return table
 
 
+def domain_grid(metrics: dict, spec: dict) -> tuple[list[str], set[str], list[str], dict]:
+    """The class × domain grid of top-1: ``(domains, forgotten domains, classes, {class: {domain: (before,
+    after)}})``, for the forget classes (every class when a whole domain is forgotten)."""
+    before, after = metrics["before"], metrics.get("after") or {}
+    domains = list(before.get("domains", {}))
+    classes = spec.get("forget") or list(before["overall"]["per_class"])
+    cells = {}
+    for c in classes:
+        cells[c] = {}
+        for d in domains:
+            a = _at(after, f"domains.{d}.overall.per_class")
+            cells[c][d] = (before["domains"][d]["overall"]["per_class"].get(c), a.get(c) if isinstance(a, dict) else None)
+    return domains, set(spec.get("forget_domains") or []), classes, cells
+
+
+def collateral(metrics: dict, spec: dict) -> list[tuple[str, str, float]]:
+    """``(class, domain, change)`` of top-1 in every cell of the grid that was *not* forgotten, largest
+    loss first: what a domain forget cost the cells meant to stay."""
+    domains, forgotten, classes, cells = domain_grid(metrics, spec)
+    out = [(c, d, a - b) for c in classes for d in domains if d not in forgotten
+           for b, a in [cells[c][d]] if a is not None and b is not None]
+    return sorted(out, key=lambda row: row[2])
+
+
 def domain_grid_table(metrics: dict, spec: dict):
     """Class × domain grid of before → after top-1 for the forget classes (all classes when a
     whole domain is forgotten); forgotten cells are marked ✗."""
     from rich.table import Table
 
-    before, after = metrics["before"], metrics.get("after") or {}
-    domains = list(before.get("domains", {}))
-    forget_domains = set(spec.get("forget_domains") or [])
-    classes = spec.get("forget") or list(before["overall"]["per_class"])
+    domains, forget_domains, classes, cells = domain_grid(metrics, spec)
+    after = metrics.get("after")
     title = "top-1 % by class and domain" + (", before → after" if after else "")
     table = Table(title=title, title_justify="left")
     table.add_column("class")
     for d in domains:
         table.add_column(d + (" ✗" if d in forget_domains else ""), justify="right")
     for c in classes:
-        row = [c]
-        for d in domains:
-            b = before["domains"][d]["overall"]["per_class"].get(c)
-            a = _at(after, f"domains.{d}.overall.per_class")
-            a = a.get(c) if isinstance(a, dict) else None
-            row.append(f"{_pct(b)} → {_pct(a)}" if after else _pct(b))
-        table.add_row(*row)
+        table.add_row(c, *[f"{_pct(b)} → {_pct(a)}" if after else _pct(b) for b, a in cells[c].values()])
     return table
 
 
@@ -127,8 +147,8 @@ def summary_table(report: dict):
     table.add_column()
     spec = report["spec"]
     source = report["model"]["pretrained"] or "random init"
-    table.add_row("model", report["model"]["name"] if report["model"]["name"] == "ccup-tiny-fashion" and
-                  source.endswith("open_clip_model.safetensors") else f"{report['model']['name']} ({source})")
+    table.add_row("model", report["model"]["name"] if source in ("embedded", report["model"]["name"])
+                  else f"{report['model']['name']} ({source})")
     table.add_row("forget", ", ".join(spec["forget"]) or "every class")
     if spec.get("forget_domains"):
         table.add_row("in domains", ", ".join(spec["forget_domains"]))

@@ -31,3 +31,5 @@ FINETUNE_SEED = 0
 EMBEDDED_MODEL = "ccup-tiny-fashion"  # the model used when no --model is given
 # every model shipped in ccup_cli/assets/<name>/; the second learnt domain captions (issue 14)
 EMBEDDED_MODELS = (EMBEDDED_MODEL, "ccup-tiny-fashion-domains")
+# the pretrained tag of an embedded model's shipped weights, as the resolved spec records it
+EMBEDDED_PRETRAINED = "embedded"

@@ -1,7 +1,7 @@
 """Checks at the door: everything a job can verify before it loads a model.
 
-Templates, the dataset and its class names, the forget and retain lists, the fine-tuning
-data and the output location. Nothing here imports torch or open_clip, so a typo in a class
+The model's files, templates, the dataset and its class names, the forget and retain lists,
+the fine-tuning data and the output location; every problem found is reported at once. Nothing here imports torch or open_clip, so a typo in a class
 name is reported in well under a second.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..backends.base import backend_for
+from ..backends.sources import source_problems
 from ..data.catalog import (
     DATASET_NAMES,
     MINI_DOMAINS_NAME,
@@ -21,10 +22,10 @@ from ..data.catalog import (
     preset_classnames,
 )
 from ..data.reference_images import resolve_domain_images
-from ..errors import SpecError
+from ..errors import Problems, SpecError
 from ..methods.prompt_sides import admit_sides
 from ..methods.table import get_method
-from ..presets.defaults import EMBEDDED_MODELS
+from ..presets.defaults import EMBEDDED_MODELS, EMBEDDED_PRETRAINED
 from ..spec.schema import UnlearnSpec
 from ..text.templates import load_templates
 from .options import RunOptions
@@ -72,26 +73,46 @@ class Plan:
     references: dict[str, Path] | None = None  # domain -> folder of unlabelled reference images (domain-edit)
 
 
+def pretrained_problems(model: str | None, pretrained: str | None) -> list[str]:
+    """The model source checked from its files alone (``backends.base.source_problems``), and the
+    ``embedded`` tag on a model that ships no weights."""
+    problems = source_problems(model, pretrained)
+    if pretrained == EMBEDDED_PRETRAINED and model is not None and model not in EMBEDDED_MODELS:
+        problems.append(f'pretrained: "{EMBEDDED_PRETRAINED}" names the shipped weights of an embedded model '
+                        f"({', '.join(EMBEDDED_MODELS)}); {model} has none, so pass a tag or a checkpoint path")
+    return problems
+
+
 def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: bool) -> Plan:
-    """Validate a spec against its templates, dataset and output before any model is loaded."""
+    """Validate a spec against its model files, templates, dataset and output before any model is loaded.
+
+    Independent checks all run, and every problem they find is reported at once.
+    """
     uses_domains = bool(spec.forget_domains or spec.domains)
     spec_eval = default_eval(spec.model, spec.eval, uses_domains)
     if spec_eval != spec.eval:
         spec = spec.model_copy(update={"eval": spec_eval})
-    templates, retain_templates = load_templates(spec.templates), load_templates(spec.retain_templates)
-    backend_for(spec.model, spec.pretrained)  # a missing optional package is bad input, said here
+    problems = Problems()
+    problems.add(pretrained_problems(spec.model, spec.pretrained))
+    templates = problems.attempt(load_templates, spec.templates)
+    retain_templates = problems.attempt(load_templates, spec.retain_templates)
+    problems.attempt(backend_for, spec.model, spec.pretrained)  # a missing optional package is bad input
     if need_eval and not spec.eval:
-        raise SpecError("eval: a dataset is needed here", "pass --eval DATASET (a name or an ImageFolder path)")
+        problems.add("eval: a dataset is needed here; pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None
     names = {"forget": spec.forget, "retain": spec.retain}
-    if spec.eval:
-        check_dataset_name(spec.eval)
-    preset = preset_classnames(spec.eval) if spec.eval in DATASET_NAMES and spec.classnames is None else None
-    if preset:  # a named dataset's classes are known before its files are opened
-        check_classes_in(names, preset, spec.eval)
-    if spec.eval:
-        dataset = open_eval_dataset(spec.eval, spec.data_root, spec.eval_split, spec.download, spec.eval_limit,
-                                    spec.classnames, timer)
+    if spec.eval and problems.passes(check_dataset_name, spec.eval):
+        preset = preset_classnames(spec.eval) if spec.eval in DATASET_NAMES and spec.classnames is None else None
+        if preset:  # a named dataset's classes are known before its files are opened
+            problems.attempt(check_classes_in, names, preset, spec.eval)
+        dataset = problems.attempt(open_eval_dataset, spec.eval, spec.data_root, spec.eval_split, spec.download,
+                                   spec.eval_limit, spec.classnames, timer)
+        if dataset is not None and not preset:
+            problems.attempt(check_classes_in, names, dataset.classnames, dataset.name)
+    if options.out is not None:
+        problems.attempt(check_output, options.out, options.overwrite, (spec.pretrained, spec.model))
+    problems.raise_all()
+    if dataset is not None:
         check_classes_in(names, dataset.classnames, dataset.name)
         spec = spec.model_copy(update={
             "forget": canonical_names(spec.forget, dataset.classnames),
@@ -104,8 +125,6 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
     if spec.method == "finetune":
         with timer("open_train_data"):
             train = finetune_dataset(spec, dataset)
-    if options.out is not None:
-        check_output(options.out, options.overwrite, (spec.pretrained, spec.model))
     return Plan(spec, dataset, templates, retain_templates, train, sides, domain_table, references)
 
 

@@ -3,6 +3,7 @@
 Head: schema version, ccup version (from the installed metadata, never typed in), UTC time,
 argv, the resolved spec and its sha256, the model source and its sha256, the dataset and the
 sha256 of its file list. Tail: timings per phase and the environment (versions, device).
+Paths ccup resolved are recorded portably (``portable.py``): never an absolute path of this machine.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
+
+from ..output.portable import portable_argv, portable_path
+from ..presets.defaults import EMBEDDED_MODEL, EMBEDDED_MODELS, EMBEDDED_PRETRAINED
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +67,29 @@ def dataset_record(dataset, feature_cache_hit: bool | None = None) -> dict:
     return record
 
 
+def resolved_source(model: str | None, pretrained: str | None, loaded) -> tuple[str | None, str | None]:
+    """``(model, pretrained)`` as the resolved spec records them: the embedded default by its name and
+    ``embedded``, an open_clip name's default tag by the tag it resolved to; the rest as given.
+
+    A folder (``local-dir:``, ``hf-hub:``, ``transformers:``, an output folder) names its own weights,
+    so its ``pretrained`` stays as given.
+    """
+    if model is None and pretrained is None:
+        return EMBEDDED_MODEL, EMBEDDED_PRETRAINED
+    if model in EMBEDDED_MODELS and pretrained is None:
+        return model, EMBEDDED_PRETRAINED
+    if (pretrained is None and model is not None and getattr(loaded, "backend", None) == "open_clip"
+            and not model.startswith(("local-dir:", "hf-hub:", "transformers:"))):
+        return model, loaded.pretrained
+    return model, pretrained
+
+
+def resolved_fields(spec, loaded) -> dict[str, str | None]:
+    """``{"model": ..., "pretrained": ...}`` of ``resolved_source``, to update a spec with."""
+    model, pretrained = resolved_source(spec.model, spec.pretrained, loaded)
+    return {"model": model, "pretrained": pretrained}
+
+
 def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, dataset=None,
                  feature_cache_hit: bool | None = None, **sections: Any) -> dict:
     """The head of a report: who, when, what was asked, from which model and data."""
@@ -71,19 +98,19 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
         "command": command,
         "ccup_version": ccup_version(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "argv": list(argv if argv is not None else sys.argv),
+        "argv": portable_argv(list(argv if argv is not None else sys.argv)),
     }
     if spec is not None:
         report["spec"] = spec.model_dump(mode="json")
         report["spec_sha256"] = spec.sha256()
     if loaded is not None:
-        report["model"] = {"name": loaded.display_name or loaded.model_name, "backend": loaded.backend,
-                           "open_clip_name" if loaded.backend == "open_clip" else "source": loaded.model_name,
-                           "pretrained": loaded.pretrained,
-                           "checkpoint": str(loaded.checkpoint_path) if loaded.checkpoint_path else None}
+        checkpoint = portable_path(loaded.checkpoint_path)
+        report["model"] = {"name": portable_path(loaded.display_name or loaded.model_name), "backend": loaded.backend,
+                           "open_clip_name" if loaded.backend == "open_clip" else "source":
+                               portable_path(loaded.model_name),
+                           "pretrained": portable_path(loaded.pretrained), "checkpoint": checkpoint}
         report["preprocess_cfg"] = loaded.preprocess_cfg
-        report["inputs"] = {"checkpoint": {"path": str(loaded.checkpoint_path) if loaded.checkpoint_path else None,
-                                           "sha256": loaded.checkpoint_sha256}}
+        report["inputs"] = {"checkpoint": {"path": checkpoint, "sha256": loaded.checkpoint_sha256}}
     if dataset is not None:
         report["dataset"] = dataset_record(dataset, feature_cache_hit)
     report.update(sections)

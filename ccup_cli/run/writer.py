@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import OutputError
 from ..output import report as rep
 from ..output.atomic import atomic_dir, os_error_to_output_error, sha256_file
+from ..output.portable import portable_path
 
 
 def check_output(out: Path, overwrite: bool, inputs: tuple[str | None, ...] = (), what: str = "output folder") -> None:
@@ -56,9 +57,11 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
     metadata = {
         "format": "pt", "ccup_version": report["ccup_version"], "method": spec.method,
         "forget": json.dumps(spec.forget), "spec_sha256": report["spec_sha256"],
-        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": loaded.model_name,
-        "backend": loaded.backend, **method_metadata,
+        "source_sha256": loaded.checkpoint_sha256 or "random-init", "model": portable_path(loaded.model_name),
+        "pretrained": str(portable_path(spec.pretrained)), "backend": loaded.backend, **method_metadata,
     }
+    if spec.forget_domains:
+        metadata["forget_domains"] = json.dumps(spec.forget_domains)
     with atomic_dir(out, overwrite) as tmp:
         try:
             ckpt_sha = save_safetensors(patched_state_dict(loaded.source_state_dict, replaced),
@@ -69,11 +72,11 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
         except OSError as err:
             raise os_error_to_output_error(err, out) from err
         report["outputs"] = {
-            "folder": str(out),
-            "checkpoint": {"path": str(out / "model.safetensors"), "sha256": ckpt_sha},
-            **{_output_key(name): {"path": str(out / name), "sha256": sha256_file(path)}
+            "folder": portable_path(out),
+            "checkpoint": {"path": portable_path(out / "model.safetensors"), "sha256": ckpt_sha},
+            **{_output_key(name): {"path": portable_path(out / name), "sha256": sha256_file(path)}
                for name, path in configs.items()},
-            "spec": {"path": str(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
-            "summary": {name: str(out / name) for name in summary},
+            "spec": {"path": portable_path(out / "spec.yaml"), "sha256": sha256_file(tmp / "spec.yaml")},
+            "summary": {name: portable_path(out / name) for name in summary},
         }
         rep.write_report(tmp / "report.json", report)

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from ccup_cli.audit.aliases import read_aliases
+from ccup_cli.audit.figures import HONEST_STATEMENT
 from ccup_cli.audit.lineage import trace
 from ccup_cli.audit.probe import draw_pool, k_shot_indices, probe_curve, train_probe
 from ccup_cli.cli import app
@@ -153,6 +154,10 @@ def test_audit_writes_markdown_json_and_pngs_verdict_first(unlearned, tmp_path, 
                                                or not report["verdict"]["search_removed"])
     # the verdict itself is pinned on the embedded model, both ways: test_verdict_is_right_both_ways
     assert "does not remove what a probe" in md and "needs labelled images" in md
+    assert md.count(HONEST_STATEMENT) == 1  # the caveat once, under the verdict
+    assert "Chance: 10.0 % (one of 10 classes)." in md
+    assert "LEACE (least-squares concept erasure" in md and "LEACE: measured" not in md
+    assert "—" not in md  # every cell says something in words
     on_disk = json.loads((out / "audit.json").read_text())
     assert on_disk["forget"] == ["sandal", "sneaker"]
     assert on_disk["patched"]["single_pass"] is True

@@ -79,7 +79,7 @@ def test_exported_folder_loads_with_transformers_alone(vit_s32_export):
     processor = transformers.CLIPProcessor.from_pretrained(str(out))
     assert model.config.projection_dim == 384 and processor.tokenizer.model_max_length == 77
     assert {"config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-            "merges.txt", WEIGHTS_NAME} == set(result["files"])
+            "merges.txt", "README.md", WEIGHTS_NAME} == set(result["files"])
     assert json.loads((out / "config.json").read_text())["architectures"] == ["CLIPModel"]
 
 

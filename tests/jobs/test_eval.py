@@ -216,28 +216,36 @@ def test_patched_model_evaluated_from_scratch_matches_metrics_after(model_args, 
 
 
 def test_thresholds_exit_codes(model_args, fashion_folder, tmp_path):
-    """Each threshold just above / just below the measured figure: exit 0; just on the wrong side: exit 1."""
+    """Each threshold just above / just below the measured figure: exit 0; just on the wrong side: exit 1.
+    Messages are in %, like the tables; one line says when every threshold held."""
     per_class = eval_json(*model_args, "--eval", fashion_folder)["metrics"]["before"]["overall"]["per_class"]
     recognised = max(per_class, key=per_class.get)  # a class this random model gets right, to forget
     args = ["eval", *model_args, "--eval", fashion_folder, "--templates", "photo", "--forget", recognised]
     measured = eval_json(*args[1:])["metrics"]["before"]
     forget_top1, retain_top1 = measured["forget"]["top1"], measured["retain"]["top1"]
     assert forget_top1 > 0 and retain_top1 > 0  # both thresholds can be missed from below
-    ok = run(*args, "--max-forget-acc", forget_top1, "--min-retain-acc", retain_top1, "-q")
+    ok = run(*args, "--max-forget-acc", forget_top1, "--min-retain-acc", retain_top1)
     assert ok.exit_code == 0, ok.output
     assert "threshold failed" not in ok.stderr
-    failed = run(*args, "--max-forget-acc", round(forget_top1 - 0.05, 4), "--min-retain-acc", retain_top1,
+    # one model: its column is labelled for what it is, and one line says every threshold held, in %
+    assert "this model" in ok.stdout and "before" not in ok.stdout
+    held = [line for line in ok.stdout.splitlines() if line.startswith("every threshold held: ")]
+    assert held == [f"every threshold held: forget top-1 {100 * forget_top1:.1f} % ≤ {100 * forget_top1:.1f} %; "
+                    f"retain top-1 {100 * retain_top1:.1f} % ≥ {100 * retain_top1:.1f} %"], ok.stdout
+    lower = round(forget_top1 - 0.05, 4)
+    failed = run(*args, "--max-forget-acc", lower, "--min-retain-acc", retain_top1,
                  "--out", tmp_path / "forget.json", "-q")
     assert failed.exit_code == 1, failed.output
-    assert (f"forget top-1 {forget_top1:.4f} is above --max-forget-acc {forget_top1 - 0.05:.4f} by 0.0500"
-            in failed.stderr), failed.stderr
+    assert (f"forget top-1 {100 * forget_top1:.1f} % is above --max-forget-acc {100 * lower:.1f} % "
+            f"by {100 * (forget_top1 - lower):.1f} points" in failed.stderr), failed.stderr
     assert "below --min-retain-acc" not in failed.stderr  # only the threshold that failed is named
     report = json.loads((tmp_path / "forget.json").read_text())
     assert report["thresholds"]["passed"] is False
     failed = run(*args, "--min-retain-acc", 1.0, "--out", tmp_path / "r.json", "-q")
     assert failed.exit_code == 1
-    assert f"retain top-1 {retain_top1:.4f} is below --min-retain-acc 1.0000 by {1 - retain_top1:.4f}" in failed.stderr
-    assert "above --max-forget-acc" not in failed.stderr
+    assert (f"retain top-1 {100 * retain_top1:.1f} % is below --min-retain-acc 100.0 % "
+            f"by {100 * (1 - retain_top1):.1f} points" in failed.stderr), failed.stderr
+    assert "above --max-forget-acc" not in failed.stderr and "every threshold held" not in failed.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["thresholds"]["passed"] is False
     assert "after" not in report["metrics"] and "delta" not in report["metrics"]

@@ -313,4 +313,5 @@ def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags,
     assert p10 > 0  # 3 sandal images among 30: the tiny model finds at least one in its top 10
     failing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "0"])
     assert failing.exit_code == 1
-    assert f'text search for "sandal": precision@10 {p10:.2f} is above --max-forget-retrieval 0.00' in failing.stderr
+    assert (f'text search for "sandal": P@10 {100 * p10:.1f} % is above --max-forget-retrieval 0.0 % '
+            f"by {100 * p10:.1f} points") in failing.stderr
