@@ -118,7 +118,10 @@ def source_problems(model: str | None, pretrained: str | None) -> list[str]:
                         f"--pretrained {given.parent}")
     elif given.is_dir():
         plain_model = model is not None and not model.startswith((TRANSFORMERS_PREFIX, "local-dir:", "hf-hub:"))
-        if plain_model:
+        if not (given / "open_clip_config.json").is_file() and not _is_transformers_dir(given):
+            problems.append(f"pretrained: folder {pretrained} holds neither open_clip_config.json nor config.json; "
+                            "pass a checkpoint file, or a folder written by ccup, open_clip or save_pretrained")
+        elif plain_model:
             problems.append(f"model: {model} would be ignored: --pretrained {pretrained} is a model folder, which "
                             "names its own architecture; drop --model")
     elif not given.exists() and _path_like(pretrained):

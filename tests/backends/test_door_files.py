@@ -36,6 +36,9 @@ def test_missing_files_and_wrong_kinds_of_path_are_named(tmp_path):
     [line] = source_problems(f"local-dir:{tmp_path / 'missing'}", None)
     assert "does not exist" in line
     assert source_problems(f"transformers:{hf}", None) == []
+    (tmp_path / "empty").mkdir()
+    [line] = source_problems(None, str(tmp_path / "empty"))
+    assert "holds neither open_clip_config.json nor config.json" in line
     [line] = source_problems(str(tmp_path / "no-such-folder"), None)
     assert "is neither a model name nor an existing path" in line
 
