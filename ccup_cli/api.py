@@ -71,8 +71,9 @@ def unlearn(
     prototype_steps: int = defaults.PROTOTYPE_STEPS,
     prototypes_per_group: int = defaults.PROTOTYPES_PER_GROUP,
     reference_features: dict[str, torch.Tensor] | None = None,
+    fold: str = "auto",
 ) -> UnlearnResult:
-    """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower.
+    """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower (or its text tower).
 
     ``retain`` defaults to ImageNet-1k class names less the forget classes. ``templates``
     and ``retain_templates`` are a set name (openai, simple, photo), a file, or a list of
@@ -89,6 +90,10 @@ def unlearn(
     ``preprocess`` (the model's image transform) to synthesize its image prototypes.
     ``method="domain-edit"`` needs ``reference_features``: ``{domain: [n, d]}`` image features
     (``model.encode_image``) of a few unlabelled images of every domain in ``domains``.
+
+    ``fold`` says where W goes: "image" (``f → W f`` in the image tower's final linear map),
+    "text" (``t → Wᵀ t`` in the text tower's), or "auto" (image where the image tower ends in a
+    linear map, text otherwise, as for SigLIP). Zero-shot logits ``tᵀ W f`` are the same either way.
     """
     forget = list(forget)
     if not forget and not forget_domains and not forget_prompts:
@@ -97,7 +102,7 @@ def unlearn(
     if not entry.closed_form:
         raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
     retain = default_retain(forget) if retain is None else list(retain)
-    site = locate_fold_site(model)
+    site = locate_fold_site(model, fold)
     encode = _eval_mode_encoder(model, tokenizer)
     if domains is not None or forget_domains or forget_prompts or retain_prompts:
         forget_emb, retain_emb = _prompt_side_embeddings(encode, forget, retain, templates, retain_templates,

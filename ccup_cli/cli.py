@@ -189,6 +189,9 @@ _SPEC_FLAGS = {
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
                                          "retain-mean-orthogonal (default), zero (the paper), retain-mean, neutral, "
                                          "neutral-orthogonal, or a phrase.")),
+    "fold": (Optional[str], typer.Option(None, "--fold", help="Where W goes: image (the image tower's final linear "
+                                         "map), text (the text tower's), or auto (default: image where it exists, "
+                                         "else text, as for SigLIP).")),
     "templates": (Optional[str], typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
                                               "photo, or a file.")),
     "retain_templates": (Optional[str], typer.Option(None, "--retain-templates",
@@ -311,7 +314,7 @@ def eval_command(
         stdout.print(f"[bold green]every threshold held:[/] {'; '.join(held)}", highlight=False)
 
 
-@job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "templates", "retain_templates")
+@job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "fold", "templates", "retain_templates")
              + _DATA_FIELDS)
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,

@@ -16,6 +16,14 @@ import torch
 TINY_VIT = "ccup-test-vit"
 TINY_RN = "ccup-test-rn"
 TINY_TIMM = "ccup-test-convnext"  # the convnext family through timm, as convnext_tiny, at a fraction of the cost
+# one tiny config per tower shape of the fold-coverage table (scripts/fold_coverage.py)
+TINY_TIMM_MLP = "ccup-test-timm-mlp"  # timm head with an MLP projection: visual.head.mlp.fc2
+TINY_TRUNK_HEAD = "ccup-test-trunk-head"  # EVA / PE-Core: a timm ViT whose own classifier is the map: visual.trunk.head
+TINY_TRUNK_FC = "ccup-test-trunk-fc"  # MobileCLIP: the trunk's classifier inside its head: visual.trunk.head.fc
+# SigLIP: map pooling and no image projection; a bidirectional text tower pooled at its last token. No
+# "siglip" in the name: open_clip would fetch SigLIP's tokenizer for it.
+TINY_SIGLIP = "ccup-test-map-pool"
+_CAUSAL_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CONFIGS = {
     TINY_VIT: {
         "embed_dim": 32,
@@ -32,6 +40,33 @@ TINY_CONFIGS = {
         "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
                        "timm_proj": "linear", "image_size": 64},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    TINY_TIMM_MLP: {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": "mlp", "image_size": 64},
+        "text_cfg": _CAUSAL_TEXT,
+    },
+    TINY_TRUNK_HEAD: {
+        "embed_dim": 64,
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "token",
+                       "timm_proj": None, "image_size": 160},
+        "text_cfg": _CAUSAL_TEXT,
+    },
+    TINY_TRUNK_FC: {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False, "timm_pool": "avg",
+                       "timm_proj": None, "image_size": 64},
+        "text_cfg": _CAUSAL_TEXT,
+    },
+    TINY_SIGLIP: {  # the open_clip SigLIP configs' shape, with open_clip's own tokenizer (no hf_tokenizer_name)
+        "embed_dim": 64,
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "map",
+                       "timm_proj": "none", "image_size": 160},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                     "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6}},
     },
 }
 FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -189,3 +224,28 @@ def assert_same_metrics(a, b, rel: float = 1e-6, path: str = "metrics") -> None:
         assert a == pytest.approx(b, rel=rel, abs=rel), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_folder(tmp_path_factory) -> Path:
+    """A tiny random transformers SiglipModel folder: open_clip's BPE tokenizer (built locally), a 32 px processor."""
+    transformers = pytest.importorskip("transformers")
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from ccup_cli.backends.export import build_tokenizer
+
+    config = transformers.SiglipConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "max_position_embeddings": HF_CONTEXT, "vocab_size": 49408},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+    )
+    torch.manual_seed(0)
+    model = transformers.SiglipModel(config).eval()
+    with torch.no_grad():  # the head's bias starts at zero; a fold must carry it too
+        model.text_model.head.bias.normal_(std=0.1)
+    folder = tmp_path_factory.mktemp("hf") / "tiny-siglip"
+    model.save_pretrained(str(folder))
+    build_tokenizer(SimpleTokenizer(context_length=HF_CONTEXT), HF_CONTEXT).save_pretrained(str(folder))
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(folder))
+    return folder

@@ -177,9 +177,13 @@ def unlearn_markdown(report: dict, figures: dict[str, str]) -> str:
         how = (f"method `finetune` (gradient unlearning on labelled images, {report.get('finetune', {}).get('steps')} "
                "steps; the image tower's last block, final norm and projection changed)")
     else:
+        tower = "text" if proj.get("fold_side") == "text" else "image"
         how = (f"method `{method}`, α = {proj.get('alpha', spec.get('alpha'))}, folded into "
-               f"`{proj.get('fold_site', '?')}` (the image tower's final linear map; no other tensor changed; "
+               f"`{proj.get('fold_site', '?')}` (the {tower} tower's final linear map; no other tensor changed; "
                "no image of the forgotten classes was used)")
+        if tower == "text":
+            how += (". The image tower is untouched: image features, image-to-image search and probes see no "
+                    "change, and a text index built with the original text tower still finds the class")
     forget_domains = spec.get("forget_domains") or []
     what = ", ".join(spec["forget"]) or "every class"
     where = f" in {', '.join(forget_domains)}" if forget_domains else ""

@@ -41,12 +41,18 @@ class Backend(Protocol):
     checkpoint_path: Path | None
     checkpoint_sha256: str | None
     source_state_dict: dict[str, torch.Tensor]
-    site: FoldSite
+    site: FoldSite  # where W goes: the image tower's final linear map, or the text tower's (fold.FoldSite.side)
+
+    def select_fold(self, fold: str) -> FoldSite:
+        """Set and return ``site`` for ``fold`` (auto, image, text); a one-line CheckpointError where there is none."""
+        ...
 
     @property
     def cache_id(self) -> str | None: ...
 
-    def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor: ...
+    def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Image features ``[n, d]``; with ``projected=False`` and an image-side site, those before it ``[n, width]``."""
+        ...
 
     def encode_prompts(self, prompts: list[str], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor: ...

@@ -75,7 +75,9 @@ def encode_pre_projection(
                 chunks.append(backend.encode_images(batch.to(device, non_blocking=pin)).float().cpu())
                 if progress is not None:
                     progress(len(batch))
-        return torch.cat(chunks) if chunks else torch.empty(0, backend.site.in_features)
+        site = backend.site  # with a text-side site the image features are the final ones [n, d]
+        return torch.cat(chunks) if chunks else torch.empty(0, site.in_features if site.side == "image"
+                                                            else site.out_features)
 
     feats, hit = cached_tensor("features", cache_key, n_rows, encode)
     if hit and progress is not None:

@@ -1,33 +1,44 @@
-"""How W is folded into the image tower's final linear map (backend-free).
+"""How W is folded into a final linear map, on the image side or the text side (backend-free).
 
-An image feature is ``f = A x + b``: ``x`` the pre-projection features ``[n, width]``, ``A``
-the final linear map, described by a ``FoldSite`` that each backend locates in its own
-model. The patched tower computes ``W f``:
+A zero-shot logit is ``tᵀ W f = (Wᵀ t)ᵀ f``: the same map can be folded into the image tower's
+final linear map (``f → W f``) or into the text tower's (``t → Wᵀ t``). A feature is
+``y = A x + b``: ``x`` the features before the fold ``[n, width]``, ``A`` the final linear map,
+described by a ``FoldSite`` that each backend locates in its own model. With ``M = W`` on the
+image side and ``M = Wᵀ`` on the text side, the patched tower computes ``M y``:
 
-- kind "parameter", used as ``x @ P`` (open_clip VisionTransformer ``visual.proj``): ``P' = P Wᵀ``;
-- kind "linear" (open_clip ModifiedResNet ``visual.attnpool.c_proj``, timm heads, transformers
-  ``visual_projection``): ``weight' = W weight``, ``bias' = W bias``.
+- kind "parameter", used as ``x @ P`` (open_clip ViT ``visual.proj``, CLIP ``text_projection``): ``P' = P Mᵀ``
+  (image: ``P Wᵀ``; text: ``P W``);
+- kind "linear" (open_clip ModifiedResNet ``visual.attnpool.c_proj``, timm heads, SigLIP
+  ``text.text_projection``, transformers ``visual_projection``, ``text_projection``, ``text_model.head``):
+  ``weight' = M weight``, ``bias' = M bias``.
 
 Folding is done in float64 and cast back to the checkpoint's dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+SIDES = ("image", "text")
+FOLD_CHOICES = ("auto", "image", "text")
 
 
 @dataclass(frozen=True)
 class FoldSite:
-    """The image tower's final linear map: its module path and state-dict keys."""
+    """A tower's final linear map: its module path, state-dict keys and side."""
 
-    path: str  # e.g. "visual.proj" or "visual.attnpool.c_proj"
+    path: str  # e.g. "visual.proj", "visual.attnpool.c_proj", "text.text_projection"
     kind: str  # "parameter" (x @ P) or "linear" (weight x + bias)
     weight_key: str
     bias_key: str | None
     in_features: int
     out_features: int
+    side: str = "image"  # "image": f -> W f; "text": t -> Wᵀ t
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -38,13 +49,14 @@ def fold(site: FoldSite, tensors: dict[str, torch.Tensor], W: torch.Tensor) -> d
     """The fold-site tensors with ``W [d, d]`` folded in, in their original dtype and device."""
     weight = tensors[site.weight_key]
     w64 = W.to(device=weight.device, dtype=torch.float64)
+    m64 = w64.T if site.side == "text" else w64
     if site.kind == "parameter":
-        out = {site.weight_key: (weight.double() @ w64.T).to(weight.dtype)}
+        out = {site.weight_key: (weight.double() @ m64.T).to(weight.dtype)}
     else:
-        out = {site.weight_key: (w64 @ weight.double()).to(weight.dtype)}
+        out = {site.weight_key: (m64 @ weight.double()).to(weight.dtype)}
         if site.bias_key is not None:
             bias = tensors[site.bias_key]
-            out[site.bias_key] = (w64 @ bias.double()).to(bias.dtype)
+            out[site.bias_key] = (m64 @ bias.double()).to(bias.dtype)
     return out
 
 
@@ -63,3 +75,37 @@ def project(site: FoldSite, tensors: dict[str, torch.Tensor], pre_projection_fea
 def site_tensors(model: torch.nn.Module, site: FoldSite) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     return {k: state[k].detach().clone() for k in site.keys}
+
+
+def _get(root: nn.Module, dotted: str):
+    obj = root
+    for part in filter(None, dotted.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@contextlib.contextmanager
+def identity_map(model: nn.Module, site: FoldSite) -> Iterator[None]:
+    """Within the block, the site's tower returns its features before the fold ``[n, width]``.
+
+    The final map is swapped for an exact identity (a ``width x width`` identity matrix,
+    zero bias) and put back afterwards, whatever happens. Works on any ``nn.Module`` whose
+    site is an attribute (a Parameter or a Linear), whatever the backend.
+    """
+    parent_path, _, attr = site.path.rpartition(".")
+    parent = _get(model, parent_path)
+    original = getattr(parent, attr)
+    ref = original if isinstance(original, torch.Tensor) else original.weight
+    eye = torch.eye(site.in_features, dtype=ref.dtype, device=ref.device)
+    if site.kind == "parameter":
+        replacement: nn.Module | nn.Parameter = nn.Parameter(eye, requires_grad=False)
+    else:
+        replacement = nn.Linear(site.in_features, site.in_features, bias=True).to(ref.device, ref.dtype)
+        with torch.no_grad():
+            replacement.weight.copy_(eye)
+            replacement.bias.zero_()
+    setattr(parent, attr, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, original)

@@ -57,12 +57,17 @@ class LoadedModel:
     checkpoint_sha256: str | None
     display_name: str = ""  # what people read: "ccup-tiny-fashion" rather than its local-dir path
     source_state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    site: FoldSite | None = None  # the image tower's final linear map (open_clip_tower.locate_fold_site)
+    site: FoldSite | None = None  # the final linear map W is folded into (open_clip_tower.locate_fold_site)
     backend: str = "open_clip"
 
     def __post_init__(self) -> None:
         if self.site is None:
             self.site = locate_fold_site(self.model)
+
+    def select_fold(self, fold: str) -> FoldSite:
+        """Make the site of ``fold`` (auto, image, text) this model's fold site; a one-line error where it has none."""
+        self.site = locate_fold_site(self.model, fold)
+        return self.site
 
     @property
     def cache_id(self) -> str | None:
@@ -70,9 +75,12 @@ class LoadedModel:
         return self.checkpoint_sha256
 
     def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor:
-        """Image features ``[n, d]``, or without the final map (``projected=False``) ``[n, width]``."""
+        """Image features ``[n, d]``, or before an image-side fold site (``projected=False``) ``[n, width]``.
+
+        With the fold on the text side the image tower does not change: its features are returned as they are.
+        """
         pixels = pixels.to(next(self.model.parameters()).device)
-        if projected:
+        if projected or self.site.side != "image":
             return self.model.encode_image(pixels)
         with identity_projection(self.model, self.site):
             return self.model.encode_image(pixels)
@@ -164,7 +172,8 @@ def _tag_cached(tag_cfg: dict) -> str | None:
     return _hub_cached(model_id, names)
 
 
-def _download(what: str, fetch, cached):
+def _download(what: str, fetch, cached,
+              fix: str = "download the weights where a network exists and pass the file with --pretrained PATH"):
     """``cached()`` where no network answers (fails at once if it finds nothing), else ``fetch()``.
 
     open_clip's own download retries for about 40 s without a network; this answers in
@@ -173,10 +182,7 @@ def _download(what: str, fetch, cached):
     if not _network_reachable():
         found = cached()
         if found is None:
-            raise CheckpointError(
-                f"{what} needs a download and no network answers",
-                "download the weights where a network exists and pass the file with --pretrained PATH",
-            )
+            raise CheckpointError(f"{what} needs a download and no network answers", fix)
         return found
     try:
         return fetch()
@@ -362,6 +368,7 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
     src = resolve_source(model_name, pretrained)
     arch_name, model_cfg, checkpoint = src.arch_name, src.model_cfg, src.checkpoint
     preprocess_cfg = src.preprocess_cfg
+    tokenizer = _tokenizer(arch_name, model_cfg)  # before the build: a missing download is refused at once
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random init (and any init before loading) is deterministic
@@ -382,12 +389,34 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
     model = model.to(device).eval()
     final_pp = get_model_preprocess_cfg(model)
     transform = image_transform_v2(PreprocessCfg(**final_pp), is_train=False)
-    tokenizer = open_clip.get_tokenizer(arch_name)
     return LoadedModel(
         model=model, tokenizer=tokenizer, preprocess=transform, model_name=arch_name, pretrained=src.pretrained_desc,
         model_cfg=model_cfg, preprocess_cfg=_jsonable(final_pp), checkpoint_path=checkpoint,
         checkpoint_sha256=sha, source_state_dict=source_state, display_name=src.display,
     )
+
+
+def _tokenizer(arch_name: str, model_cfg: dict):
+    """open_clip's tokenizer for ``arch_name``; one that lives on the Hugging Face hub (SigLIP's
+    ``hf_tokenizer_name``) is read from the local cache where no network answers, else refused at once."""
+    import open_clip
+
+    hub_name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+    if not hub_name or Path(hub_name).is_dir():
+        return open_clip.get_tokenizer(arch_name)
+
+    def cached():
+        found = _hub_cached(hub_name, ["tokenizer.json", "tokenizer_config.json", "spiece.model"])
+        if found is None:
+            return None
+        from open_clip.tokenizer import HFTokenizer
+
+        text_cfg = model_cfg["text_cfg"]
+        return HFTokenizer(str(Path(found).parent), context_length=text_cfg.get("context_length", 77),
+                           **text_cfg.get("tokenizer_kwargs", {}))
+
+    return _download(f"the tokenizer {hub_name} of {arch_name}", lambda: open_clip.get_tokenizer(arch_name), cached,
+                     "fetch it once where a network exists (it is then read from the Hugging Face cache)")
 
 
 def _model_from_cfg(model_cfg: dict, preprocess_cfg: dict) -> torch.nn.Module:

@@ -1,37 +1,38 @@
-"""Where an open_clip image tower keeps its final linear map, and how to look past it.
+"""Where an open_clip model keeps its final linear maps, on the image side and the text side.
 
-``locate_fold_site`` knows each open_clip tower family; ``identity_projection`` swaps the map
-for an exact identity so the tower returns its pre-projection features. The rest of ccup
-sees only the ``fold.FoldSite`` these return.
+``image_fold_site`` knows each open_clip image tower family, ``text_fold_site`` each text tower,
+and ``locate_fold_site`` picks one for ``fold: image | text | auto`` (auto: the image side where
+the image tower ends in a linear map, the text side otherwise). The rest of ccup sees only the
+``fold.FoldSite`` these return; ``fold.identity_map`` looks past a site.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .fold import FoldSite
+from .fold import FoldSite, _get, identity_map
+
+identity_projection = identity_map  # the name the image side has always used
 
 
-def _get(root: nn.Module, dotted: str):
-    obj = root
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _linear_site(model: nn.Module, path: str) -> FoldSite:
+def _linear_site(model: nn.Module, path: str, side: str = "image") -> FoldSite:
     layer = _get(model, path)
     return FoldSite(path, "linear", f"{path}.weight", f"{path}.bias" if layer.bias is not None else None,
-                    layer.in_features, layer.out_features)
+                    layer.in_features, layer.out_features, side)
 
 
-def locate_fold_site(model: nn.Module) -> FoldSite:
-    """The final linear map of ``model.visual`` for each open_clip tower family."""
+def _parameter_site(path: str, param: nn.Parameter, side: str) -> FoldSite:
+    width, dim = param.shape
+    return FoldSite(path, "parameter", path, None, width, dim, side)
+
+
+class NoSite(CheckpointError):
+    """A tower has no final linear map to fold into (the message says why)."""
+
+
+def image_fold_site(model: nn.Module) -> FoldSite:
+    """The final linear map of ``model.visual`` for each open_clip tower family, or ``NoSite``."""
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.timm_model import TimmModel
     from open_clip.transformer import VisionTransformer
@@ -39,12 +40,11 @@ def locate_fold_site(model: nn.Module) -> FoldSite:
     visual = getattr(model, "visual", None)
     if isinstance(visual, VisionTransformer):
         if isinstance(visual.proj, nn.Parameter):
-            width, dim = visual.proj.shape
-            return FoldSite("visual.proj", "parameter", "visual.proj", None, width, dim)
+            return _parameter_site("visual.proj", visual.proj, "image")
         if isinstance(visual.proj, nn.Linear):
             return _linear_site(model, "visual.proj")
-        raise CheckpointError("unsupported tower: VisionTransformer without a projection (visual.proj is None)",
-                              "pick a model whose image tower ends in a linear projection")
+        raise NoSite("unsupported tower: VisionTransformer without a projection (visual.proj is None)",
+                     "fold on the text side: fold: text")
     if isinstance(visual, ModifiedResNet):
         return _linear_site(model, "visual.attnpool.c_proj")
     if isinstance(visual, TimmModel):
@@ -59,39 +59,66 @@ def locate_fold_site(model: nn.Module) -> FoldSite:
             for name, module in visual.trunk.named_modules():
                 if module is classifier:
                     return _linear_site(model, f"visual.trunk.{name}")
-        raise CheckpointError("unsupported tower: TimmModel without a final Linear (visual.head / trunk classifier)",
-                              "pick a timm tower with timm_proj 'linear'")
+        pool = getattr(visual.trunk, "global_pool", None)
+        how = " (it ends in attention pooling, as SigLIP does)" if pool == "map" else ""
+        raise NoSite(f"unsupported tower: TimmModel without a final Linear (visual.head / trunk classifier){how}",
+                     "fold on the text side: fold: text")
     kind = type(visual).__name__ if visual is not None else "no image tower"
-    raise CheckpointError(f"unsupported tower: visual is {kind}; ccup folds into ViT, ModifiedResNet and timm towers",
-                          "pick a supported open_clip architecture")
+    raise NoSite(f"unsupported tower: visual is {kind}; ccup folds into ViT, ModifiedResNet and timm towers",
+                 "fold on the text side: fold: text")
 
 
-@contextlib.contextmanager
-def identity_projection(model: nn.Module, site: FoldSite) -> Iterator[None]:
-    """Within the block, the tower's output is its pre-projection features ``[n, width]``.
+def text_fold_site(model: nn.Module) -> FoldSite:
+    """The final linear map of the text tower, or ``NoSite``.
 
-    The final map is swapped for an exact identity (a ``width x width`` identity matrix,
-    zero bias) and put back afterwards, whatever happens.
+    CLIP keeps it as ``text_projection`` (a Parameter ``[width, d]``, used as ``x @ P``, or a
+    Linear); CustomTextCLIP and CoCa as ``text.text_projection``; an HF text tower as ``text.proj``
+    (a Linear, or the last Linear of its MLP).
     """
-    parent_path, _, attr = site.path.rpartition(".")
-    parent = _get(model, parent_path)
-    original = getattr(parent, attr)
-    ref = original if isinstance(original, torch.Tensor) else original.weight
-    eye = torch.eye(site.in_features, dtype=ref.dtype, device=ref.device)
-    if site.kind == "parameter":
-        replacement: nn.Module | nn.Parameter = nn.Parameter(eye, requires_grad=False)
+    from open_clip.transformer import TextTransformer
+
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):
+        owner, prefix = text, "text."
+    elif text is None and hasattr(model, "text_projection"):
+        owner, prefix = model, ""
+    elif text is not None and hasattr(text, "proj"):  # HFTextEncoder
+        proj = text.proj
+        if isinstance(proj, nn.Linear):
+            return _linear_site(model, "text.proj", "text")
+        if isinstance(proj, nn.Sequential) and len(proj) and isinstance(proj[-1], nn.Linear):
+            return _linear_site(model, f"text.proj.{len(proj) - 1}", "text")
+        raise NoSite("unsupported text tower: its projection text.proj is not a Linear (proj_type none)",
+                     "fold on the image side: fold: image")
     else:
-        replacement = nn.Linear(site.in_features, site.in_features, bias=True).to(ref.device, ref.dtype)
-        with torch.no_grad():
-            replacement.weight.copy_(eye)
-            replacement.bias.zero_()
-    setattr(parent, attr, replacement)
+        kind = type(text).__name__ if text is not None else "no text tower"
+        raise NoSite(f"unsupported text tower: {kind}", "fold on the image side: fold: image")
+    projection = getattr(owner, "text_projection", None)
+    path = f"{prefix}text_projection"
+    if isinstance(projection, nn.Parameter):
+        return _parameter_site(path, projection, "text")
+    if isinstance(projection, nn.Linear):
+        return _linear_site(model, path, "text")
+    raise NoSite(f"unsupported text tower: no text projection ({path} is None)", "fold on the image side: fold: image")
+
+
+def locate_fold_site(model: nn.Module, fold: str = "auto") -> FoldSite:
+    """The site for ``fold``: "image", "text", or "auto" (image where the image tower has a site).
+
+    "auto" with neither side foldable names both reasons in one line.
+    """
+    if fold == "image":
+        return image_fold_site(model)
+    if fold == "text":
+        return text_fold_site(model)
     try:
-        yield
-    finally:
-        setattr(parent, attr, original)
-
-
+        return image_fold_site(model)
+    except NoSite as image_err:
+        try:
+            return text_fold_site(model)
+        except NoSite as text_err:
+            raise CheckpointError(f"no fold site: {image_err.problem}; {text_err.problem}",
+                                  "pick a model where either tower ends in a linear map") from text_err
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -103,5 +130,5 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         last = len(visual.transformer.resblocks) - 1
         prefixes: tuple[str, ...] = (f"visual.transformer.resblocks.{last}.", "visual.ln_post.", "visual.proj")
     else:
-        prefixes = (locate_fold_site(model).path,)
+        prefixes = (image_fold_site(model).path,)
     return {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}

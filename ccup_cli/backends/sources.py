@@ -27,16 +27,18 @@ def transformers_source(model: str | None, pretrained: str | None) -> Path | Non
     return None
 
 
-# the files a transformers CLIP folder needs; the tokenizer is tokenizer.json or vocab.json with merges.txt
+# the files a transformers CLIP or SigLIP folder needs; the tokenizer is tokenizer.json, vocab.json with
+# merges.txt, or SigLIP's sentencepiece spiece.model
 TRANSFORMERS_NEEDS = ("config.json", "model.safetensors", "preprocessor_config.json")
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",))
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # the files a --pretrained path can be
 _NOT_PATHS = ("none", "embedded")
 
 
+TRANSFORMERS_MODEL_TYPES = ("clip", "siglip")  # the config.json model_types the transformers backend loads
 UNSUPPORTED_MODEL_TYPES = {
-    "siglip": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
-    "siglip2": "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded",
+    "siglip2": "Siglip2Model takes NaFlex patch inputs (pixel_attention_mask, spatial_shapes) that ccup's image "
+               "pipeline does not produce yet",
 }
 
 
@@ -62,10 +64,10 @@ def transformers_folder_problems(folder: Path, field: str = "model") -> list[str
     if folder.is_file():
         return [f"{field}: {folder} is a file; pass the folder that holds it: transformers:{folder.parent}"]
     model_type = _model_type(folder)
-    if (folder / "config.json").is_file() and model_type != "clip":
-        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP's visual_projection only")
-        return [f"{field}: {folder}: model_type {model_type!r} is not supported: {why}; pass a CLIP folder "
-                '(config.json model_type "clip")']
+    if (folder / "config.json").is_file() and model_type not in TRANSFORMERS_MODEL_TYPES:
+        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP and SigLIP models only")
+        return [f"{field}: {folder}: model_type {model_type!r} is not supported: {why}; pass a CLIP or SigLIP "
+                'folder (config.json model_type "clip" or "siglip")']
     missing = [name for name in TRANSFORMERS_NEEDS if not (folder / name).is_file()]
     if not any(all((folder / name).is_file() for name in group) for group in TOKENIZER_FILES):
         missing.append("tokenizer.json (or vocab.json and merges.txt)")

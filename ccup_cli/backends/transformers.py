@@ -1,10 +1,16 @@
-"""The transformers backend: Hugging Face ``CLIPModel`` folders.
+"""The transformers backend: Hugging Face ``CLIPModel`` and ``SiglipModel`` folders.
 
-A folder of ``config.json`` (``model_type: clip``), ``model.safetensors``,
-``preprocessor_config.json`` and tokenizer files. The image tower ends in
-``visual_projection``, a Linear without bias, so the fold site is
-``visual_projection.weight`` (``weight' = W · weight``) and the pre-projection features are
-the vision model's pooled output ``[n, width]``.
+A folder of ``config.json`` (``model_type: clip`` or ``siglip``), ``model.safetensors``,
+``preprocessor_config.json`` and tokenizer files.
+
+- CLIP: the image tower ends in ``visual_projection``, a Linear without bias, so the image-side
+  fold site is ``visual_projection.weight`` (``weight' = W · weight``) and the pre-projection
+  features are the vision model's pooled output ``[n, width]``. The text side ends in
+  ``text_projection`` (``weight' = Wᵀ · weight``), for ``fold: text``.
+- SigLIP: the image tower ends in a residual attention-pooling head, so there is no image-side
+  site; W goes into the text tower's ``text_model.head`` (a Linear with bias:
+  ``weight' = Wᵀ · weight``, ``bias' = Wᵀ · bias``). The text tower is bidirectional and pooled at
+  the last position, so prompts are padded to ``max_position_embeddings`` as SigLIP was trained.
 
 ``transformers`` is an optional extra, imported only inside functions.
 """
@@ -31,10 +37,14 @@ from .sources import UNSUPPORTED_MODEL_TYPES, transformers_folder_problems
 TRANSFORMERS_PREFIX = "transformers:"
 WEIGHTS_NAME = "model.safetensors"
 SITE_PATH = "visual_projection"
-# every file a CLIP folder keeps beside its weights; missing ones are skipped
+# the final linear maps of each supported model_type: (image side, text side); None: that side has none
+SITES = {"clip": ("visual_projection", "text_projection"), "siglip": (None, "text_model.head")}
+MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+# every file a CLIP or SigLIP folder keeps beside its weights; missing ones are skipped
 CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                "added_tokens.json", "chat_template.json")
+                "added_tokens.json", "chat_template.json", "spiece.model")
+_NO_IMAGE_SITE = "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded"
 
 
 def import_transformers():
@@ -78,13 +88,13 @@ def _model_type(folder: Path) -> str | None:
 
 
 def is_transformers_folder(path: str | Path) -> bool:
-    """A folder whose ``config.json`` has ``model_type: clip`` (a ``transformers:`` prefix is allowed)."""
+    """A folder whose ``config.json`` has a supported ``model_type`` (a ``transformers:`` prefix is allowed)."""
     folder = strip_prefix(path)
-    return folder.is_dir() and _model_type(folder) == "clip"
+    return folder.is_dir() and _model_type(folder) in SITES
 
 
 def image_features(output) -> torch.Tensor:
-    """Projected image features ``[n, d]`` from ``CLIPModel.get_image_features``.
+    """Projected features ``[n, d]`` from ``get_image_features`` (or ``get_text_features``).
 
     transformers 4.x returns the tensor; transformers 5 returns an output object whose
     ``pooler_output`` holds the projected features.
@@ -95,6 +105,26 @@ def image_features(output) -> torch.Tensor:
     if isinstance(pooled, torch.Tensor):
         return pooled
     raise TypeError(f"get_image_features returned {type(output).__name__} without pooler_output")
+
+
+def _site(model: nn.Module, path: str, side: str) -> FoldSite:
+    from .fold import _get
+
+    layer = _get(model, path)
+    if not isinstance(layer, nn.Linear):
+        raise CheckpointError(f"{path} is not a Linear", "pass a standard CLIPModel or SiglipModel folder")
+    return FoldSite(path, "linear", f"{path}.weight", f"{path}.bias" if layer.bias is not None else None,
+                    layer.in_features, layer.out_features, side)
+
+
+def fold_site(model: nn.Module, model_type: str, fold: str = "auto") -> FoldSite:
+    """The site of ``fold`` (auto: the image side where there is one) for a supported ``model_type``."""
+    image_path, text_path = SITES[model_type]
+    if fold == "text" or (fold == "auto" and image_path is None):
+        return _site(model, text_path, "text")
+    if image_path is None:
+        raise CheckpointError(f"fold: image: {model_type}: {_NO_IMAGE_SITE}", "fold on the text side: fold: text")
+    return _site(model, image_path, "image")
 
 
 class HFImageTransform:
@@ -115,7 +145,7 @@ class HFImageTransform:
 
 @dataclass
 class HFLoaded:
-    """A transformers ``CLIPModel`` in eval mode with what ccup needs to know about its source."""
+    """A transformers ``CLIPModel`` or ``SiglipModel`` in eval mode with what ccup needs to know about its source."""
 
     model: nn.Module
     preprocess: Callable
@@ -129,6 +159,12 @@ class HFLoaded:
     tokenizer: Callable = field(repr=False, default=None)
     folder: Path | None = None
     backend: str = "transformers"
+    model_type: str = "clip"
+
+    def select_fold(self, fold: str) -> FoldSite:
+        """Make the site of ``fold`` (auto, image, text) this model's fold site; a one-line error where it has none."""
+        self.site = fold_site(self.model, self.model_type, fold)
+        return self.site
 
     @property
     def cache_id(self) -> str | None:
@@ -144,9 +180,12 @@ class HFLoaded:
         return next(self.model.parameters()).device
 
     def encode_images(self, pixels: torch.Tensor, projected: bool = False) -> torch.Tensor:
-        """Pooled vision output ``[n, width]``, or with ``projected`` the image features ``[n, d]``."""
+        """Pooled vision output ``[n, width]``, or with ``projected`` the image features ``[n, d]``.
+
+        With the fold on the text side the image tower does not change: its features are returned as they are.
+        """
         pixels = pixels.to(self.device)
-        if projected:
+        if projected or self.site.side != "image":
             return image_features(self.model.get_image_features(pixel_values=pixels))
         return self.model.vision_model(pixel_values=pixels).pooler_output
 
@@ -159,11 +198,17 @@ class HFLoaded:
 
     def _text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         pooled = self.model.text_model(input_ids=input_ids.to(self.device)).pooler_output
+        if self.model_type == "siglip":  # text_model.head is applied inside the text model
+            return pooled
         return self.model.text_projection(pooled)
 
     def supports_fast_text(self) -> bool:
-        """Whether the text tower is CLIP's causal, EOS-pooled one, where unpadded runs are exact."""
-        return isinstance(self.model.text_model, import_transformers().CLIPTextModel)
+        """Whether the text tower is CLIP's causal, EOS-pooled one, where unpadded runs are exact.
+
+        SigLIP's text tower attends both ways and is pooled at the last position, so every prompt
+        runs padded to its full length.
+        """
+        return self.model_type == "clip" and isinstance(self.model.text_model, import_transformers().CLIPTextModel)
 
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -204,6 +249,9 @@ class HFLoaded:
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The image tower's last encoder layer, its post-layernorm and ``visual_projection``."""
+        if self.model_type != "clip":
+            raise CheckpointError(f"fine-tuning trains the image tower's final linear map, and a {self.model_type} "
+                                  "image tower has none", "use method ccup, which folds on the text side")
         last = len(self.model.vision_model.encoder.layers) - 1
         prefixes = (f"vision_model.encoder.layers.{last}.", "vision_model.post_layernorm.", f"{SITE_PATH}.")
         return {n: p for n, p in self.model.named_parameters() if n.startswith(prefixes)}
@@ -237,10 +285,10 @@ def _check_folder(folder: Path) -> Path:
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json", "pass a folder written by save_pretrained")
     model_type = _model_type(folder)
-    if model_type != "clip":
-        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP's visual_projection only")
+    if model_type not in SITES:
+        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP and SigLIP models only")
         raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported: {why}",
-                              "pass a CLIP folder (config.json model_type \"clip\")")
+                              "pass a CLIP or SigLIP folder (config.json model_type \"clip\" or \"siglip\")")
     weights = folder / WEIGHTS_NAME
     missing = transformers_folder_problems(folder)
     if weights.is_file() and missing:  # weights present, processor or tokenizer files missing
@@ -264,37 +312,40 @@ def check_vocabulary(folder: Path, tokens: int, embedding_rows: int) -> None:
                               "copy the model's tokenizer.json (or vocab.json and merges.txt) into the folder")
 
 
-def load_transformers_model(path: str | Path, device: str = "cpu") -> HFLoaded:
-    """Load a transformers CLIP folder (``transformers:PATH`` or ``PATH``) in eval mode on ``device``."""
+def load_transformers_model(path: str | Path, device: str = "cpu", fold: str = "auto") -> HFLoaded:
+    """Load a transformers CLIP or SigLIP folder (``transformers:PATH`` or ``PATH``) in eval mode on ``device``."""
     folder = strip_prefix(path).absolute()
     weights = _check_folder(folder)
+    model_type = str(_model_type(folder))
     transformers = import_transformers()
     source_state = read_state_dict(weights)
     try:
         with quiet_transformers():
-            model = transformers.CLIPModel.from_pretrained(str(folder))
+            model = getattr(transformers, MODEL_CLASSES[model_type]).from_pretrained(str(folder))
     except Exception as err:  # noqa: BLE001 - transformers raises many kinds; each becomes one line
         raise CheckpointError(f"transformers could not load {folder}: {str(err).splitlines()[0]}",
-                              "check that the folder is a complete CLIP save_pretrained folder") from err
-    weight_key = f"{SITE_PATH}.weight"
-    if weight_key not in source_state:
-        raise CheckpointError(f"{weights} holds no {weight_key}", "pass a CLIPModel checkpoint, not a single tower")
-    projection = model.visual_projection
-    if not isinstance(projection, nn.Linear) or projection.bias is not None:
+                              f"check that the folder is a complete {MODEL_CLASSES[model_type]} "
+                              "save_pretrained folder") from err
+    site = fold_site(model, model_type, fold)
+    missing = [k for k in site.keys if k not in source_state]
+    if missing:
+        raise CheckpointError(f"{weights} holds no {missing[0]}", "pass a whole-model checkpoint, not a single tower")
+    if model_type == "clip" and (not isinstance(model.visual_projection, nn.Linear)
+                                 or model.visual_projection.bias is not None):
         raise CheckpointError(f"{folder}: visual_projection is not a Linear without bias",
                               "pass a standard CLIPModel folder")
     try:
         with quiet_transformers():
-            processor = transformers.CLIPImageProcessor.from_pretrained(str(folder))
+            processor = (transformers.CLIPImageProcessor if model_type == "clip"
+                         else transformers.AutoImageProcessor).from_pretrained(str(folder))
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{folder}: preprocessor or tokenizer files cannot be read: {str(err).splitlines()[0]}",
                               "keep preprocessor_config.json and the tokenizer files beside config.json") from err
     check_vocabulary(folder, len(tokenizer), model.config.text_config.vocab_size)
-    site = FoldSite(SITE_PATH, "linear", weight_key, None, projection.in_features, projection.out_features)
     return HFLoaded(
         model=model.to(device).eval(), preprocess=HFImageTransform(processor),
         model_name=TRANSFORMERS_PREFIX + str(folder), display_name=folder.name, pretrained=str(weights),
         checkpoint_path=weights, checkpoint_sha256=sha256_file(weights), source_state_dict=source_state,
-        site=site, tokenizer=tokenizer, folder=folder,
+        site=site, tokenizer=tokenizer, folder=folder, model_type=model_type,
     )

@@ -103,6 +103,10 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
     if lineage is None and req.model is None:
         raise SpecError(f"model: {req.patched} is no ccup output folder, so the original model is unknown",
                         "pass --model NAME (and --pretrained for the original weights)")
+    if last.get("fold") == "text":
+        raise SpecError(f"{req.patched}: ccup audit measures image-side folds, and this one folded on the text "
+                        "side (its image features are the original's, so probes see no change by construction)",
+                        "use ccup eval on the folder for zero-shot and text search")
     forget = req.forget or (lineage.forget if lineage else [])
     forget_domains = list(last.get("forget_domains") or [])
     if not forget and not forget_domains:
@@ -197,6 +201,10 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
     dataset, forget = planned.dataset, planned.forget
     session = open_session(planned.model, planned.pretrained, options, device, timer)
+    if session.site.side != "image":
+        raise CheckpointError(f"ccup audit measures image-side folds, and {planned.model or 'this model'} folds on "
+                              "the text side (its image features are the original's)",
+                              "use ccup eval on the folder for zero-shot and text search")
     with timer("compare_checkpoints"):
         patched_tensors, differ, outside = _compare_checkpoints(session, planned.patched_file)
     pre, hit = session.encode_images(dataset)

@@ -119,15 +119,18 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
 
     # lazy: start-up time (torch loads after the door)
     from ..metrics.compare import metrics_for
-    from ..run.session import open_session
+    from ..run.session import evaluation_inputs, open_session
 
     session = open_session(req.model, req.pretrained, options, device, timer)
 
     device = session.device  # this rank's device under torchrun
-    pre, hit = session.encode_images(dataset)
-    classifier = session.classifier(dataset.classnames, templates)
+    # the same features and classifier recipe an unlearn job evaluates with, so a patched output's
+    # figures here equal that job's metrics.after
+    inputs = evaluation_inputs(session, dataset, templates, None, None)
     with timer("metrics"):
-        before = metrics_for(session.site, session.original, pre, classifier, dataset, forget, req.forget_domains)
+        before = metrics_for(session.site, session.original, inputs.pre_projection_features, inputs.classifier,
+                             dataset, forget, req.forget_domains, inputs.prompts_before_fold)
+    hit = inputs.feature_cache_hit
     report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
                           request={**req.__dict__, "eval": eval_name, "forget": forget if req.forget else []})
     report["metrics"] = {"before": before}

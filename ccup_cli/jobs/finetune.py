@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SpecError
+from ..errors import CheckpointError, SpecError
 from ..methods.finetune import finetune_unlearn
 from ..metrics.compare import delta, metrics_for
 from ..output import report as rep
@@ -32,6 +32,10 @@ def run_finetune(plan: Plan, options: RunOptions, timer: PhaseTimer, device: str
     session = open_session(spec.model, spec.pretrained, options, device, timer)
     device = session.device  # this rank's device under torchrun
     loaded, site = session.loaded, session.site
+    if site.side != "image":
+        raise CheckpointError(f"method: finetune trains the image tower's last layers, and this image tower ends "
+                              f"without a linear map (ccup would fold into {site.path})",
+                              "use method ccup, which folds on the text side")
     retain = spec.retain if spec.retain is not None else default_retain(spec.forget, dataset.classnames)
     pre, hit = session.encode_images(dataset)
     classifier = session.classifier(dataset.classnames, plan.templates).to(pre.device)

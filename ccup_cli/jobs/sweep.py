@@ -36,7 +36,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     from ..run.sweep import run_sweep
 
     spec, dataset = plan.spec, plan.dataset
-    session = open_session(spec.model, spec.pretrained, options, device, timer)
+    session = open_session(spec.model, spec.pretrained, options, device, timer, spec.fold)
     device = session.device  # this rank's device under torchrun
     features = session.features(plan)
     inputs, retain = features.inputs, features.retain_names
@@ -48,7 +48,8 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
         rows = run_sweep(inputs, methods, alphas, features.forget_names, params, session.method_context())
     resolved = spec.model_copy(update={"retain": retain, **resolved_fields(spec, session.loaded)})
     report = start_report("sweep", options.argv, session.loaded, resolved, dataset, inputs.feature_cache_hit,
-                          sweep={"methods": methods, "alphas": alphas, "rows": len(rows)})
+                          sweep={"methods": methods, "alphas": alphas, "rows": len(rows),
+                                 "fold_site": session.site.path, "fold_side": session.site.side})
     out = Path(options.out).absolute()
     report["rows"] = rows
     if not session.world.is_main:  # under torchrun, rank 0 alone writes

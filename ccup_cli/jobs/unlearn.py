@@ -66,7 +66,7 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     from ..run.writer import write_checkpoint_folder
 
     spec, dataset = plan.spec, plan.dataset
-    session = open_session(spec.model, spec.pretrained, options, device, timer)
+    session = open_session(spec.model, spec.pretrained, options, device, timer, spec.fold)
     device = session.device  # this rank's device under torchrun
     loaded, site = session.loaded, session.site
     features = session.features(plan)
@@ -90,7 +90,7 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     report["projector"] = {
         "method": proj.method, "alpha": proj.alpha, "rank": proj.rank, "params": proj.params,
         "singular_values_of_I_minus_W": proj.singular_values, "fold_site": site.path,
-        "fold_keys": list(site.keys), "dim": int(proj.W.shape[0]),
+        "fold_side": site.side, "fold_keys": list(site.keys), "dim": int(proj.W.shape[0]),
     }
     if auto is not None:
         report["auto_alpha"] = auto
@@ -114,9 +114,9 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     if inputs is not None:
         with timer("metrics"):
             before = metrics_for(site, session.original, inputs.pre_projection_features, inputs.classifier, dataset,
-                                 features.forget_names, spec.forget_domains)
+                                 features.forget_names, spec.forget_domains, inputs.prompts_before_fold)
             after = metrics_for(site, result.folded_tensors, inputs.pre_projection_features, inputs.classifier,
-                                dataset, features.forget_names, spec.forget_domains)
+                                dataset, features.forget_names, spec.forget_domains, inputs.prompts_before_fold)
         report["dataset"] = dataset_record(dataset, inputs.feature_cache_hit)
         report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
 
@@ -124,7 +124,8 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     if writes:
         with timer("write"):
             write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
-                                    {"alpha": repr(float(proj.alpha)), "fold_site": site.path}, resolved, report)
+                                    {"alpha": repr(float(proj.alpha)), "fold_site": site.path,
+                                                                          "fold_side": site.side}, resolved, report)
     finish_report(report, timer, device, session.loaded, options)
     if writes:  # the report inside the folder carries the final timings too
         rep.write_report(Path(options.out) / "report.json", report)

@@ -163,7 +163,8 @@ def summary_table(report: dict):
         if proj.get("params", {}).get("sink"):
             table.add_row("sink", proj["params"]["sink"])
         table.add_row("rank of I − W", str(proj["rank"]))
-    table.add_row("fold site", proj["fold_site"])
+    side = proj.get("fold_side", "image")
+    table.add_row("fold site", proj["fold_site"] if side == "image" else f"{proj['fold_site']} (text side)")
     if report.get("outputs"):
         table.add_row("written", str(report["outputs"]["folder"]))
     return table

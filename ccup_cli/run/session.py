@@ -1,8 +1,10 @@
 """A loaded model and what every job derives from it once: fold site, text embeddings, image features.
 
-Only the image tower's final linear map ever changes, so images are encoded once, up to the
-features *before* that map, and the original model, the patched model and every strength
-are computed from those features.
+Only one final linear map ever changes, the fold site. On the image side, images are encoded
+once, up to the features *before* that map; on the text side, images are encoded once as they
+are (the image tower does not change) and the classifier's prompts up to the features before
+the text tower's map. The original model, the patched model and every strength are computed
+from those features.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from ..backends.base import Backend, load_backend
 from ..backends.features import encode_pre_projection, feature_cache_key
-from ..backends.fold import FoldSite, project, site_tensors
+from ..backends.fold import FoldSite, identity_map, project, site_tensors
 from ..data.dataset import EvalDataset
 from ..data.reference_images import reference_datasets, reference_record
 from ..methods.prompt_sides import embed_side, forgotten_classes
@@ -25,7 +27,8 @@ from ..runtime.distributed import World, cached_collective, cached_gather, init_
 from ..runtime.precision import encoder_precision
 from ..runtime.progress import step_counter
 from ..text.embeddings import TextEmbeddings, default_retain, embed_classes, embed_forget_and_retain
-from ..text.encode import cached_encode_prompts, text_cache_key
+from ..text.encode import cached_encode_prompts, class_embeddings, text_cache_key
+from ..text.templates import build_prompts
 from .options import RunOptions
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
@@ -173,9 +176,25 @@ class Session:
             return embed_classes(self.loaded.encode_prompts, classnames, templates, self.cache_id,
                                  self.text_cache_name, cache=self._cached_text).per_class
 
+    def prompts_before_fold(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Text-side fold: the classifier's prompt features before the site ``[C, K, width]`` (float32, CPU).
+
+        The text tower runs with its final map swapped for an identity (``fold.identity_map``);
+        ``fold.project`` of these rows with any fold-site tensors gives that model's prompt features.
+        """
+        prompts = build_prompts(classnames, templates)
+        name = f"{self.text_cache_name}|before:{self.site.path}"
+        key = text_cache_key(self.cache_id, name, prompts) if self.cache_id else None
+        with self.timer("eval_text"), self._text_precision(), identity_map(self.loaded.model, self.site):
+            feats, _ = self._cached_text(self.loaded.encode_prompts, prompts, key, self.options.batch_size)
+        return feats.float().cpu().reshape(len(classnames), len(templates), -1)
+
     def encode_images(self, dataset: EvalDataset, use_cache: bool | None = None,
                       phase: str = "encode_images") -> tuple[torch.Tensor, bool]:
-        """``pre_projection_features [n, width]`` of every image, and whether the cache served them."""
+        """``pre_projection_features [n, width]`` of every image, and whether the cache served them.
+
+        With a text-side site these are the image features themselves ``[n, d]``.
+        """
         use_cache = self.options.use_cache if use_cache is None else use_cache
         options = self.options
         key = feature_cache_key(self.loaded.cache_id, self.site, dataset, self.loaded.preprocess,
@@ -193,8 +212,9 @@ class Session:
 
 
 def open_session(model: str | None, pretrained: str | None, options: RunOptions, device: str,
-                 timer: PhaseTimer) -> Session:
-    """Load the model through its backend; the backend knows its fold site.
+                 timer: PhaseTimer, fold: str = "auto") -> Session:
+    """Load the model through its backend; the backend knows its fold sites, ``fold`` picks one
+    (auto: the image side where the image tower ends in a linear map, else the text side).
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group first: gloo on CPU, NCCL
     on CUDA, one GPU per rank.
@@ -203,7 +223,7 @@ def open_session(model: str | None, pretrained: str | None, options: RunOptions,
     here = init_if_needed(device)
     with timer("load_model"):
         loaded = load_backend(model, pretrained, device)
-    site = loaded.site
+    site = loaded.select_fold(fold)
     stored = loaded.source_state_dict
     original = {k: stored[k] for k in site.keys} if set(site.keys) <= set(stored) else site_tensors(loaded.model,
                                                                                                    site)
@@ -212,8 +232,19 @@ def open_session(model: str | None, pretrained: str | None, options: RunOptions,
 
 def evaluation_inputs(session: Session, dataset: EvalDataset, templates: Sequence[str], forget: TextEmbeddings,
                       retain: TextEmbeddings) -> SweepInputs:
-    """Encode the images once and build the classifier: everything metrics at any strength need."""
+    """Encode the images once and build the classifier: everything metrics at any strength need.
+
+    Text-side site: the classifier's prompts are encoded once up to the site, and the original
+    classifier is projected from them like every patched one (``evaluate.features_at``).
+    """
     pre, hit = session.encode_images(dataset)
-    classifier = session.classifier(dataset.classnames, templates).to(pre.device)
+    prompts = None
+    if session.site.side == "text":
+        prompts = session.prompts_before_fold(dataset.classnames, templates)
+        n_classes, n_templates, width = prompts.shape
+        classifier = class_embeddings(project(session.site, session.original, prompts.reshape(-1, width)),
+                                      n_classes, n_templates).to(pre.device)
+    else:
+        classifier = session.classifier(dataset.classnames, templates).to(pre.device)
     return SweepInputs(session.site, session.original, pre, classifier, dataset, forget, retain,
-                       feature_cache_hit=hit)
+                       feature_cache_hit=hit, prompts_before_fold=prompts)

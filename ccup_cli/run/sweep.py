@@ -21,7 +21,11 @@ from ..text.embeddings import TextEmbeddings
 
 @dataclass
 class SweepInputs:
-    """What a sweep needs, all computed once: features, classifier, embeddings, fold site."""
+    """What a sweep needs, all computed once: features, classifier, embeddings, fold site.
+
+    ``pre_projection_features`` are the image features before an image-side site, or the image
+    features themselves with a text-side site (then ``prompts_before_fold`` holds the classifier's side).
+    """
 
     site: FoldSite
     original_tensors: dict[str, torch.Tensor]
@@ -33,6 +37,7 @@ class SweepInputs:
     feature_cache_hit: bool = False
     forget_domains: tuple[str, ...] = ()  # domain forgetting: the forget split is these domains' cells
     forget_names: list[str] | None = None  # the classes of the forget split, when not the spec's forget list
+    prompts_before_fold: torch.Tensor | None = None  # text-side site: classifier prompts before it [C, K, width]
 
 
 def run_sweep(
@@ -56,7 +61,7 @@ def run_sweep(
             W = blend(full, alpha)
             tensors = inputs.original_tensors if alpha == 0 else fold(inputs.site, inputs.original_tensors, W)
             metrics = metrics_for(inputs.site, tensors, inputs.pre_projection_features, inputs.classifier,
-                                  inputs.dataset, forget_names, inputs.forget_domains)
+                                  inputs.dataset, forget_names, inputs.forget_domains, inputs.prompts_before_fold)
             rows.append({"method": method, "alpha": alpha, "params": params[method], "metrics": metrics})
     return rows
 

@@ -50,6 +50,9 @@ class UnlearnSpec(BaseModel):
                                                            "picks the smallest meeting max_forget_acc")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
     method: str = Field("ccup", description="an entry of methods.METHODS: " + ", ".join(METHODS))
+    fold: Literal["auto", "image", "text"] = Field("auto", description="where W goes: image (the image tower's final "
+                                                   "linear map), text (the text tower's), or auto (image where the "
+                                                   "image tower has one, else text)")
     templates: str = Field(defaults.FORGET_TEMPLATES, description="templates for forget classes and evaluation")
     retain_templates: str = Field(defaults.RETAIN_TEMPLATES, description="templates for retain classes")
     lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
@@ -194,6 +197,9 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     problems += semantic_problems(merged.get("forget"), merged.get("retain"),
                                   other_forget=bool(merged.get("forget_domains") or merged.get("forget_prompts")))
     problems += prompt_problems(merged)
+    if spec is not None and spec.method == "finetune" and spec.fold == "text":
+        problems.append("fold: text does not apply to method finetune, which trains the image tower; "
+                        "use fold: auto or image")
     if spec is not None and spec.alpha == "auto" and spec.max_forget_acc is None:
         problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05)")
     if problems or spec is None:

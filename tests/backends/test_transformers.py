@@ -57,7 +57,7 @@ def write_patched(loaded, W: torch.Tensor, out: Path) -> str:
 def test_folder_detection(hf_clip_folder, tmp_path):
     assert is_transformers_folder(hf_clip_folder)
     assert is_transformers_folder(f"transformers:{hf_clip_folder}")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
     assert not is_transformers_folder(tmp_path)
     assert not is_transformers_folder(tmp_path / "absent")
 
@@ -180,13 +180,13 @@ def test_missing_extra_is_a_dependency_error(hf_clip_folder, monkeypatch):
         load_transformers_model(hf_clip_folder)
 
 
-def test_siglip_folder_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+def test_siglip2_folder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
     (tmp_path / WEIGHTS_NAME).write_bytes(b"")
     with pytest.raises(CheckpointError) as err:
         load_transformers_model(f"transformers:{tmp_path}")
     line = err.value.one_line()
-    assert "siglip" in line and "no single final linear map" in line and "\n" not in line
+    assert "siglip2" in line and "NaFlex" in line and "\n" not in line
 
 
 def test_folder_without_weights_is_refused(hf_clip_folder, tmp_path):

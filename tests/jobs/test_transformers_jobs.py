@@ -131,17 +131,17 @@ def test_a_transformers_folder_without_the_extra_is_bad_input(hf_spec, monkeypat
     assert "transformers package is missing; pip install 'ccup[transformers]'" in err.value.one_line()
 
 
-def test_a_siglip_folder_is_refused_in_one_line(tmp_path, fashion_folder):
+def test_a_siglip2_folder_is_refused_in_one_line(tmp_path, fashion_folder):
     from typer.testing import CliRunner
 
     from ccup_cli.cli import app
 
-    folder = tmp_path / "siglip"
+    folder = tmp_path / "siglip2"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
     result = CliRunner().invoke(app, ["eval", "--pretrained", str(folder), "--eval", str(fashion_folder)])
     assert result.exit_code == 2
-    assert "model_type 'siglip' is not supported" in result.stderr and "no single final linear map" in result.stderr
+    assert "model_type 'siglip2' is not supported" in result.stderr and "NaFlex" in result.stderr
 
 
 @pytest.mark.embedded
