@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import CheckpointError, DependencyError
 from ..output.atomic import sha256_file
 from .checkpoint import read_state_dict
-from .fold import FoldSite
+from .fold import FoldSite, _get
 from .sources import UNSUPPORTED_MODEL_TYPES, transformers_folder_problems
 
 TRANSFORMERS_PREFIX = "transformers:"
@@ -108,8 +108,6 @@ def image_features(output) -> torch.Tensor:
 
 
 def _site(model: nn.Module, path: str, side: str) -> FoldSite:
-    from .fold import _get
-
     layer = _get(model, path)
     if not isinstance(layer, nn.Linear):
         raise CheckpointError(f"{path} is not a Linear", "pass a standard CLIPModel or SiglipModel folder")
