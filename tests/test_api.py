@@ -100,13 +100,19 @@ def test_unlearn_takes_domain_sides_and_ccup_proto(tiny):
     (lambda m: setattr(m, "visual", torch.nn.Identity()), "unsupported tower: visual is Identity"),
 ])
 def test_an_unsupported_tower_is_refused(tiny, break_tower, needle):
+    """fold: image on an image tower without a final map is refused, naming fold: text; auto folds there."""
     from ccup_cli.errors import CheckpointError
 
     model, tokenizer = tiny
     break_tower(model)
     with pytest.raises(CheckpointError) as err:
-        ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo", retain_templates="photo")
-    assert needle in err.value.one_line() and "\n" not in err.value.one_line()
+        ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo", retain_templates="photo",
+                         fold="image")
+    line = err.value.one_line()
+    assert needle in line and "fold: text" in line and "\n" not in line
+    auto = ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car"], templates="photo",
+                            retain_templates="photo")
+    assert (auto.site.path, auto.site.side) == ("text_projection", "text")
 
 
 def test_retain_classes_closer_than_retain_warn_cosine_are_warned_about(tiny_vit_file, tmp_path):

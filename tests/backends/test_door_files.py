@@ -50,10 +50,14 @@ def test_a_transformers_folder_without_tokenizer_files_is_named_file_by_file(tmp
     bpe = _hf_like(tmp_path / "bpe", ("config.json", "model.safetensors", "preprocessor_config.json", "vocab.json",
                                        "merges.txt"))
     assert transformers_folder_problems(bpe) == []
-    siglip = tmp_path / "siglip"
-    siglip.mkdir()
+    siglip2 = tmp_path / "siglip2"
+    siglip2.mkdir()
+    (siglip2 / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
+    assert "model_type 'siglip2' is not supported" in transformers_folder_problems(siglip2)[0]
+    siglip = _hf_like(tmp_path / "siglip", ("config.json", "model.safetensors", "preprocessor_config.json",
+                                            "spiece.model"))
     (siglip / "config.json").write_text(json.dumps({"model_type": "siglip"}))
-    assert "model_type 'siglip' is not supported" in transformers_folder_problems(siglip)[0]
+    assert transformers_folder_problems(siglip) == []
 
 
 def test_door_problems_with_files_are_all_reported_without_torch(tmp_path):
