@@ -48,6 +48,7 @@ def main(mode: str, config_dir: str, weights: str, out_dir: str) -> int:
     from ccup_cli.backends.open_clip import load_model
     from ccup_cli.data.datasets import open_dataset
     from ccup_cli.runtime import distributed as D
+    from ccup_cli.text.encode import encode_prompts_sharded
 
     here = D.init_if_needed("cpu")
     out = Path(out_dir)
@@ -65,7 +66,7 @@ def main(mode: str, config_dir: str, weights: str, out_dir: str) -> int:
     images, hit = D.cached_gather("features", key, len(ds), encode_shard)
     again, hit_again = D.cached_gather("features", key, len(ds), encode_shard, all_ranks=True)
     prompts = [f"a photo of a {c}" for c in ds.classnames] + ["a long prompt about a shirt with stripes"]
-    text = D.encode_prompts_sharded(loaded.model, loaded.tokenizer, prompts, batch_size=3)
+    text = encode_prompts_sharded(loaded.model, loaded.tokenizer, prompts, batch_size=3)
 
     def write():
         save_file({"images": images, "again": again, "text": text}, str(out / "gathered.safetensors"))
