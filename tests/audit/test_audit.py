@@ -287,7 +287,8 @@ def test_leace_row_is_measured_where_concept_erasure_is_installed(embedded_alpha
         assert 0.0 <= leace["rows"][0][key]["mean"] <= 1.0
     assert report["timings"]["leace"] > 0 and report["cost"]["probe_seconds"] > 0
     md = (tmp_path / "a" / "audit.md").read_text()
-    assert "| LEACE on patched (needs labelled images) | 4 |" in md and "LEACE: measured." in md
+    assert "| LEACE on patched (needs labelled images) | 4 |" in md
+    assert "LEACE (least-squares concept erasure" in md and "; a comparison, not what ccup does." in md
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "concept_erasure" else real(name, *a))

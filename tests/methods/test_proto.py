@@ -169,7 +169,9 @@ def test_eval_forget_domains_checks_only_the_forgotten_cells(tiny_vit_file, tmp_
     assert held["thresholds"]["passed"] and failures == []
     missed, failures = run_eval(replace(whole_req, max_forget_acc=measured / 2), RunOptions(device="cpu", workers=0))
     assert not missed["thresholds"]["passed"]
-    assert len(failures) == 1 and f"forget top-1 {measured:.4f} is above --max-forget-acc" in failures[0]
+    assert len(failures) == 1
+    assert failures[0] == (f"forget top-1 {100 * measured:.1f} % is above --max-forget-acc {50 * measured:.1f} % "
+                           f"by {50 * measured:.1f} points")
 
 
 @pytest.mark.parametrize("extra, message", [
