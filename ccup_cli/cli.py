@@ -182,13 +182,19 @@ _SPEC_FLAGS = {
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="With --alpha auto: the forget top-1 to reach.")),
+    "max_forget_retrieval": (Optional[float], typer.Option(
+        None, "--max-forget-retrieval", help="With --alpha auto: each forget class's search precision@10, @100 and "
+        "R-precision at most this (default 0.2; 1 turns it off).")),
+    "max_forget_auc_gap": (Optional[float], typer.Option(
+        None, "--max-forget-auc-gap", help="With --alpha auto: each forget class's search |AUC - 0.5| at most this "
+        "(at chance at both ends of the ranking).")),
     "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, domain-edit "
                                            "(forget in named domains; needs --domain-images), finetune (the "
                                            "gradient baseline; needs labelled training images), or ccup-proto "
                                            "(experimental; measured worse than ccup).")),
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
-                                         "retain-mean-orthogonal (default), zero (the paper), retain-mean, neutral, "
-                                         "neutral-orthogonal, or a phrase.")),
+                                         "retain-mean-orthogonal (default), zero (the paper), retain-mean, text-chance, "
+                                         "neutral, neutral-orthogonal, or a phrase.")),
     "fold": (Optional[str], typer.Option(None, "--fold", help="Where W goes: image (the image tower's final linear "
                                          "map), text (the text tower's), or auto (default: image where it exists, "
                                          "else text, as for SigLIP).")),
@@ -277,7 +283,10 @@ def eval_command(
     max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) above this."),
     min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) below this."),
     max_forget_retrieval: Optional[float] = typer.Option(None, "--max-forget-retrieval", help="Fail (exit 1) when a "
-                                                         "forget class's text-search precision@10 is above this."),
+                                                         "forget class's text-search precision@10, @100 or "
+                                                         "R-precision is above this."),
+    max_forget_auc_gap: Optional[float] = typer.Option(None, "--max-forget-auc-gap", help="Fail (exit 1) when a "
+                                                       "forget class's text-search |AUC - 0.5| is above this."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here."),
     flags: RunFlags = None,
     fields: dict = None,
@@ -292,7 +301,7 @@ def eval_command(
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
                       forget_domains=forget_domains,
                       templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc,
-                      max_forget_retrieval=max_forget_retrieval)
+                      max_forget_retrieval=max_forget_retrieval, max_forget_auc_gap=max_forget_auc_gap)
     with flags.options() as options:
         report, failures = run_eval(req, options, out)
     if flags.json_out:

@@ -76,9 +76,15 @@ def main() -> None:
     zs_rows = "\n".join(f"| {r['names']} | {r['templates']} | {pct(r['before']['forget_top1'])} | "
                         f"{pct(r['after']['forget_top1'])} | {pct(r['before']['retain_top1'])} | "
                         f"{pct(r['after']['retain_top1'])} |" for r in report["zero_shot"])
-    alias_rows = "\n".join(f"| {r['class']} as \"{r['alias']}\" | {pct(r['before']['top1'])} | "
-                           f"{pct(r['after']['top1'])} | {pct(r['before']['p_at_100'])} | "
-                           f"{pct(r['after']['p_at_100'])} |" for r in report["alias_rows"])
+    zs = report["zero_shot"][0]
+    name_rows = "\n".join(
+        f"| {c} (its name) | {pct(zs['before']['per_class'][c])} | {pct(zs['after']['per_class'][c])} | "
+        f"{pct(zs['before']['forget_search'][c]['p_at_100'])} | {pct(m['p_at_100'])} | {pct(m['r_precision'])} | "
+        f"{pct(m['bottom_100'])} | {m['auc']:.2f} |" for c, m in zs["after"]["forget_search"].items())
+    alias_rows = name_rows + "\n" + "\n".join(
+        f"| {r['class']} as \"{r['alias']}\" | {pct(r['before']['top1'])} | {pct(r['after']['top1'])} | "
+        f"{pct(r['before']['p_at_100'])} | {pct(r['after']['p_at_100'])} | {pct(r['after']['r_precision'])} | "
+        f"{pct(r['after']['bottom_100'])} | {r['after']['auc']:.2f} |" for r in report["alias_rows"])
     alias_after = [r["after"]["top1"] for r in report["alias_rows"]]
     alias_p100 = [r["after"]["p_at_100"] for r in report["alias_rows"]]
     probes = report["probes"]
@@ -97,9 +103,13 @@ default settings. Aliases: the synonyms the model was trained with and its held-
 |---|---|---|---|---|---|
 {zs_rows}
 
-| alias query | class top-1 before % | after % | search P@100 before % | after % |
-|---|---|---|---|---|
+| query | class top-1 before % | after % | search P@100 before % | after % | R-precision after % | bottom-100 after % | AUC after |
+|---|---|---|---|---|---|---|---|
 {alias_rows}
+
+Search after unlearning, at every depth: R-precision is the precision within the class's own image count,
+bottom-100 the class's share of the 100 images ranked *last* (chance: its share of the data, 0.10), AUC
+the chance that one of its images outranks another image (0.50 = chance, 0 = always ranked below).
 
 Worst alias after unlearning: top-1 {pct(max(alias_after))} % (target ≤ 2), search P@100 {pct(max(alias_p100))} %
 (mean {pct(statistics.mean(alias_p100))} %; target ≤ 10).

@@ -14,12 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..metrics.zero_shot import LOGIT_SCALE, zero_shot_metrics
+from ..metrics.zero_shot import LOGIT_SCALE, RANKING_KEYS, ranking_metrics, zero_shot_metrics
 
-# The verdict's thresholds (fractions). Zero-shot and search use the issue's targets; a probe
+# The verdict's thresholds (fractions). Zero-shot and search use the issues' targets; a probe
 # "recovers" a class when it gets this share of what the same probe gets on the original model.
+# Search is gone when every forget query is at chance at every depth: not found at the top
+# (P@10, P@100), nor within its own class size (R-precision), nor avoided at the bottom (the 100
+# images ranked last), and |AUC - 0.5| small (an avoided class is found by reading backwards).
 ZERO_SHOT_GONE = 0.05
-SEARCH_GONE_P100 = 0.10
+SEARCH_GONE_P100 = 0.10  # P@10 and P@100
+SEARCH_GONE_DEPTH = 0.20  # R-precision and the share of the 100 ranked last
+SEARCH_GONE_AUC_GAP = 0.15  # |AUC - 0.5|
 PROBE_RECOVERED_SHARE = 0.8
 
 HONEST_STATEMENT = (
@@ -34,10 +39,13 @@ def _logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Ten
 
 def split_top1(features: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray,
                classnames: Sequence[str], forget: Sequence[str]) -> dict:
-    """Forget and retain top-1 (every class a candidate) and forget text-search P@10/P@100."""
+    """Forget and retain top-1 (every class a candidate), text search for every class (``retrieval``)
+    and, under ``forget_search``, each forget class's own search at every depth."""
     m = zero_shot_metrics(features, class_embeddings, labels, classnames, forget)
+    per_class = m["retrieval"]["per_class"]
     return {"forget_top1": m["forget"]["top1"], "retain_top1": m["retain"]["top1"],
-            "per_class": m["overall"]["per_class"], "retrieval": m["retrieval"]}
+            "per_class": m["overall"]["per_class"], "retrieval": m["retrieval"],
+            "forget_search": {c: per_class[c] for c in forget if c in per_class}}
 
 
 def alias_classifier(class_embeddings: torch.Tensor, classnames: Sequence[str],
@@ -53,7 +61,7 @@ def alias_rows(before: torch.Tensor, after: torch.Tensor, class_embeddings: torc
                classnames: Sequence[str], aliases: dict[str, list[str]],
                alias_vectors: dict[str, torch.Tensor]) -> list[dict]:
     """One row per alias: the class's top-1 when only its vector is replaced by the alias's, and
-    text search with the alias as the query (P@10, P@100), before and after."""
+    text search with the alias as the query (``search_ranking``), before and after."""
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     rows = []
     for name, names in aliases.items():
@@ -66,19 +74,21 @@ def alias_rows(before: torch.Tensor, after: torch.Tensor, class_embeddings: torc
                 swapped[c] = vector.float()
                 pred = _logits(feats, swapped).argmax(dim=1)
                 top1 = float(pred[mine].eq(c).double().mean()) if bool(mine.any()) else None
-                row[when] = {"top1": top1, **search_precision(feats, vector, labels_t, c)}
+                row[when] = {"top1": top1, **search_ranking(feats, vector, labels_t, c)}
             rows.append(row)
     return rows
 
 
-def search_precision(features: torch.Tensor, query: torch.Tensor, labels: torch.Tensor, class_id: int) -> dict:
-    """Text-to-image search with one query vector ``[d]``: share of the top 10 / 100 images of ``class_id``."""
+def search_ranking(features: torch.Tensor, query: torch.Tensor, labels: torch.Tensor, class_id: int) -> dict:
+    """Text-to-image search with one query vector ``[d]``: where the images of ``class_id`` rank, at every
+    depth (``evaluate.ranking_metrics``: P@10, P@100, R@100, R-precision, bottom-100, AUC); None each
+    when the class has no image or every image."""
     scores = F.normalize(features.float(), dim=-1) @ F.normalize(query.float(), dim=-1)
-    n = len(scores)
-    top = scores.topk(min(100, n)).indices
-    hits = labels[top].eq(class_id).double()
-    return {"p_at_10": float(hits[: min(10, n)].mean()) if n else None,
-            "p_at_100": float(hits.mean()) if n else None}
+    mine = labels.eq(class_id)
+    if not 0 < int(mine.sum()) < len(labels):
+        return {k: None for k in RANKING_KEYS}
+    m = ranking_metrics(scores[None], mine[None])
+    return {k: float(m[k][0]) for k in RANKING_KEYS}
 
 
 def confusion_shift(before: torch.Tensor, after: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray,
@@ -115,23 +125,21 @@ def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None,
     worst_alias = max((r["after"]["top1"] for r in recognised if r["after"]["top1"] is not None), default=None)
     zs = max(v for v in (worst_zs, worst_alias) if v is not None) if (worst_zs, worst_alias) != (None, None) \
         else None
-    search = [r["after"]["retrieval"]["forget"]["p_at_100"] for r in zero_shot
-              if r["after"]["retrieval"]["forget"]["p_at_100"] is not None]
-    search += [r["after"]["p_at_100"] for r in found if r["after"]["p_at_100"] is not None]
-    worst_search = max(search, default=None)
+    queries = [m for r in zero_shot for m in r["after"]["forget_search"].values()]
+    queries += [r["after"] for r in found if r["after"].get("auc") is not None]
     result = {
         "zero_shot_removed": zs is not None and zs <= ZERO_SHOT_GONE,
         "worst_forget_top1": zs,
-        "search_removed": worst_search is not None and worst_search <= SEARCH_GONE_P100,
-        "worst_forget_p_at_100": worst_search,
+        **search_verdict(queries),
         "template_sets": sum(r["names"] == "class names" for r in zero_shot),
         "aliases_counted": len(recognised),
         "aliases_not_recognised_before": [{"class": r["class"], "alias": r["alias"], "top1_before": r["before"]["top1"],
                                            "p_at_100_before": r["before"]["p_at_100"]}
                                           for r in mine if r not in recognised],
         "probe_recovers": None, "probe_k": None, "probe_forget_patched": None, "probe_forget_original": None,
-        "thresholds": {"zero_shot_top1": ZERO_SHOT_GONE, "search_p_at_100": SEARCH_GONE_P100,
-                       "probe_recovered_share": PROBE_RECOVERED_SHARE},
+        "thresholds": {"zero_shot_top1": ZERO_SHOT_GONE, "search_p_at_10_and_100": SEARCH_GONE_P100,
+                       "search_r_precision_and_bottom_100": SEARCH_GONE_DEPTH,
+                       "search_auc_gap": SEARCH_GONE_AUC_GAP, "probe_recovered_share": PROBE_RECOVERED_SHARE},
     }
     if probes and probes.get("patched"):
         last_p, last_o = probes["patched"][-1], probes["original"][-1]
@@ -142,12 +150,53 @@ def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None,
     return result
 
 
+def search_verdict(queries: list[dict]) -> dict:
+    """Is each forget query (a class name or an alias, after unlearning) at chance at every depth?
+
+    ``queries``: ``ranking_metrics`` dicts. ``search_found``: some query still ranks its images at the
+    top (P@10 or P@100 above SEARCH_GONE_P100, R-precision above SEARCH_GONE_DEPTH, or AUC above
+    0.5 + SEARCH_GONE_AUC_GAP); ``search_avoided``: some query ranks them at the bottom (bottom-100
+    above SEARCH_GONE_DEPTH or AUC below 0.5 - SEARCH_GONE_AUC_GAP), which a reversed search reads
+    back. ``search_removed``: neither, for every query.
+    """
+    def worst(key):
+        return max((q[key] for q in queries if q.get(key) is not None), default=None)
+
+    def above(q, key, limit):
+        return q.get(key) is not None and q[key] > limit
+
+    aucs = [q["auc"] for q in queries if q.get("auc") is not None]
+    found = any(above(q, "p_at_10", SEARCH_GONE_P100) or above(q, "p_at_100", SEARCH_GONE_P100)
+                or above(q, "r_precision", SEARCH_GONE_DEPTH) or above(q, "auc", 0.5 + SEARCH_GONE_AUC_GAP)
+                for q in queries)
+    avoided = any(above(q, "bottom_100", SEARCH_GONE_DEPTH)
+                  or (q.get("auc") is not None and q["auc"] < 0.5 - SEARCH_GONE_AUC_GAP) for q in queries)
+    return {"search_removed": bool(queries) and not found and not avoided, "search_found": found,
+            "search_avoided": avoided, "worst_forget_p_at_100": worst("p_at_100"),
+            "worst_forget_r_precision": worst("r_precision"), "worst_forget_bottom_100": worst("bottom_100"),
+            "forget_auc_range": [min(aucs), max(aucs)] if aucs else None}
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def search_headline(v: dict) -> str:
+    """The search part of the headline: gone means at chance at every depth, both ends of the ranking."""
+    auc = v.get("forget_auc_range")
+    depths = (f"worst forget P@100 {_pct(v['worst_forget_p_at_100'])}, R-precision "
+              f"{_pct(v.get('worst_forget_r_precision'))}, share of the 100 ranked last "
+              f"{_pct(v.get('worst_forget_bottom_100'))}"
+              + (f", AUC {auc[0]:.2f}–{auc[1]:.2f} (0.50 = chance)" if auc else ""))
+    if v["search_removed"]:
+        return f"GONE for text search (at chance at every depth: {depths})"
+    how = [w for w, hit in (("still found at the top", v.get("search_found")),
+                            ("avoided at the bottom, so a reversed search finds it", v.get("search_avoided"))) if hit]
+    return f"NOT GONE for text search ({' and '.join(how) or 'not measured'}: {depths})"
 
 
 def headline(v: dict) -> str:
@@ -157,8 +206,7 @@ def headline(v: dict) -> str:
         under += f" and {_count(v['aliases_counted'], 'alias')} the original model recognised"
     parts = [("GONE" if v["zero_shot_removed"] else "NOT GONE") + " for zero-shot recognition "
              f"(worst forget top-1 {_pct(v['worst_forget_top1'])} under {under})",
-             ("GONE" if v["search_removed"] else "NOT GONE") + " for text search "
-             f"(worst forget P@100 {_pct(v['worst_forget_p_at_100'])})"]
+             search_headline(v)]
     if v["probe_recovers"] is not None:
         parts.append(("RECOVERABLE" if v["probe_recovers"] else "not recovered") + f" by a {v['probe_k']}-shot "
                      f"linear probe (forget {_pct(v['probe_forget_patched'])} vs {_pct(v['probe_forget_original'])} "

@@ -21,6 +21,10 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
+def _dec(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
 def _pm(cell: dict) -> str:
     return "n/a" if cell["mean"] is None else f"{100 * cell['mean']:.1f} ± {100 * cell['std']:.1f}"
 
@@ -69,23 +73,34 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
         out += [f"## Class × domain top-1 %, before → after (forgotten in {', '.join(grid['forget_domains'])})",
                 "", f"Forgotten cells: {_pct(b['forgotten_cells_top1'])} → {_pct(a['forgotten_cells_top1'])} %.", "",
                 _table(["class"] + [d + (" ✗" if d in grid["forget_domains"] else "") for d in domains], rows), ""]
-    search_rows = [[f"{c} (name)", _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_10"]),
-                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_10"]),
-                    _pct(report["zero_shot"][0]["before"]["retrieval"]["per_class"][c]["p_at_100"]),
-                    _pct(report["zero_shot"][0]["after"]["retrieval"]["per_class"][c]["p_at_100"]),
-                    "in the table above", "in the table above", "yes"]
-                   for c in report["forget"] if c in report["zero_shot"][0]["before"]["retrieval"]["per_class"]]
+    zs = report["zero_shot"][0]
     skipped = {(a["class"], a["alias"]) for a in v.get("aliases_not_recognised_before") or []}
     forget = set(report["forget"])
-    search_rows += [[f"{r['class']} as \"{r['alias']}\"", _pct(r["before"]["p_at_10"]), _pct(r["after"]["p_at_10"]),
-                     _pct(r["before"]["p_at_100"]), _pct(r["after"]["p_at_100"]), _pct(r["before"]["top1"]),
-                     _pct(r["after"]["top1"]),
-                     "no: a kept class" if r["class"] not in forget else
-                     "no: not recognised before" if (r["class"], r["alias"]) in skipped else "yes"]
-                    for r in report["alias_rows"]]
+    named = [(f"{c} (name)", zs["before"]["retrieval"]["per_class"][c], zs["after"]["retrieval"]["per_class"][c],
+              None) for c in report["forget"] if c in zs["before"]["retrieval"]["per_class"]]
+    named += [(f"{r['class']} as \"{r['alias']}\"", r["before"], r["after"], r) for r in report["alias_rows"]]
+
+    def counted(r) -> str:
+        if r is None:
+            return "yes"
+        if r["class"] not in forget:
+            return "no: a kept class"
+        return "no: not recognised before" if (r["class"], r["alias"]) in skipped else "yes"
+
+    search_rows = [[query, _pct(b["p_at_10"]), _pct(a["p_at_10"]), _pct(b["p_at_100"]), _pct(a["p_at_100"]),
+                    _pct(b.get("r_precision")), _pct(a.get("r_precision")), _pct(b.get("bottom_100")),
+                    _pct(a.get("bottom_100")), _dec(b.get("auc")), _dec(a.get("auc")),
+                    "in the table above" if r is None else _pct(r["before"]["top1"]),
+                    "in the table above" if r is None else _pct(r["after"]["top1"]), counted(r)]
+                   for query, b, a, r in named]
     out += ["## Text search and aliases", "",
-            _table(["query", "P@10 before %", "P@10 after %", "P@100 before %", "P@100 after %",
-                    "class top-1 before %", "class top-1 after %", "counted in the verdict"], search_rows), "",
+            "Where each query ranks its own class's images, at every depth: the first 10 and 100, the first "
+            "*n* (R-precision, *n* the class's image count), the 100 ranked *last*, and the AUC (the chance "
+            "that one of its images outranks another image: 0.50 is chance, 0 means the search avoids the "
+            "class, so reading it backwards finds it). Chance precision is the class's share of the images.", "",
+            _table(["query", "P@10 before %", "after %", "P@100 before %", "after %", "R-precision before %",
+                    "after %", "bottom-100 before %", "after %", "AUC before", "after",
+                    "class top-1 before %", "after %", "counted in the verdict"], search_rows), "",
             "Class top-1 of an alias: the class's zero-shot top-1 when only its class vector is replaced by the "
             "alias's. An alias counts towards the verdict only for a forgotten class, and only when the original "
             f"model recognised it (top-1 above {100 * ZERO_SHOT_GONE:.0f} % before): a name it never knew cannot "

@@ -9,6 +9,7 @@ from ..backends.base import backend_for
 from ..data.catalog import DATASET_NAMES, check_classes_in, check_dataset_name, preset_classnames
 from ..errors import Problems, SpecError
 from ..methods.prompt_sides import domain_problems, forgotten_classes
+from ..metrics.targets import search_failures
 from ..output import report as rep
 from ..presets import defaults
 from ..run.door import canonical_names, default_eval, open_eval_dataset, pretrained_problems
@@ -33,7 +34,8 @@ class EvalRequest:
     classnames: str | None = None
     max_forget_acc: float | None = None
     min_retain_acc: float | None = None
-    max_forget_retrieval: float | None = None  # on each forget class's text-search precision@10
+    max_forget_retrieval: float | None = None  # each forget class's search precision@10, @100, R-precision
+    max_forget_auc_gap: float | None = None  # each forget class's search |AUC - 0.5|: chance at both ends
 
 
 def validate_eval_request(req: EvalRequest) -> None:
@@ -42,10 +44,14 @@ def validate_eval_request(req: EvalRequest) -> None:
         value = getattr(req, name)
         if value is not None and not 0.0 <= value <= 1.0:
             problems.append(f"{name.replace('_', '-')}: {value} is outside [0, 1]; give a fraction such as 0.05")
+    if req.max_forget_auc_gap is not None and not 0.0 <= req.max_forget_auc_gap <= 0.5:
+        problems.append(f"max-forget-auc-gap: {req.max_forget_auc_gap} is outside [0, 0.5]; give a distance from "
+                        "chance such as 0.15")
     if req.max_forget_acc is not None and not (req.forget or req.forget_domains):
         problems.append("max-forget-acc: needs --forget or --forget-domains to know which images to check")
-    if req.max_forget_retrieval is not None and not req.forget:
-        problems.append("max-forget-retrieval: needs --forget to know which classes to check")
+    for name in ("max_forget_retrieval", "max_forget_auc_gap"):
+        if getattr(req, name) is not None and not req.forget:
+            problems.append(f"{name.replace('_', '-')}: needs --forget to know which classes to check")
     if req.eval_limit is not None and req.eval_limit <= 0:
         problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
     if problems:
@@ -71,16 +77,11 @@ def threshold_checks(req: EvalRequest, metrics: dict) -> list[tuple[bool, str]]:
         checks.append((under <= 0, f"retain top-1 {_pc(retain_top1)} ≥ {_pc(req.min_retain_acc)}" if under <= 0 else
                        f"retain top-1 {_pc(retain_top1)} is below --min-retain-acc {_pc(req.min_retain_acc)} "
                        f"by {100 * under:.1f} points"))
-    if req.max_forget_retrieval is not None:
-        per_class = metrics["retrieval"]["per_class"]
-        for name in req.forget:
-            p10 = per_class.get(name, {}).get("p_at_10")
-            if p10 is None:
-                continue
-            over = p10 - req.max_forget_retrieval
-            checks.append((over <= 0, f'text search for "{name}" P@10 {_pc(p10)} ≤ {_pc(req.max_forget_retrieval)}'
-                           if over <= 0 else f'text search for "{name}": P@10 {_pc(p10)} is above '
-                           f"--max-forget-retrieval {_pc(req.max_forget_retrieval)} by {100 * over:.1f} points"))
+    failed = search_failures(metrics, req.forget, req.max_forget_retrieval, req.max_forget_auc_gap)
+    checks += [(False, message) for message in failed]
+    if not failed and (req.max_forget_retrieval is not None or req.max_forget_auc_gap is not None):
+        checks.append((True, "text search for every forget class within --max-forget-retrieval / "
+                             "--max-forget-auc-gap"))
     return checks
 
 
@@ -137,7 +138,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     checks = threshold_checks(req, before)
     failures = [message for held, message in checks if not held]
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
-                            "max_forget_retrieval": req.max_forget_retrieval, "passed": not failures,
+                            "max_forget_retrieval": req.max_forget_retrieval,
+                            "max_forget_auc_gap": req.max_forget_auc_gap, "passed": not failures,
                             "failures": failures, "held": [message for held, message in checks if held]}
     finish_report(report, timer, device, session.loaded, options)
     if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes

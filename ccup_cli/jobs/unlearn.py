@@ -1,7 +1,8 @@
 """The job behind ``ccup unlearn`` for closed-form methods: solve, fold, evaluate, write.
 
 ``--alpha auto`` sweeps the strength from the same image features and keeps the smallest α
-that meets ``max_forget_acc``. ``method: finetune`` is handed to ``finetune_job``.
+that meets every target: ``max_forget_acc`` and the search targets (``metrics/targets.py``).
+``method: finetune`` is handed to ``jobs/finetune.py``.
 Heavy modules are imported after the door, so bad input fails before torch loads.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..errors import ThresholdNotReachable
 from ..methods.table import get_method, method_params
+from ..metrics.targets import AUTO_MAX_FORGET_RETRIEVAL, Targets, search_warnings, target_misses
 from ..output import report as rep
 from ..run.door import Plan, admit
 from ..run.options import RunOptions, resolve_device
@@ -18,6 +20,7 @@ from ..run.provenance import PhaseTimer, dataset_record, finish_report, resolved
 from ..spec.schema import UnlearnSpec
 
 AUTO_ALPHAS = [round(0.05 * k, 2) for k in range(21)]
+AUTO_REFINE = 0.01  # the finer step around the coarse grid's answer
 
 
 def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
@@ -35,26 +38,74 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     return _run_closed_form(plan, options, timer, device)
 
 
+def auto_targets(spec: UnlearnSpec) -> Targets:
+    """The targets ``--alpha auto`` meets: the spec's, with the default search target when none is given."""
+    retrieval = spec.max_forget_retrieval if spec.max_forget_retrieval is not None else AUTO_MAX_FORGET_RETRIEVAL
+    return Targets(spec.max_forget_acc, None if retrieval >= 1 else retrieval, spec.max_forget_auc_gap)
+
+
 def choose_alpha(inputs, spec: UnlearnSpec, params: dict, context=None) -> tuple[float, dict]:
-    """The smallest α on ``AUTO_ALPHAS`` whose forget top-1 meets ``spec.max_forget_acc``, and the curve."""
+    """The smallest α that meets every target of ``auto_targets``, and the curve it was chosen from.
+
+    The grid is ``AUTO_ALPHAS`` (steps of 0.05), refined in steps of ``AUTO_REFINE`` just below the
+    first coarse α that meets the targets (the smallest may lie between), or around the closest
+    coarse α when none does: a class passes through chance over a narrow range of strength.
+    """
     # lazy: torch (start-up time)
-    from ..run.sweep import run_sweep, smallest_alpha_meeting
+    from ..run.sweep import run_sweep
 
     forget_names = inputs.forget_names if inputs.forget_names is not None else spec.forget
-    rows = run_sweep(inputs, [spec.method], AUTO_ALPHAS, forget_names, {spec.method: params}, context)
-    chosen = smallest_alpha_meeting(rows, spec.method, spec.max_forget_acc)
-    curve = [{"alpha": r["alpha"], "forget_top1": r["metrics"]["forget"]["top1"],
-              "retain_top1": r["metrics"]["retain"]["top1"],
-              "retain_only_top1": r["metrics"]["retain_only"]["top1"]} for r in rows]
+    targets = auto_targets(spec)
+
+    def evaluate(alphas):
+        rows = run_sweep(inputs, [spec.method], alphas, forget_names, {spec.method: params}, context)
+        return {r["alpha"]: (r, target_misses(r["metrics"], forget_names, targets)) for r in rows}
+
+    def meets(item):
+        row, misses = item
+        return not misses and (targets.max_forget_acc is None or row["metrics"]["forget"]["top1"] is not None)
+
+    points = evaluate(AUTO_ALPHAS)
+    first = min((a for a, item in points.items() if meets(item)), default=None)
+    if first is not None:
+        around = [a for a in _fine(first - 0.05, first) if a not in points]
+    else:
+        closest = min(points, key=lambda a: (len(points[a][1]), sum(m for _, m in points[a][1])))
+        around = [a for a in _fine(closest - 0.05, closest + 0.05) if a not in points]
+    points.update(evaluate(around))
+    curve = [_curve_point(points[a][0], forget_names) for a in sorted(points)]
+    chosen = min((a for a, item in points.items() if meets(item)), default=None)
     if chosen is None:
-        best = min(curve, key=lambda c: c["forget_top1"])
+        closest = min(points, key=lambda a: (len(points[a][1]), sum(m for _, m in points[a][1])))
+        best = min(curve, key=lambda c: c["forget_top1"] if c["forget_top1"] is not None else 1.0)
+        misses = points[closest][1]
         raise ThresholdNotReachable(
-            f"no alpha in [0, 1] brings forget top-1 to {spec.max_forget_acc} with method {spec.method} "
-            f"(best: {best['forget_top1']:.4f} at alpha {best['alpha']})",
-            "raise --max-forget-acc, or change lambda_retain / the retain set")
-    alpha = chosen["alpha"]
-    return alpha, {"target_max_forget_acc": spec.max_forget_acc, "chosen_alpha": alpha, "grid": AUTO_ALPHAS,
-                   "curve": curve}
+            f"no alpha in [0, 1] meets every target ({targets.describe()}) with method {spec.method}; closest: "
+            f"alpha {closest:g} misses {len(misses)} ({misses[0][0]}); "
+            f"best: {best['forget_top1']:.4f} forget top-1 at alpha {best['alpha']:g}",
+            "loosen a target (--max-forget-acc, --max-forget-retrieval, --max-forget-auc-gap), or change the "
+            "sink, lambda_retain or the retain set")
+    return chosen, {"target_max_forget_acc": spec.max_forget_acc,
+                    "target_max_forget_retrieval": targets.max_forget_retrieval,
+                    "target_max_forget_retrieval_is_default": spec.max_forget_retrieval is None,
+                    "target_max_forget_auc_gap": targets.max_forget_auc_gap,
+                    "chosen_alpha": chosen, "grid": sorted(points), "curve": curve,
+                    "warnings": search_warnings(points[chosen][0]["metrics"], forget_names, chosen)}
+
+
+def _fine(low: float, high: float) -> list[float]:
+    """The ``AUTO_REFINE`` steps strictly between ``low`` and ``high``, inside [0, 1]."""
+    steps = round((high - low) / AUTO_REFINE)
+    return [a for a in (round(low + k * AUTO_REFINE, 2) for k in range(1, steps)) if 0.0 <= a <= 1.0]
+
+
+def _curve_point(row: dict, forget: list[str]) -> dict:
+    m = row["metrics"]
+    keys = ("p_at_10", "p_at_100", "r_precision", "bottom_100", "auc")
+    search = {c: {k: m["retrieval"]["per_class"][c][k] for k in keys} for c in forget
+              if c in m["retrieval"]["per_class"]}
+    return {"alpha": row["alpha"], "forget_top1": m["forget"]["top1"], "retain_top1": m["retain"]["top1"],
+            "retain_only_top1": m["retain_only"]["top1"], "forget_search": search}
 
 
 def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device: str) -> dict:
@@ -109,7 +160,7 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     report["text_side"] = result.text_side()
     report["warnings"] = [
         f'retain class "{c["retain"]}" is close to forget class "{c["forget"]}" (cosine {c["cosine"]:.3f}); '
-        "keeping it works against forgetting" for c in result.close_retain]
+        "keeping it works against forgetting" for c in result.close_retain] + (auto or {}).pop("warnings", [])
 
     if inputs is not None:
         with timer("metrics"):

@@ -10,6 +10,11 @@ each forget prompt a harmless target instead:
 - ``retain-mean-orthogonal``: the same mean less its components along the forget class
   directions (the template-averaged forget class embeddings), so a search for a forgotten
   class no longer leans towards it. Measured best on the validation split: DEFAULT_SINK.
+- ``text-chance``: retain-mean-orthogonal plus, per forget class, some of its own direction: as much
+  as makes the patched map rank the class's own text embedding at chance among the retain prompts
+  (bisection on text only), times TEXT_CHANCE_FACTOR. It aims a forgotten class's images at chance
+  under its own query instead of below it (issue 21); text is a rough stand-in for where images sit,
+  so it lands some classes at chance and misses others, at a retain cost (scripts/tune_chance_sink.py).
 - ``neutral``: each forget prompt's own template filled with NEUTRAL_WORD (one target per prompt).
 - ``neutral-orthogonal``: those neutral prompts less their forget-direction components.
 - any other text: a phrase filled into each forget prompt's template, like ``neutral``
@@ -31,9 +36,12 @@ from ..text.templates import fill
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made, not at import
     import torch
 
-SINK_NAMES = ("zero", "retain-mean", "retain-mean-orthogonal", "neutral", "neutral-orthogonal")
+SINK_NAMES = ("zero", "retain-mean", "retain-mean-orthogonal", "text-chance", "neutral", "neutral-orthogonal")
 DEFAULT_SINK = defaults.SINK
 NEUTRAL_WORD = "object"
+# text-chance: the text-calibrated share of each class's own direction, times this; chosen on the
+# validation split among 1.0, 1.15, 1.3 and 1.5 (scripts/tune_chance_sink.py)
+TEXT_CHANCE_FACTOR = 1.3
 
 
 def sink_problems(value: object, field: str = "sink") -> list[str]:
@@ -80,18 +88,53 @@ def _without(targets: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return targets - (targets @ basis) @ basis.T
 
 
+def text_chance_gammas(forget_embeddings: torch.Tensor, retain_embeddings: torch.Tensor, n_templates: int,
+                       base: torch.Tensor, solve: Callable[[torch.Tensor], torch.Tensor],
+                       steps: int = 16) -> torch.Tensor:
+    """``[n_classes]`` float64: per forget class, the γ at which the map for targets ``base + γ·d_c``
+    ranks the class's own direction ``d_c`` at chance (AUC 0.5) among the retain prompts and the
+    other forget directions, each mapped by the image side ``W`` and scored by ``d_c``.
+
+    ``base [1, d]``: the shared part of the targets; ``solve(T_s [k_f, d]) -> W [d, d]``. Bisection
+    on [-0.5, 1.5], all classes at once (each class's γ moves its own AUC most).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    directions = forget_class_directions(forget_embeddings, n_templates)  # [k, d]
+    items = F.normalize(retain_embeddings.detach().double(), dim=-1).to(directions.device)
+    k = len(directions)
+    low = torch.full((k,), -0.5, dtype=torch.float64, device=directions.device)
+    high = torch.full((k,), 1.5, dtype=torch.float64, device=directions.device)
+    for _ in range(steps):
+        gamma = (low + high) / 2
+        W = solve((base + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0))
+        own = F.normalize(directions @ W.T, dim=-1)  # [k, d]
+        pool = F.normalize(torch.cat([items, directions]) @ W.T, dim=-1)  # [k_r + k, d]
+        scores = pool @ directions.T  # [k_r + k, k]: item j under class c's query
+        mine = (own * directions).sum(dim=1)  # [k]
+        others = torch.ones_like(scores, dtype=torch.bool)
+        others[len(items) + torch.arange(k), torch.arange(k)] = False  # a class is not its own competitor
+        above = ((mine[None] > scores) & others).double().sum(0) + 0.5 * ((mine[None] == scores) & others).double().sum(0)
+        auc = above / others.double().sum(0)
+        high, low = torch.where(auc > 0.5, gamma, high), torch.where(auc <= 0.5, gamma, low)
+    return (low + high) / 2
+
+
 def resolve_sink(
     sink: str,
     forget_embeddings: torch.Tensor,
     retain_embeddings: torch.Tensor | None,
     forget_templates: Sequence[str],
     encode: Callable[[list[str]], torch.Tensor] | None,
+    solve: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """The sink targets ``T_s [k_f, d]`` (float64, rows match ``forget_embeddings``), or None for zero.
 
     ``forget_embeddings [k_f, d]``: class-major forget prompt embeddings over
     ``forget_templates``; ``retain_embeddings [k_r, d]``: retain prompt embeddings; ``encode``
-    returns text features ``[n, d]`` for a list of prompts (normalised here).
+    returns text features ``[n, d]`` for a list of prompts (normalised here); ``solve`` (for
+    ``text-chance``) returns the method's map ``W [d, d]`` for given targets.
     """
     import torch.nn.functional as F
 
@@ -103,14 +146,21 @@ def resolve_sink(
     k_f = forget_embeddings.shape[0]
     n_templates = len(forget_templates)
     directions = forget_class_directions(forget_embeddings, n_templates)
-    if sink in ("retain-mean", "retain-mean-orthogonal"):
+    if sink in ("retain-mean", "retain-mean-orthogonal", "text-chance"):
         if retain_embeddings is None or len(retain_embeddings) == 0:
             raise SpecError(f"sink: {sink} needs retain classes, and there are none",
                             "give retain classes or another sink")
         mean = F.normalize(retain_embeddings.detach().double(), dim=-1).mean(dim=0, keepdim=True)
-        if sink == "retain-mean-orthogonal":
+        if sink in ("retain-mean-orthogonal", "text-chance"):
             mean = _without(mean, directions)
-        return mean.to(forget_embeddings.device).expand(k_f, -1).clone()
+        mean = mean.to(forget_embeddings.device)
+        if sink == "text-chance":
+            if solve is None:
+                raise ValueError("sink 'text-chance' needs the method's solve to calibrate on text")
+            gamma = TEXT_CHANCE_FACTOR * text_chance_gammas(forget_embeddings, retain_embeddings, n_templates, mean,
+                                                            solve)
+            return (mean + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0)
+        return mean.expand(k_f, -1).clone()
     if encode is None:
         raise ValueError(f"sink {sink!r} needs a text encoder to fill its phrase into the templates")
     phrase = NEUTRAL_WORD if sink in ("neutral", "neutral-orthogonal") else sink

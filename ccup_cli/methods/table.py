@@ -91,10 +91,12 @@ def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any]
     from .sinks import resolve_sink
 
     retain_rows = retain.per_template if len(retain.classnames) else None
-    sink = resolve_sink(params["sink"], forget.per_template, retain_rows, forget.templates, context.encode)
-    return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"],
-                    context.device,
-                    sink_embeddings=sink)
+    def solve(targets):
+        return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"],
+                        context.device, sink_embeddings=targets)
+
+    return solve(resolve_sink(params["sink"], forget.per_template, retain_rows, forget.templates, context.encode,
+                              solve))
 
 
 def _nullspace(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],

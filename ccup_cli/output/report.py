@@ -41,6 +41,10 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def _decimal(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _signed(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:+.1f}"
 
@@ -53,6 +57,8 @@ ROWS = (  # (path in a metrics tree, label); a row shows where its value exists;
     ("retain.mean_per_class_recall", "retain mean per-class recall %"),
     ("retrieval.forget.p_at_10", "forget text search P@10 % (lower is better)"),
     ("retrieval.forget.p_at_100", "forget text search P@100 % (lower is better)"),
+    ("retrieval.forget.r_precision", "forget search R-precision % (lower is better)"),
+    ("retrieval.forget.bottom_100", "forget search bottom-100 % (lower is better)"),
     ("retrieval.retain.p_at_100", "retain text search P@100 %"),
 )
 RANK_LABEL = "forget true-class mean rank (1 = first; not a %)"
@@ -92,6 +98,12 @@ def metrics_table(metrics: dict, title: str, measured: str = "measured"):
         if after is not None:
             r = after["forget"]["mean_true_class_rank"]
             row += [f"{r:.2f}", f"{r - before['forget']['mean_true_class_rank']:+.2f}"]
+        table.add_row(*row)
+    auc = _at(before, "retrieval.forget.auc")
+    if auc is not None:  # a probability, not a percentage: 0.50 is chance, 0 avoided, 1 found
+        row = ["forget search AUC (0.50 = chance)", f"{auc:.2f}"]
+        if after is not None:
+            row += [f"{_at(after, 'retrieval.forget.auc'):.2f}", f"{_at(change, 'retrieval.forget.auc'):+.2f}"]
         table.add_row(*row)
     return table
 
@@ -159,7 +171,8 @@ def summary_table(report: dict):
         ft = report["finetune"]
         table.add_row("method", f"finetune: {ft['steps']} of {ft['step_budget']} steps, {ft['images_seen']} images")
     else:
-        table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}")
+        auto = " (auto)" if report.get("auto_alpha") else ""
+        table.add_row("method / alpha", f"{proj['method']} / {proj['alpha']}{auto}")
         if proj.get("params", {}).get("sink"):
             table.add_row("sink", proj["params"]["sink"])
         table.add_row("rank of I − W", str(proj["rank"]))
@@ -176,12 +189,12 @@ def sweep_table(rows: list[dict], title: str):
 
     table = Table(title=title, title_justify="left")
     for col in ("method", "α", "forget top-1 %", "retain top-1 %", "retain-only top-1 %", "forget mean rank",
-                "forget search P@10 %"):
+                "forget search P@10 %", "forget search AUC"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         m = r["metrics"]
         rank = m["forget"].get("mean_true_class_rank")
         table.add_row(r["method"], f"{r['alpha']:g}", _pct(m["forget"]["top1"]), _pct(m["retain"]["top1"]),
                       _pct(m["retain_only"]["top1"]), "—" if rank is None else f"{rank:.2f}",
-                      _pct(_at(m, "retrieval.forget.p_at_10")))
+                      _pct(_at(m, "retrieval.forget.p_at_10")), _decimal(_at(m, "retrieval.forget.auc")))
     return table

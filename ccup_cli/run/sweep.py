@@ -65,9 +65,3 @@ def run_sweep(
             rows.append({"method": method, "alpha": alpha, "params": params[method], "metrics": metrics})
     return rows
 
-
-def smallest_alpha_meeting(rows: list[dict], method: str, max_forget_acc: float) -> dict | None:
-    """The row with the smallest α of ``method`` whose forget top-1 is at most ``max_forget_acc``."""
-    candidates = [r for r in rows if r["method"] == method and r["metrics"]["forget"]["top1"] is not None
-                  and r["metrics"]["forget"]["top1"] <= max_forget_acc]
-    return min(candidates, key=lambda r: r["alpha"]) if candidates else None

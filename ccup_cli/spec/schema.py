@@ -47,8 +47,13 @@ class UnlearnSpec(BaseModel):
                                                        "of every domain, {domain: folder} or one folder of "
                                                        "<domain>/ folders; any class, none of the forgotten one needed")
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
-                                                           "picks the smallest meeting max_forget_acc")
+                                                           "picks the smallest meeting every max_forget_* target")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
+    max_forget_retrieval: float | None = Field(None, ge=0, le=1, description="alpha: auto: each forget class's "
+                                               "search precision@10, @100 and R-precision at most this "
+                                               "(default 0.2 with auto; 1 turns it off)")
+    max_forget_auc_gap: float | None = Field(None, ge=0, le=0.5, description="alpha: auto: each forget class's "
+                                             "search |AUC - 0.5| at most this (chance at both ends of the ranking)")
     method: str = Field("ccup", description="an entry of methods.METHODS: " + ", ".join(METHODS))
     fold: Literal["auto", "image", "text"] = Field("auto", description="where W goes: image (the image tower's final "
                                                    "linear map), text (the text tower's), or auto (image where the "
@@ -58,7 +63,7 @@ class UnlearnSpec(BaseModel):
     lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
     lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
     sink: str = Field(defaults.SINK, description="ccup: where forget prompts go: zero (the paper), retain-mean, "
-                                                  "retain-mean-orthogonal, neutral, neutral-orthogonal, or a phrase")
+                                                  "retain-mean-orthogonal, text-chance, neutral, neutral-orthogonal, or a phrase")
     prototype_steps: int = Field(defaults.PROTOTYPE_STEPS, gt=0, le=10_000,
                                  description="ccup-proto: optimisation steps per synthetic image prototype")
     prototypes_per_group: int = Field(defaults.PROTOTYPES_PER_GROUP, gt=0, le=64,
@@ -200,8 +205,10 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     if spec is not None and spec.method == "finetune" and spec.fold == "text":
         problems.append("fold: text does not apply to method finetune, which trains the image tower; "
                         "use fold: auto or image")
-    if spec is not None and spec.alpha == "auto" and spec.max_forget_acc is None:
-        problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05)")
+    if spec is not None and spec.alpha == "auto" and (spec.max_forget_acc, spec.max_forget_retrieval,
+                                                       spec.max_forget_auc_gap) == (None, None, None):
+        problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05), --max-forget-retrieval "
+                        "or --max-forget-auc-gap")
     if problems or spec is None:
         raise SpecError(problems)
     return spec

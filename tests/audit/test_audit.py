@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ccup_cli.audit import figures as audit
 from ccup_cli.audit.aliases import read_aliases
 from ccup_cli.audit.figures import HONEST_STATEMENT
 from ccup_cli.audit.lineage import trace
@@ -158,6 +159,9 @@ def test_audit_writes_markdown_json_and_pngs_verdict_first(unlearned, tmp_path, 
     assert "Chance: 10.0 % (one of 10 classes)." in md
     assert "LEACE (least-squares concept erasure" in md and "LEACE: measured" not in md
     assert "—" not in md  # every cell says something in words
+    assert "| R-precision before % |" in md and "| bottom-100 before % |" in md and "| AUC before |" in md
+    auc_after = report["zero_shot"][0]["after"]["forget_search"]["sandal"]["auc"]
+    assert f"| {auc_after:.2f} |" in md.split("## Text search and aliases")[1]
     on_disk = json.loads((out / "audit.json").read_text())
     assert on_disk["forget"] == ["sandal", "sneaker"]
     assert on_disk["patched"]["single_pass"] is True
@@ -342,3 +346,34 @@ def _second(tmp_path, opts):
     run_unlearn(build_spec({}, {"forget": "sneaker", "alpha": 1.0, "pretrained": str(tmp_path / "first")}),
                 opts.but(out=tmp_path / "second"))
     return tmp_path / "second"
+
+
+def _query(**over):
+    at_chance = {"p_at_10": 0.1, "p_at_100": 0.08, "r_at_100": 0.1, "r_precision": 0.12, "bottom_100": 0.1,
+                 "auc": 0.52}
+    return {**at_chance, **over}
+
+
+@pytest.mark.parametrize("query, removed, found, avoided", [
+    (_query(), True, False, False),
+    (_query(bottom_100=1.0, auc=0.02), False, False, True),  # avoided: a reversed search finds it
+    (_query(auc=0.3), False, False, True),  # AUC alone below chance - gap
+    (_query(p_at_10=0.3), False, True, False),
+    (_query(r_precision=0.25), False, True, False),
+    (_query(auc=0.7), False, True, False),
+])
+def test_search_verdict_is_chance_at_every_depth(query, removed, found, avoided):
+    v = audit.search_verdict([_query(), query])
+    assert (v["search_removed"], v["search_found"], v["search_avoided"]) == (removed, found, avoided)
+    text = audit.search_headline(v)
+    assert text.startswith("GONE" if removed else "NOT GONE")
+    assert ("reversed search finds it" in text) == avoided and ("found at the top" in text) == found
+    assert v["forget_auc_range"] == [min(0.52, query["auc"]), max(0.52, query["auc"])]
+
+
+def test_alias_search_ranking_counts_by_hand():
+    # one query along x; class 1 holds the 3 images with the lowest x of 6: avoided
+    feats = torch.tensor([[6.0, 1], [5, 1], [4, 1], [3, 1], [2, 1], [1, 1]])
+    r = audit.search_ranking(feats, torch.tensor([1.0, 0.0]), torch.tensor([0, 0, 0, 1, 1, 1]), 1)
+    assert r["auc"] == 0.0 and r["p_at_10"] == 0.5 and r["r_precision"] == 0.0 and r["bottom_100"] == 0.5
+    assert audit.search_ranking(feats, torch.tensor([1.0, 0.0]), torch.zeros(6, dtype=torch.long), 1)["auc"] is None

@@ -91,27 +91,71 @@ def embedded(**fields):
 
 @pytest.mark.embedded
 def test_alpha_auto_searches_the_curve():
-    curve = run_unlearn(embedded(alpha="auto", max_forget_acc=1.0), OPTIONS)["auto_alpha"]["curve"]
+    curve = run_unlearn(embedded(alpha="auto", max_forget_acc=1.0, max_forget_retrieval=1.0),
+                        OPTIONS)["auto_alpha"]["curve"]
     assert len(curve) == 21 and curve[0]["alpha"] == 0.0
     top, bottom = curve[0]["forget_top1"], curve[-1]["forget_top1"]
     assert top > 0.9 and bottom < 0.05
     target = 0.5
-    report = run_unlearn(embedded(alpha="auto", max_forget_acc=target), OPTIONS)
+    report = run_unlearn(embedded(alpha="auto", max_forget_acc=target, max_forget_retrieval=1.0), OPTIONS)
     chosen = report["auto_alpha"]["chosen_alpha"]
     assert 0 < chosen <= 1 and report["projector"]["alpha"] == chosen
     assert report["metrics"]["after"]["forget"]["top1"] <= target
-    earlier = [c for c in curve if c["alpha"] < chosen]
+    earlier = [c for c in report["auto_alpha"]["curve"] if c["alpha"] < chosen]
     assert earlier and all(c["forget_top1"] > target for c in earlier)
+    # the grid is refined below the first coarse answer: 0.01 steps there
+    assert {round(chosen - 0.01, 2), round(chosen + 0.01, 2)} & set(report["auto_alpha"]["grid"])
+    # that strength leaves search intact (these classes are found at 0.5 top-1), and says so
+    intact = [w for w in report["warnings"] if "left intact" in w]
+    p10 = {c: report["metrics"]["after"]["retrieval"]["per_class"][c]["p_at_10"] for c in ("sandal", "sneaker")}
+    assert bool(intact) == any(v >= 0.5 for v in p10.values()) and any(v >= 0.5 for v in p10.values())
+
+
+@pytest.mark.embedded
+def test_alpha_auto_meets_the_search_targets_by_default_and_on_request():
+    """Without a search target auto adds --max-forget-retrieval 0.2; every smaller α on its curve misses a
+    target; with --max-forget-auc-gap the class ends near chance at both ends of its ranking."""
+    report = run_unlearn(embedded(forget="bag", alpha="auto", max_forget_acc=0.5), OPTIONS)
+    auto = report["auto_alpha"]
+    assert auto["target_max_forget_retrieval"] == 0.2 and auto["target_max_forget_retrieval_is_default"]
+    after = report["metrics"]["after"]["retrieval"]["per_class"]["bag"]
+    assert max(after["p_at_10"], after["p_at_100"], after["r_precision"]) <= 0.2
+    for point in auto["curve"]:
+        if point["alpha"] < auto["chosen_alpha"]:
+            search = point["forget_search"]["bag"]
+            assert point["forget_top1"] > 0.5 or max(search["p_at_10"], search["p_at_100"],
+                                                     search["r_precision"]) > 0.2
+    gap = run_unlearn(embedded(forget="bag", alpha="auto", max_forget_acc=0.5, max_forget_auc_gap=0.15), OPTIONS)
+    assert abs(gap["metrics"]["after"]["retrieval"]["per_class"]["bag"]["auc"] - 0.5) <= 0.15
+    assert gap["auto_alpha"]["target_max_forget_auc_gap"] == 0.15
+    assert gap["auto_alpha"]["chosen_alpha"] >= auto["chosen_alpha"]
+    # the summary says the strength was chosen
+    from rich.console import Console
+
+    from ccup_cli.output.report import summary_table
+
+    console = Console(record=True, width=120)
+    console.print(summary_table(gap))
+    assert f"ccup / {gap['auto_alpha']['chosen_alpha']} (auto)" in console.export_text()
+
+
+def test_alpha_auto_with_no_alpha_meeting_a_search_target_is_one_line_exit_2(spec_of):
+    with pytest.raises(ThresholdNotReachable) as err:
+        run_unlearn(spec_of(alpha="auto", max_forget_auc_gap=0.0), OPTIONS)
+    line = err.value.one_line()
+    assert "no alpha in [0, 1] meets every target" in line and "max-forget-auc-gap 0.00 by" in line
+    assert "\n" not in line
 
 
 def test_alpha_auto_below_every_point_of_the_curve_is_bad_input(spec_of):
     """nullspace at energy 0.5 keeps some forget images right at every α on the tiny model."""
-    curve = run_unlearn(spec_of(alpha="auto", max_forget_acc=1.0, method="nullspace", energy=0.5),
-                        OPTIONS)["auto_alpha"]["curve"]
+    curve = run_unlearn(spec_of(alpha="auto", max_forget_acc=1.0, max_forget_retrieval=1.0, method="nullspace",
+                                energy=0.5), OPTIONS)["auto_alpha"]["curve"]
     best = min(c["forget_top1"] for c in curve)
     assert best > 0
     with pytest.raises(ThresholdNotReachable, match=f"best: {best:.4f}"):
-        run_unlearn(spec_of(alpha="auto", max_forget_acc=best / 2, method="nullspace", energy=0.5), OPTIONS)
+        run_unlearn(spec_of(alpha="auto", max_forget_acc=best / 2, max_forget_retrieval=1.0, method="nullspace",
+                            energy=0.5), OPTIONS)
 
 
 def test_finetune_on_a_folder_needs_its_own_training_data(spec_of, fashion_folder, tmp_path):

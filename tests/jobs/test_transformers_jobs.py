@@ -108,12 +108,13 @@ def test_sweep_and_alpha_auto_run_on_a_transformers_folder(hf_spec, tmp_path):
     recognised = [c for c, v in report["rows"][0]["metrics"]["overall"]["per_class"].items() if v > 0]
     assert recognised
     forget = ",".join(recognised)
-    curve = run_unlearn(hf_spec(forget=forget, alpha="auto", max_forget_acc=1.0), OPTIONS)["auto_alpha"]["curve"]
+    curve = run_unlearn(hf_spec(forget=forget, alpha="auto", max_forget_acc=1.0, max_forget_retrieval=1.0), OPTIONS)["auto_alpha"]["curve"]
     assert len(curve) == 21
     top, bottom = curve[0]["forget_top1"], curve[-1]["forget_top1"]
     assert top > bottom, curve  # the random tiny model still loses its forget images along the curve
     target = (top + bottom) / 2  # between the curve's ends: the answer is not automatic
-    auto = run_unlearn(hf_spec(forget=forget, alpha="auto", max_forget_acc=target), OPTIONS)
+    auto = run_unlearn(hf_spec(forget=forget, alpha="auto", max_forget_acc=target,
+                                       max_forget_retrieval=1.0), OPTIONS)
     chosen = auto["auto_alpha"]["chosen_alpha"]
     assert 0 < chosen <= 1 and auto["projector"]["alpha"] == chosen
     assert auto["metrics"]["after"]["forget"]["top1"] <= target

@@ -14,9 +14,17 @@ from hypothesis import strategies as st
 
 from ccup_cli.errors import SpecError
 from ccup_cli.methods.projector import ccup_map, projector_at
-from ccup_cli.methods.sinks import SINK_NAMES, forget_class_directions, resolve_sink, sink_problems
+from ccup_cli.methods.sinks import (
+    SINK_NAMES,
+    TEXT_CHANCE_FACTOR,
+    forget_class_directions,
+    resolve_sink,
+    sink_problems,
+    text_chance_gammas,
+)
+from ccup_cli.metrics import zero_shot as evaluate
 from ccup_cli.metrics.compare import delta
-from ccup_cli.metrics.zero_shot import retrieval_metrics, zero_shot_metrics
+from ccup_cli.metrics.zero_shot import RANKING_KEYS, ranking_metrics, retrieval_metrics, zero_shot_metrics
 
 # --- retrieval metrics ------------------------------------------------------------------------
 
@@ -36,12 +44,44 @@ def _ranked_example():
 def test_retrieval_matches_hand_computed_example():
     feats, classes, labels, names = _ranked_example()
     r = retrieval_metrics(feats, classes, labels, names, forget=["b"])
-    # "a": top 10 holds 5 a; top 100 holds 5 + 50 = 55 of its 60 images
-    assert r["per_class"]["a"] == pytest.approx({"p_at_10": 0.5, "p_at_100": 0.55, "r_at_100": 55 / 60})
-    # "b" (reverse order): top 10 = a×5 then b×5; top 100 = a×5 then b×95 of its 140
-    assert r["per_class"]["b"] == pytest.approx({"p_at_10": 0.5, "p_at_100": 0.95, "r_at_100": 95 / 140})
+    # "a" sees a×5, b×5, a×50, b×135, a×5: top 10 holds 5 a; top 100 holds 55 of its 60; its first 60
+    # (R-precision) hold 55; the last 100 are b×95 then a×5; a beats b in 5·140 + 50·135 of 60·140 pairs
+    assert r["per_class"]["a"] == pytest.approx({
+        "p_at_10": 0.5, "p_at_100": 0.55, "r_at_100": 55 / 60, "r_precision": 55 / 60, "bottom_100": 0.05,
+        "auc": (5 * 140 + 50 * 135) / (60 * 140)})
+    # "b" sees the reverse, a×5, b×135, a×50, b×5, a×5: top 100 = a×5 then b×95; its first 140 hold 135;
+    # the last 100 are b×40, a×50, b×5, a×5; b beats a in 135·55 + 5·5 of 140·60 pairs
+    assert r["per_class"]["b"] == pytest.approx({
+        "p_at_10": 0.5, "p_at_100": 0.95, "r_at_100": 95 / 140, "r_precision": 135 / 140, "bottom_100": 0.45,
+        "auc": (135 * 55 + 5 * 5) / (140 * 60)})
     assert r["forget"] == pytest.approx(r["per_class"]["b"])
     assert r["retain"] == pytest.approx(r["per_class"]["a"])
+
+
+def test_a_class_pushed_to_the_bottom_is_found_backwards_and_ties_are_chance():
+    """20 x and 100 y images; query 0 ranks every y below every x (y avoided), query 1 ties them all."""
+    is_y = torch.as_tensor([False] * 20 + [True] * 100)
+    scores = torch.stack([-torch.arange(120.0), torch.zeros(120)])
+    m = ranking_metrics(scores, is_y[None].expand(2, -1))
+    assert float(m["auc"][0]) == 0.0 and float(m["auc"][1]) == 0.5
+    assert float(m["p_at_10"][0]) == 0.0 and float(m["bottom_100"][0]) == 1.0
+    assert float(m["r_precision"][0]) == pytest.approx(80 / 100)  # its first 100: x×20, then y×80
+    # through retrieval_metrics: class "y"'s query (+x axis) scores its own images lowest
+    feats = torch.stack([-torch.arange(120.0) / 120, torch.ones(120)], dim=1)
+    r = retrieval_metrics(feats, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), is_y.long().numpy(), ["x", "y"],
+                          forget=["y"])
+    assert r["per_class"]["y"]["auc"] == 0.0 and r["forget"]["bottom_100"] == 1.0
+    assert r["per_class"]["x"]["auc"] == 1.0 and r["retain"]["r_precision"] == 1.0
+
+
+def test_class_chunks_do_not_change_the_figures(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    feats, classes = torch.randn(300, 8, generator=g), F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    labels = torch.randint(0, 5, (300,), generator=g).numpy()
+    names = list("abcde")
+    whole = retrieval_metrics(feats, classes, labels, names, forget=["c"])
+    monkeypatch.setattr(evaluate, "CLASS_CHUNK", 2)
+    assert retrieval_metrics(feats, classes, labels, names, forget=["c"]) == whole
 
 
 def test_retrieval_cutoff_is_n_below_100_images_and_absent_classes_are_skipped():
@@ -49,8 +89,10 @@ def test_retrieval_cutoff_is_n_below_100_images_and_absent_classes_are_skipped()
     classes = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
     r = retrieval_metrics(feats, classes, [0, 0, 1, 0], ["x", "y", "z"], forget=["z"])
     assert set(r["per_class"]) == {"x", "y"}  # "z" has no image: nothing to find
-    assert r["per_class"]["x"] == pytest.approx({"p_at_10": 0.75, "p_at_100": 0.75, "r_at_100": 1.0})
-    assert r["forget"] == {"p_at_10": None, "p_at_100": None, "r_at_100": None}
+    # "x" ranks x, x, y, x: 3 of 4 at every cutoff; its first 3 hold 2; the whole ranking is its bottom
+    assert r["per_class"]["x"] == pytest.approx({"p_at_10": 0.75, "p_at_100": 0.75, "r_at_100": 1.0,
+                                                 "r_precision": 2 / 3, "bottom_100": 0.75, "auc": 2 / 3})
+    assert r["forget"] == {k: None for k in RANKING_KEYS}
     assert r["retain"]["p_at_10"] == pytest.approx((0.75 + 0.25) / 2)
 
 
@@ -201,6 +243,35 @@ def test_resolve_each_sink():
         resolve_sink("retain-mean", t_f[:5], t_r, templates, encode)
 
 
+def test_text_chance_sink_ranks_each_forget_direction_at_chance_on_text():
+    """The γ of each forget class makes its own direction score, under its patched query, above as many
+    retain prompts (and other forget directions) as below; the sink is the orthogonal mean plus
+    TEXT_CHANCE_FACTOR of that share of each class's own direction."""
+    d, templates = 16, ["a {}.", "a photo of a {}."]
+    t_f, t_r, _ = _embeddings(11, d, 2 * len(templates), 41)
+
+    def solve(targets):
+        return ccup_map(t_f, t_r, sink_embeddings=targets)
+
+    orth = resolve_sink("retain-mean-orthogonal", t_f, t_r, templates, None)
+    directions = forget_class_directions(t_f, len(templates))
+    gammas = text_chance_gammas(t_f, t_r, len(templates), orth[:1], solve)
+    W = solve((orth[:1] + gammas[:, None] * directions).repeat_interleave(len(templates), dim=0))
+    for c in range(2):
+        query = directions[c]
+        mine = F.normalize(directions[c] @ W.T, dim=-1) @ query
+        others = F.normalize(torch.cat([t_r, directions[1 - c:2 - c]]) @ W.T, dim=-1) @ query
+        below, above = int((others < mine).sum()), int((others > mine).sum())
+        assert abs(below - above) <= 1, (c, below, above)  # 42 competitors: chance is 21 on each side
+    sink = resolve_sink("text-chance", t_f, t_r, templates, None, solve)
+    expected = (orth[:1] + TEXT_CHANCE_FACTOR * gammas[:, None] * directions).repeat_interleave(len(templates), 0)
+    assert torch.allclose(sink, expected)
+    # the orthogonal mean has no part along the forget directions: the sink's part is the scaled γ
+    assert float(sink[0] @ directions[0]) == pytest.approx(TEXT_CHANCE_FACTOR * float(gammas[0]))
+    with pytest.raises(ValueError, match="needs the method's solve"):
+        resolve_sink("text-chance", t_f, t_r, templates, None)
+
+
 def test_a_sink_removes_forget_classes_from_search():
     """Synthetic CLIP: image = its class's text direction + noise. With the zero sink the
     forgotten class still tops its own search; with a sink it no longer does."""
@@ -289,6 +360,10 @@ def test_sweep_compares_sinks(tmp_path):
     (["sweep", "--methods", "nullspace:zero", "--out", "/nonexistent/s"], 'method "nullspace" takes no sink'),
     (["eval", "--max-forget-retrieval", "0.1"], "max-forget-retrieval: needs --forget"),
     (["eval", "--forget", "sandal", "--max-forget-retrieval", "1.5"], "max-forget-retrieval: 1.5 is outside"),
+    (["eval", "--max-forget-auc-gap", "0.1"], "max-forget-auc-gap: needs --forget"),
+    (["eval", "--forget", "sandal", "--max-forget-auc-gap", "0.6"], "max-forget-auc-gap: 0.6 is outside [0, 0.5]"),
+    (["unlearn", "--alpha", "auto", "--max-forget-auc-gap", "0.6"], "max_forget_auc_gap"),
+    (["unlearn", "--alpha", "auto"], "alpha: 'auto' needs a target"),
 ])
 def test_bad_sink_and_retrieval_threshold_values_exit_2(args, needle):
     from typer.testing import CliRunner
@@ -313,5 +388,31 @@ def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags,
     assert p10 > 0  # 3 sandal images among 30: the tiny model finds at least one in its top 10
     failing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "0"])
     assert failing.exit_code == 1
-    assert (f'text search for "sandal": P@10 {100 * p10:.1f} % is above --max-forget-retrieval 0.0 % '
+    assert (f'text search for "sandal": precision@10 {100 * p10:.1f} % is above --max-forget-retrieval 0.0 % '
             f"by {100 * p10:.1f} points") in failing.stderr
+    auc = json.loads(passing.stdout)["metrics"]["before"]["retrieval"]["per_class"]["sandal"]["auc"]
+    gap = CliRunner().invoke(app, [*args, "--max-forget-auc-gap", "0"])
+    assert gap.exit_code == (1 if auc != 0.5 else 0)
+    assert (f'text search for "sandal": AUC {auc:.2f}' in gap.stderr
+            and f"beyond --max-forget-auc-gap 0.00 by {abs(auc - 0.5):.2f}" in gap.stderr), gap.stderr
+    assert CliRunner().invoke(app, [*args, "--max-forget-auc-gap", "0.5"]).exit_code == 0
+
+
+def test_search_targets_name_each_depth_and_the_margin():
+    from ccup_cli.metrics.targets import Targets, search_failures, target_failures, target_misses
+
+    per_class = {"sandal": {"p_at_10": 0.3, "p_at_100": 0.1, "r_precision": 0.25, "bottom_100": 1.0, "auc": 0.02},
+                 "bag": {"p_at_10": 0.0, "p_at_100": 0.0, "r_precision": 0.0, "bottom_100": 0.0, "auc": 0.9}}
+    metrics = {"forget": {"top1": 0.04}, "retrieval": {"per_class": per_class}}
+    msgs = search_failures(metrics, ["sandal", "bag", "coat"], 0.2, 0.15)  # coat has no images: skipped
+    assert msgs == [
+        'text search for "sandal": precision@10 30.0 % is above --max-forget-retrieval 20.0 % by 10.0 points',
+        'text search for "sandal": R-precision 25.0 % is above --max-forget-retrieval 20.0 % by 5.0 points',
+        'text search for "sandal": AUC 0.02 (avoided below chance, 0.50) is 0.48 from chance, beyond '
+        "--max-forget-auc-gap 0.15 by 0.33",
+        'text search for "bag": AUC 0.90 (found above chance, 0.50) is 0.40 from chance, beyond '
+        "--max-forget-auc-gap 0.15 by 0.25"]
+    assert search_failures(metrics, ["sandal", "bag"], None, None) == []
+    assert target_failures(metrics, ["bag"], Targets(max_forget_acc=0.05)) == []
+    misses = target_misses(metrics, ["bag"], Targets(max_forget_acc=0.01, max_forget_auc_gap=0.5))
+    assert [round(m, 4) for _, m in misses] == [0.03]

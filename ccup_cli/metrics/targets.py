@@ -1,0 +1,111 @@
+"""Targets on a metrics tree: what ``ccup eval`` thresholds and ``--alpha auto`` check.
+
+Forgetting is measured two ways, and a target can be set on each:
+
+- classification: ``max_forget_acc`` on the forget split's top-1;
+- text search, per forget class, with its own query: ``max_forget_retrieval`` on the precision at
+  every depth of the top of the ranking (P@10, P@100 and R-precision, i.e. precision at the
+  class's own image count), and ``max_forget_auc_gap`` on ``|AUC - 0.5|``, which also catches a
+  class pushed to the *bottom* of its ranking (AUC near 0: a reversed search finds it).
+
+Messages name the threshold and the margin, one per failed target: precisions in %, AUC as a
+probability (0.50 is chance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# the top-of-ranking depths --max-forget-retrieval bounds: (metrics key, readable name)
+RETRIEVAL_DEPTHS = (("p_at_10", "precision@10"), ("p_at_100", "precision@100"), ("r_precision", "R-precision"))
+# --alpha auto without --max-forget-retrieval: search must no longer find the class (at most 2 of its
+# top 10, and at most a fifth at 100 and at its own count); 1.0 switches the search target off
+AUTO_MAX_FORGET_RETRIEVAL = 0.2
+INTACT_P_AT_10 = 0.5  # a chosen strength whose forget search still has this P@10 leaves search intact
+AVOIDED_AUC = 0.35  # ... and one whose AUC is below this pushes the class to the bottom of its ranking
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Upper bounds, each a fraction or None (not checked)."""
+
+    max_forget_acc: float | None = None
+    max_forget_retrieval: float | None = None
+    max_forget_auc_gap: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_forget_acc is not None:
+            parts.append(f"forget top-1 <= {self.max_forget_acc:g}")
+        if self.max_forget_retrieval is not None:
+            parts.append(f"forget search precision@10, @100 and R-precision <= {self.max_forget_retrieval:g}")
+        if self.max_forget_auc_gap is not None:
+            parts.append(f"|forget search AUC - 0.5| <= {self.max_forget_auc_gap:g}")
+        return ", ".join(parts) or "no target"
+
+
+def search_misses(metrics: dict, forget: Sequence[str], max_forget_retrieval: float | None,
+                  max_forget_auc_gap: float | None, flag_prefix: str = "--") -> list[tuple[str, float]]:
+    """(message, margin) per forget class and search target that does not hold (see the module docstring)."""
+    per_class = metrics["retrieval"]["per_class"]
+    misses = []
+    for name in forget:
+        m = per_class.get(name)
+        if m is None:
+            continue  # no image of the class: nothing to find
+        if max_forget_retrieval is not None:
+            for key, label in RETRIEVAL_DEPTHS:
+                value = m.get(key)
+                if value is not None and value > max_forget_retrieval:
+                    margin = value - max_forget_retrieval
+                    misses.append((f'text search for "{name}": {label} {100 * value:.1f} % is above '
+                                   f"{flag_prefix}max-forget-retrieval {100 * max_forget_retrieval:.1f} % by "
+                                   f"{100 * margin:.1f} points", margin))
+        auc = m.get("auc")
+        if max_forget_auc_gap is not None and auc is not None and abs(auc - 0.5) > max_forget_auc_gap:
+            side = "found above" if auc > 0.5 else "avoided below"
+            margin = abs(auc - 0.5) - max_forget_auc_gap
+            misses.append((f'text search for "{name}": AUC {auc:.2f} ({side} chance, 0.50) is '
+                           f"{abs(auc - 0.5):.2f} from chance, beyond {flag_prefix}max-forget-auc-gap "
+                           f"{max_forget_auc_gap:.2f} by {margin:.2f}", margin))
+    return misses
+
+
+def search_failures(metrics: dict, forget: Sequence[str], max_forget_retrieval: float | None,
+                    max_forget_auc_gap: float | None) -> list[str]:
+    """One message per forget class and search target that does not hold, naming threshold and margin."""
+    return [msg for msg, _ in search_misses(metrics, forget, max_forget_retrieval, max_forget_auc_gap)]
+
+
+def target_misses(metrics: dict, forget: Sequence[str], targets: Targets) -> list[tuple[str, float]]:
+    """(message, margin) for every target of ``targets`` that ``metrics`` misses."""
+    misses = []
+    top1 = metrics["forget"]["top1"]
+    if targets.max_forget_acc is not None and top1 is not None and top1 > targets.max_forget_acc:
+        margin = top1 - targets.max_forget_acc
+        misses.append((f"forget top-1 {top1:.4f} is above --max-forget-acc {targets.max_forget_acc:.4f} "
+                       f"by {margin:.4f}", margin))
+    return misses + search_misses(metrics, forget, targets.max_forget_retrieval, targets.max_forget_auc_gap)
+
+
+def target_failures(metrics: dict, forget: Sequence[str], targets: Targets) -> list[str]:
+    """Every target of ``targets`` that ``metrics`` misses, one message each."""
+    return [msg for msg, _ in target_misses(metrics, forget, targets)]
+
+
+def search_warnings(metrics: dict, forget: Sequence[str], alpha: float) -> list[str]:
+    """What a chosen strength leaves of search: a class still found at the top, or pushed to the bottom."""
+    warnings = []
+    for name in forget:
+        m = metrics["retrieval"]["per_class"].get(name)
+        if m is None:
+            continue
+        if m["p_at_10"] >= INTACT_P_AT_10:
+            warnings.append(f'text search for "{name}" is left intact at alpha {alpha:g}: precision@10 '
+                            f"{m['p_at_10']:.2f}; lower --max-forget-retrieval (e.g. 0.2)")
+        elif m["auc"] < AVOIDED_AUC:
+            warnings.append(f'text search for "{name}" ranks its images below chance at alpha {alpha:g} (AUC '
+                            f"{m['auc']:.2f}; 0.50 is chance): reading the ranking backwards finds them; "
+                            "--max-forget-auc-gap 0.15 asks for chance")
+    return warnings
