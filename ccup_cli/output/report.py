@@ -101,7 +101,7 @@ def metrics_table(metrics: dict, title: str, measured: str = "measured"):
         table.add_row(*row)
     auc = _at(before, "retrieval.forget.auc")
     if auc is not None:  # a probability, not a percentage: 0.50 is chance, 0 avoided, 1 found
-        row = ["forget search AUC (0.50 = chance)", f"{auc:.2f}"]
+        row = ["forget search AUC (0.50 = chance; not a %)", f"{auc:.2f}"]
         if after is not None:
             row += [f"{_at(after, 'retrieval.forget.auc'):.2f}", f"{_at(change, 'retrieval.forget.auc'):+.2f}"]
         table.add_row(*row)
