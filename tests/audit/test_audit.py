@@ -257,15 +257,18 @@ def embedded_alpha_1(tmp_path_factory):
 
 @pytest.mark.embedded
 def test_verdict_is_right_both_ways(embedded_alpha_1, tmp_path):
-    """GONE on the α = 1 output; NOT GONE on an unpatched copy of the same model (audited as a bare checkpoint)."""
+    """Zero-shot GONE on the α = 1 output, its search NOT GONE because the default sink ranks the class at the
+    bottom (issue 21); both NOT GONE, search found at the top, on an unpatched copy (a bare checkpoint)."""
     from ccup_cli.backends.open_clip import EMBEDDED_DIR, EMBEDDED_MODEL
 
     options = RunOptions(device="cpu")
     gone = run_audit(AuditRequest(str(embedded_alpha_1), eval_limit=EMBEDDED_LIMIT, probe_shots=[]), options)
     v = gone["verdict"]
-    assert v["zero_shot_removed"] is True and v["search_removed"] is True, v
+    assert v["zero_shot_removed"] is True and v["search_removed"] is False, v
+    assert v["search_avoided"] is True and v["search_found"] is False, v
     assert v["worst_forget_top1"] <= 0.05 and v["worst_forget_p_at_100"] <= 0.10
-    assert v["headline"].startswith("GONE for zero-shot") and "NOT GONE" not in v["headline"]
+    assert v["forget_auc_range"][0] < 0.35  # below chance: a reversed search finds the class
+    assert v["headline"].startswith("GONE for zero-shot") and "NOT GONE for text search (avoided" in v["headline"]
     copy = tmp_path / "unpatched.safetensors"
     copy.write_bytes((EMBEDDED_DIR / "open_clip_model.safetensors").read_bytes())
     kept = run_audit(AuditRequest(str(copy), model=EMBEDDED_MODEL, forget=["sandal", "sneaker"],
@@ -273,6 +276,7 @@ def test_verdict_is_right_both_ways(embedded_alpha_1, tmp_path):
     v = kept["verdict"]
     assert kept["patched"]["differs_from_original_at"] == []
     assert v["zero_shot_removed"] is False and v["search_removed"] is False, v
+    assert v["search_found"] is True and v["search_avoided"] is False, v
     assert v["worst_forget_top1"] > 0.8 and v["worst_forget_p_at_100"] > 0.3
     assert v["headline"].startswith("NOT GONE for zero-shot") and "NOT GONE for text search" in v["headline"]
 
