@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 	$(ACTIVATE)
 
-# two pytest-xdist workers: the tests are independent (each worker has its own temp, cache and HF folders)
+# two pytest-xdist workers: the tests are independent (each worker has its own temp, cache and HF folders);
+# tests marked with one xdist_group run on one worker, so the images they share are encoded once
 PYTEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 demo: install
 	rm -rf demo-out

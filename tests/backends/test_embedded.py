@@ -49,6 +49,7 @@ def test_assets_are_small_and_complete(name):
     assert embedded_names() == list(EMBEDDED_MODELS)
 
 
+@pytest.mark.xdist_group("domain-mini")  # shares the domain images' feature cache with test_domain_edit
 def test_domain_model_forgets_sandal_in_sketch_far_more_than_in_photo():
     from ccup_cli.jobs.unlearn import run_unlearn
     from ccup_cli.run.options import RunOptions

@@ -172,6 +172,7 @@ def _shipped_reference_folders(root: Path, exclude: tuple[int, ...] = ()) -> dic
 
 
 @pytest.mark.embedded
+@pytest.mark.xdist_group("domain-mini")  # one worker encodes the 6,000 domain images once (its feature cache)
 @pytest.mark.parametrize("exclude, cell_bound", [((), 0.10), ((5,), 0.25)], ids=["any-class", "no-sandal"])
 def test_domain_edit_forgets_sandal_in_sketch_on_the_mini_set(tmp_path, exclude, cell_bound):
     # about 50 references a domain; without a single sandal among them the label-free strength is
@@ -210,6 +211,7 @@ def test_domain_edit_forgets_sandal_in_sketch_on_the_mini_set(tmp_path, exclude,
 
 
 @pytest.mark.embedded
+@pytest.mark.xdist_group("domain-mini")
 def test_domain_edit_forgets_the_whole_sketch_domain_on_the_mini_set(tmp_path):
     from ccup_cli.jobs.unlearn import run_unlearn
     from ccup_cli.run.options import RunOptions
