@@ -9,7 +9,9 @@ from ccup_cli.audit.figures import verdict
 
 
 def _zero_shot(after_top1: float) -> list[dict]:
-    row = {"forget_top1": after_top1, "retrieval": {"forget": {"p_at_100": 0.0}}}
+    at_chance = {"p_at_10": 0.1, "p_at_100": 0.1, "r_precision": 0.1, "bottom_100": 0.1, "auc": 0.5}
+    row = {"forget_top1": after_top1, "retrieval": {"forget": {"p_at_100": 0.1}},
+           "forget_search": {"sandal": at_chance}}
     return [{"names": "class names", "templates": "openai (used by the unlearning)",
              "before": {"forget_top1": 0.9}, "after": row},
             {"names": "class names", "templates": "unseen (built in)", "before": {"forget_top1": 0.9}, "after": row}]
