@@ -82,7 +82,7 @@ def choose_alpha(inputs, spec: UnlearnSpec, params: dict, context=None) -> tuple
         raise ThresholdNotReachable(
             f"no alpha in [0, 1] meets every target ({targets.describe()}) with method {spec.method}; closest: "
             f"alpha {closest:g} misses {len(misses)} ({misses[0][0]}); "
-            f"best: {best['forget_top1']:.4f} forget top-1 at alpha {best['alpha']:g}",
+            f"best: forget top-1 {100 * best['forget_top1']:.1f} % at alpha {best['alpha']:g}",
             "loosen a target (--max-forget-acc, --max-forget-retrieval, --max-forget-auc-gap), or change the "
             "sink, lambda_retain or the retain set")
     return chosen, {"target_max_forget_acc": spec.max_forget_acc,

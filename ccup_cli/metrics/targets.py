@@ -37,9 +37,9 @@ class Targets:
     def describe(self) -> str:
         parts = []
         if self.max_forget_acc is not None:
-            parts.append(f"forget top-1 <= {self.max_forget_acc:g}")
+            parts.append(f"forget top-1 <= {100 * self.max_forget_acc:.1f} %")
         if self.max_forget_retrieval is not None:
-            parts.append(f"forget search precision@10, @100 and R-precision <= {self.max_forget_retrieval:g}")
+            parts.append(f"forget search precision@10, @100 and R-precision <= {100 * self.max_forget_retrieval:.1f} %")
         if self.max_forget_auc_gap is not None:
             parts.append(f"|forget search AUC - 0.5| <= {self.max_forget_auc_gap:g}")
         return ", ".join(parts) or "no target"
@@ -84,8 +84,8 @@ def target_misses(metrics: dict, forget: Sequence[str], targets: Targets) -> lis
     top1 = metrics["forget"]["top1"]
     if targets.max_forget_acc is not None and top1 is not None and top1 > targets.max_forget_acc:
         margin = top1 - targets.max_forget_acc
-        misses.append((f"forget top-1 {top1:.4f} is above --max-forget-acc {targets.max_forget_acc:.4f} "
-                       f"by {margin:.4f}", margin))
+        misses.append((f"forget top-1 {100 * top1:.1f} % is above --max-forget-acc "
+                       f"{100 * targets.max_forget_acc:.1f} % by {100 * margin:.1f} points", margin))
     return misses + search_misses(metrics, forget, targets.max_forget_retrieval, targets.max_forget_auc_gap)
 
 
