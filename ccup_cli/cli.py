@@ -149,7 +149,7 @@ _RUN_FLAGS = {
     "device": (str, typer.Option("auto", "--device", help="auto, cpu or cuda.")),
     "batch_size": (int, typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")),
     "workers": (Optional[int], typer.Option(None, "--workers", help="Image-decoding processes (0: in-process); "
-                                            "default: one per core but one.")),
+                                            "default: one per core, at most 16; 0 below 512 images.")),
     "decode": (str, typer.Option("pil", "--decode", help="How images become tensors: pil (open_clip's own "
                                  "transform, exact), pil-draft (JPEGs decoded at a reduced scale), tensor "
                                  "(torchvision.io + transforms.v2) or gpu (nvJPEG on --device cuda); all but pil "

@@ -62,8 +62,12 @@ def _pc(share: float) -> str:
     return f"{100 * share:.1f} %"
 
 
-def threshold_checks(req: EvalRequest, metrics: dict) -> list[tuple[bool, str]]:
-    """``(held, message)`` per threshold given, in %: a failure says by how many points."""
+def threshold_checks(req: EvalRequest, metrics: dict, forget: list[str] | None = None) -> list[tuple[bool, str]]:
+    """``(held, message)`` per threshold given, in %: a failure says by how many points.
+
+    ``forget``: the forget classes in the dataset's own spelling (default ``req.forget``); the search
+    thresholds look each one up by that name.
+    """
     checks = []
     forget_top1 = metrics["forget"]["top1"]
     if req.max_forget_acc is not None and forget_top1 is not None:
@@ -77,7 +81,8 @@ def threshold_checks(req: EvalRequest, metrics: dict) -> list[tuple[bool, str]]:
         checks.append((under <= 0, f"retain top-1 {_pc(retain_top1)} ≥ {_pc(req.min_retain_acc)}" if under <= 0 else
                        f"retain top-1 {_pc(retain_top1)} is below --min-retain-acc {_pc(req.min_retain_acc)} "
                        f"by {100 * under:.1f} points"))
-    failed = search_failures(metrics, req.forget, req.max_forget_retrieval, req.max_forget_auc_gap)
+    failed = search_failures(metrics, req.forget if forget is None else forget, req.max_forget_retrieval,
+                             req.max_forget_auc_gap)
     checks += [(False, message) for message in failed]
     if not failed and (req.max_forget_retrieval is not None or req.max_forget_auc_gap is not None):
         checks.append((True, "text search for every forget class within --max-forget-retrieval / "
@@ -135,7 +140,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     report = start_report("eval", options.argv, session.loaded, None, dataset, hit,
                           request={**req.__dict__, "eval": eval_name, "forget": forget if req.forget else []})
     report["metrics"] = {"before": before}
-    checks = threshold_checks(req, before)
+    checks = threshold_checks(req, before, canonical_names(req.forget, dataset.classnames))
     failures = [message for held, message in checks if not held]
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "max_forget_retrieval": req.max_forget_retrieval,

@@ -39,9 +39,15 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
 
 
 def auto_targets(spec: UnlearnSpec) -> Targets:
-    """The targets ``--alpha auto`` meets: the spec's, with the default search target when none is given."""
-    retrieval = spec.max_forget_retrieval if spec.max_forget_retrieval is not None else AUTO_MAX_FORGET_RETRIEVAL
-    return Targets(spec.max_forget_acc, None if retrieval >= 1 else retrieval, spec.max_forget_auc_gap)
+    """The targets ``--alpha auto`` meets: the spec's, with the default search target when none is given.
+
+    A domain forget gets no default search target: a class's search ranks every domain's images, so
+    meeting it would mean forgetting the class in the domains the spec keeps.
+    """
+    default = None if spec.forget_domains else AUTO_MAX_FORGET_RETRIEVAL
+    retrieval = spec.max_forget_retrieval if spec.max_forget_retrieval is not None else default
+    return Targets(spec.max_forget_acc, None if retrieval is None or retrieval >= 1 else retrieval,
+                   spec.max_forget_auc_gap)
 
 
 def choose_alpha(inputs, spec: UnlearnSpec, params: dict, context=None) -> tuple[float, dict]:

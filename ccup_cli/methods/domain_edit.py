@@ -124,7 +124,10 @@ def domain_edit_map(class_embeddings: torch.Tensor, forget_ids: list[int], refer
     if not forget_ids:
         raise ValueError("no forget classes")
     names = list(references)
-    feats = torch.cat([references[d].double() for d in names])
+    out_device = device or class_embeddings.device
+    # the solve runs on the CPU in float64, wherever the model's tensors live
+    class_embeddings = class_embeddings.detach().cpu()
+    feats = torch.cat([references[d].detach().cpu().double() for d in names])
     domain_ids = torch.cat([torch.full((len(references[d]),), i, dtype=torch.long) for i, d in enumerate(names)])
     in_forgotten = torch.isin(domain_ids, torch.tensor([names.index(d) for d in forget_domains]))
     v = read_direction(feats, in_forgotten, domain_ids, ridge)
@@ -144,4 +147,4 @@ def domain_edit_map(class_embeddings: torch.Tensor, forget_ids: list[int], refer
     for i, d in enumerate(names):
         r = F.normalize(feats[domain_ids == i], dim=-1) @ v
         reads[d] = (float(r.mean()), float(r.std()) if len(r) > 1 else 0.0)
-    return DomainEdit(W.to(device or class_embeddings.device), v, beta, mode, target, reads)
+    return DomainEdit(W.to(out_device), v, beta, mode, target, reads)

@@ -167,7 +167,8 @@ class Session:
         features = {}
         for domain, ds in datasets.items():
             pre, _ = self.encode_images(ds, phase="encode_domain_images")
-            features[domain] = project(self.site, self.original, pre)
+            # a text-side site leaves the image tower whole: its features are already the final ones
+            features[domain] = pre if self.site.side == "text" else project(self.site, self.original, pre)
         return ReferenceFeatures(features, reference_record(folders, datasets), classifier=self.classifier)
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

@@ -256,3 +256,20 @@ def test_a_failed_sweep_write_leaves_the_previous_folder_and_nothing_else(spec_o
     with pytest.raises(OutputError):
         run_sweep_job(spec_of(), [0.0, 1.0], ["ccup"], OPTIONS.but(out=tmp_path / "fresh"))
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_auto_search_target_defaults_on_for_classes_and_off_for_a_domain_forget():
+    """A class's search ranks every domain's images, so a domain forget gets no default search target
+    (meeting it would forget the class in the kept domains); a given target always applies."""
+    from ccup_cli.jobs.unlearn import auto_targets
+    from ccup_cli.metrics.targets import AUTO_MAX_FORGET_RETRIEVAL
+
+    plain = build_spec({"forget": ["sandal"], "alpha": "auto", "max_forget_acc": 0.05}, {})
+    assert auto_targets(plain).max_forget_retrieval == AUTO_MAX_FORGET_RETRIEVAL == 0.2
+    domain = build_spec({"forget": ["sandal"], "forget_domains": ["sketch"], "domains": "fashion-mnist-domains",
+                         "alpha": "auto", "max_forget_acc": 0.05}, {})
+    assert auto_targets(domain).max_forget_retrieval is None
+    given = build_spec({"forget": ["sandal"], "forget_domains": ["sketch"], "domains": "fashion-mnist-domains",
+                        "alpha": "auto", "max_forget_acc": 0.05, "max_forget_retrieval": 0.3}, {})
+    assert auto_targets(given).max_forget_retrieval == 0.3
+    assert auto_targets(plain.model_copy(update={"max_forget_retrieval": 1.0})).max_forget_retrieval is None

@@ -396,6 +396,10 @@ def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags,
     assert (f'text search for "sandal": AUC {auc:.2f}' in gap.stderr
             and f"beyond --max-forget-auc-gap 0.00 by {abs(auc - 0.5):.2f}" in gap.stderr), gap.stderr
     assert CliRunner().invoke(app, [*args, "--max-forget-auc-gap", "0.5"]).exit_code == 0
+    # a forget name spelt in another case is the same class: its search threshold still applies
+    shouted = [a if a != "sandal" else "SANDAL" for a in args]
+    failing_upper = CliRunner().invoke(app, [*shouted, "--max-forget-retrieval", "0"])
+    assert failing_upper.exit_code == 1 and 'text search for "sandal": precision@10' in failing_upper.stderr
 
 
 def test_search_targets_name_each_depth_and_the_margin():
