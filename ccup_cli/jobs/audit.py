@@ -189,7 +189,7 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     """Audit a patched checkpoint against its original. Returns the report (written under ``options.out``)."""
     timer = PhaseTimer()
     planned = plan(req, options, timer)
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, options.decode)
 
 
     # lazy: start-up time (torch loads after the door)

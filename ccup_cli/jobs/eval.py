@@ -121,7 +121,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     forget = canonical_names(req.forget, dataset.classnames)
     if req.forget_domains:
         forget = _domain_forget_split(req, dataset, forget)
-    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
+    device = resolve_device(options.device, options.decode)  # after the door: asking torch about CUDA costs seconds
 
     # lazy: start-up time (torch loads after the door)
     from ..metrics.compare import metrics_for

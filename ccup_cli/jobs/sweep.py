@@ -27,7 +27,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     timer = PhaseTimer()
     plan = admit(spec.model_copy(update={"alpha": 1.0, "method": split_variant(methods[0])[0]}), options, timer,
                 need_eval=True)
-    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
+    device = resolve_device(options.device, options.decode)  # after the door: asking torch about CUDA costs seconds
 
     # lazy: start-up time (torch loads after the door)
     from ..output.atomic import atomic_dir, sha256_file

@@ -29,7 +29,7 @@ def run_unlearn(spec: UnlearnSpec, options: RunOptions) -> dict:
     timer = PhaseTimer()
     method = get_method(spec.method)
     plan = admit(spec, options, timer, need_eval=spec.alpha == "auto" or method.needs_images)
-    device = resolve_device(options.device)  # after the door: asking torch about CUDA costs seconds
+    device = resolve_device(options.device, options.decode)  # after the door: asking torch about CUDA costs seconds
     if method.needs_images:
         # lazy: torch loads after the door (start-up time)
         from .finetune import run_finetune

@@ -51,16 +51,21 @@ class RunOptions:
         return self.but(precision=precision)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` becomes cuda where one exists, else cpu; an unavailable cuda is bad input."""
+def resolve_device(device: str, decode: str = "pil") -> str:
+    """``auto`` becomes cuda where one exists, else cpu; an unavailable cuda is bad input, and so is
+    ``--decode gpu`` where the device resolves to the CPU."""
     if device != "cpu" and device != "auto" and not device.startswith("cuda"):
         raise SpecError(f'device: "{device}" is not one of auto, cpu, cuda', "pass --device auto, cpu or cuda")
     if device == "cpu":
         return device
-    import torch
+    import torch  # lazy: start-up time (asking torch about CUDA costs seconds; the door runs first)
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        if resolved == "cpu" and decode == "gpu":
+            raise SpecError("decode: gpu needs a CUDA device, and --device auto found none here",
+                            "use --decode tensor (or pil) on the CPU")
+        return resolved
     if not torch.cuda.is_available():
         raise SpecError(f'device: "{device}" was asked for but no CUDA device is available', "use --device cpu")
     return device

@@ -186,6 +186,15 @@ def test_decode_is_checked_at_the_door_and_keys_the_cache(tiny, jpeg_folder):
     with pytest.raises(SpecError, match="gpu decodes on a CUDA device"):
         RunOptions(decode="gpu", device="cpu").check()
     assert RunOptions(decode="gpu", device="auto").check().decode == "gpu"
+    # where auto resolves to the CPU, gpu decoding is refused once the device is known
+    import torch
+
+    from ccup_cli.run.options import resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SpecError, match="decode: gpu needs a CUDA device"):
+            resolve_device("auto", "gpu")
+    assert resolve_device("auto", "pil") in ("cpu", "cuda")
     ds = open_dataset(str(jpeg_folder))
     keys = {d: feature_cache_key("abc", tiny.site, ds, tiny.preprocess, decode=d) for d in DECODERS}
     assert keys["pil"] == feature_cache_key("abc", tiny.site, ds, tiny.preprocess)  # old keys stay valid
