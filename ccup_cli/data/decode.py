@@ -90,7 +90,7 @@ def tensor_transform(preprocess: Callable) -> TensorTransform:
 
     steps = getattr(preprocess, "transforms", None)
     if steps is None:
-        raise SpecError("decode: the tensor decoders need an open_clip transform, not "
+        raise SpecError("decode: pil-draft, tensor and gpu read their sizes off an open_clip transform, not "
                         f"{type(preprocess).__name__}", "use --decode pil")
     resize = crop = normalize = None
     for step in steps:
