@@ -217,6 +217,17 @@ def decoder_top1(model, datasets: dict, batch_size: int) -> dict[str, dict[str, 
     return out
 
 
+def _rate_table(title: str, rates: dict, settings, fmt: str) -> list[str]:
+    """A markdown table of images/s per worker setting (rows) and folder (columns), and each rate
+    against workers 0 of its folder."""
+    lines = [title, "", "| workers | " + " | ".join(f"{label}: images/s" for label in rates) + " | "
+             + " | ".join(f"{label}: vs workers 0" for label in rates) + " |", "|---|" + "---:|" * (2 * len(rates))]
+    for name in settings:
+        lines.append(f"| {name} | " + " | ".join(f"{rates[label][name]:{fmt}}" for label in rates) + " | "
+                     + " | ".join(f"{rates[label][name] / rates[label]['0']:.2f}x" for label in rates) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--images", type=int, default=1500, help="JPEGs per folder for the throughput runs")
@@ -298,26 +309,12 @@ def main() -> None:
         "so explicitly). The worker rows ship every chunk of 32 through shared memory; their start-up is its own "
         "row.",
         "",
-        f"### End to end: `encode_pre_projection`, embedded model, {args.images} JPEGs, batch {args.batch_size}",
+        *_rate_table(f"### End to end: `encode_pre_projection`, embedded model, {args.images} JPEGs, "
+                     f"batch {args.batch_size}", e2e, settings, ".0f"),
         "",
-        "| workers | " + " | ".join(f"{label}: images/s" for label in e2e) + " | " +
-        " | ".join(f"{label}: vs workers 0" for label in e2e) + " |",
-        "|---|" + "---:|" * (2 * len(e2e)),
+        *_rate_table(f"### End to end: ViT-B-32 (random init), {args.vit_images} JPEGs, "
+                     f"batch {min(args.batch_size, 16)}", vit_e2e, vit_settings, ".1f"),
     ]
-    for name in settings:
-        lines.append(f"| {name} | " + " | ".join(f"{e2e[label][name]:.0f}" for label in e2e) + " | " +
-                     " | ".join(f"{e2e[label][name] / e2e[label]['0']:.2f}x" for label in e2e) + " |")
-    lines += [
-        "",
-        f"### End to end: ViT-B-32 (random init), {args.vit_images} JPEGs, batch {min(args.batch_size, 16)}",
-        "",
-        "| workers | " + " | ".join(f"{label}: images/s" for label in vit_e2e) + " | " +
-        " | ".join(f"{label}: vs workers 0" for label in vit_e2e) + " |",
-        "|---|" + "---:|" * (2 * len(vit_e2e)),
-    ]
-    for name in vit_settings:
-        lines.append(f"| {name} | " + " | ".join(f"{vit_e2e[label][name]:.1f}" for label in vit_e2e) + " | " +
-                     " | ".join(f"{vit_e2e[label][name] / vit_e2e[label]['0']:.2f}x" for label in vit_e2e) + " |")
     if top1 is not None:
         lines += [
             "",
