@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PINS)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers,audit]' $(TORCH_PINS)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,plot,transformers,audit,lit,docs]' $(TORCH_PINS)
 	touch $(STAMP)
 	$(ACTIVATE)
 
