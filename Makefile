@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch 2.14.1 / torchvision 0.29.1 are the pair that import together here (see README)
+# torch 2.14.1 / torchvision 0.29.1 are the pair that import together here (see docs/install.md)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
@@ -31,10 +31,12 @@ demo: install
 	$(BIN)/ccup unlearn --forget sandal,sneaker --alpha 1.0 --out demo-out/
 	$(ACTIVATE)
 
-# ruff, then the import contracts of pyproject.toml (layers only run downward; no cycles)
+# ruff, then the import contracts of pyproject.toml (layers only run downward; no cycles), then the docs
+# site (mkdocs.yml) built with --strict into the gitignored site/: a broken link or anchor fails
 lint: install
 	$(BIN)/ruff check ccup_cli tests scripts
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
-	rm -rf demo-out .pytest_cache .ruff_cache build *.egg-info
+	rm -rf demo-out site .pytest_cache .ruff_cache build *.egg-info

@@ -80,8 +80,8 @@ def unlearn(
     ``"{}"`` strings. ``method`` is a closed-form entry of ``methods.METHODS`` (ccup,
     ccup-proto, nullspace); each reads its own parameters among λ_retain, λ_identity, sink,
     energy and the prototype settings. ``sink`` (ccup) says where the forget prompts go:
-    "zero" is the paper's method; the default also keeps text search from finding the
-    forgotten class (``sinks.py``).
+    "zero" is the paper's method, whose text search still finds the class; the default takes
+    it off the top of its search and avoids it at the bottom (``sinks.py``).
 
     Narrower forgetting (``prompt_sides.build_sides``): ``domains`` (a preset name, a YAML file
     or a ``{domain: templates}`` dict) with ``forget_domains`` forgets the classes only in those

@@ -11,23 +11,65 @@ import functools
 import inspect
 import logging
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
+import typer.core
 from rich.console import Console
 
+from .data.catalog import DATASET_NAMES
 from .errors import CcupError
+
+
+class _HelpFormatter(click.HelpFormatter):
+    """click's help layout, with help text never split inside a hyphenated value (retain-mean-orthogonal)."""
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        first_col = min(max((len(first) for first, _ in rows), default=0), col_max) + col_spacing
+        indent = " " * (first_col + self.current_indent)
+        for first, second in rows:
+            self.write(f"{'':>{self.current_indent}}{first}")
+            if not second:
+                self.write("\n")
+                continue
+            self.write(" " * (first_col - len(first)) if len(first) <= first_col - col_spacing else "\n" + indent)
+            lines = textwrap.wrap(second, max(self.width - first_col - 2, 10), break_on_hyphens=False,
+                                  break_long_words=False) or [""]
+            self.write(lines[0] + "\n" + "".join(f"{indent}{line}\n" for line in lines[1:]))
+
+
+class _Context(click.Context):
+    formatter_class = _HelpFormatter
+
+
+class _Command(typer.core.TyperCommand):
+    context_class = _Context
+
+
+class _Group(typer.core.TyperGroup):
+    context_class = _Context
+
 
 app = typer.Typer(
     name="ccup",
+    cls=_Group,
     help="Make a CLIP model forget chosen classes: closed-form, no retraining, no images of those classes.",
+    epilog="\b\nThe real job, in two commands (ccup COMMAND --help for more):\n"
+           "  ccup unlearn --model ViT-B-32 --pretrained model.safetensors \\\n"
+           "      --eval images/ --forget dog --out out/\n"
+           "  ccup audit out/ --check --probe-shots ''",
     pretty_exceptions_show_locals=False,
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
+# rich_markup_mode=None: click's plain help, whose option column never cuts a name at 80 columns
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -150,10 +192,9 @@ _RUN_FLAGS = {
     "batch_size": (int, typer.Option(256, "--batch-size", min=1, help="Images / prompts per batch.")),
     "workers": (Optional[int], typer.Option(None, "--workers", help="Image-decoding processes (0: in-process); "
                                             "default: one per core, at most 16; 0 below 512 images.")),
-    "decode": (str, typer.Option("pil", "--decode", help="How images become tensors: pil (open_clip's own "
-                                 "transform, exact), pil-draft (JPEGs decoded at a reduced scale), tensor "
-                                 "(torchvision.io + transforms.v2) or gpu (nvJPEG on --device cuda); all but pil "
-                                 "change pixels slightly.")),
+    "decode": (str, typer.Option("pil", "--decode", help="pil (open_clip's transform, exact), pil-draft (JPEGs "
+                                 "decoded smaller), tensor (torchvision.io) or gpu (nvJPEG); all but pil change "
+                                 "pixels slightly.")),
     "precision": (str, typer.Option("fp32", "--precision", help="Encoders' precision: fp32, fp16 or bf16 "
                                     "(the projector is always float64).")),
     "json_out": (bool, typer.Option(False, "--json", help="Print only the JSON report on stdout.")),
@@ -166,44 +207,44 @@ _RUN_FLAGS = {
 
 # flags that set a field of the spec, by field name; None means "not given" (the spec file decides)
 _SPEC_FLAGS = {
-    "model": (Optional[str], typer.Option(None, "--model", help="open_clip name, local-dir:PATH, hf-hub:org/repo "
-                                          "or a config .json; default: the embedded ccup-tiny-fashion.")),
-    "pretrained": (Optional[str], typer.Option(None, "--pretrained", help="Tag, checkpoint path, output folder, "
-                                               "or 'none'.")),
+    "model": (Optional[str], typer.Option(None, "--model", help="An open_clip name (ccup models lists them), "
+                                          "local-dir:PATH, hf-hub:ORG/REPO, a config .json or transformers:PATH; "
+                                          "default: the embedded ccup-tiny-fashion.")),
+    "pretrained": (Optional[str], typer.Option(None, "--pretrained", help="A checkpoint file (.safetensors, .pt, "
+                                               ".pth, .bin), a model folder, a tag (needs the network), or none.")),
     "forget": (Optional[str], typer.Option(None, "--forget", help="Classes to forget, comma-separated.")),
     "retain": (Optional[str], typer.Option(None, "--retain", help="Classes to keep, comma-separated.")),
     "forget_domains": (Optional[str], typer.Option(None, "--forget-domains", help="Forget only in these domains, "
                                                    "comma-separated (e.g. sketch); alone: the whole domain.")),
-    "domains": (Optional[str], typer.Option(None, "--domains", help="Domain -> templates: a preset "
-                                            "(fashion-mnist-domains) or a YAML file.")),
-    "domain_images": (Optional[str], typer.Option(None, "--domain-images", help="method domain-edit: unlabelled "
-                                                  "images of every domain, sketch=DIR,photo=DIR,... or one folder "
-                                                  "of <domain>/ folders (any class).")),
+    "domains": (Optional[str], typer.Option(None, "--domains", help="Domain -> templates: a YAML file, or the "
+                                            "preset fashion-mnist-domains.")),
+    "domain_images": (Optional[str], typer.Option(None, "--domain-images", help="domain-edit: unlabelled images "
+                                                  "of every domain: sketch=DIR,photo=DIR or one folder of "
+                                                  "<domain>/ folders.")),
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
-                                                     help="With --alpha auto: the forget top-1 to reach.")),
+                                                     help="--alpha auto: the forget top-1 to reach, e.g. 0.05.")),
     "max_forget_retrieval": (Optional[float], typer.Option(
-        None, "--max-forget-retrieval", help="With --alpha auto: each forget class's search precision@10, @100 and "
-        "R-precision at most this (default 0.2; 1 turns it off).")),
+        None, "--max-forget-retrieval", help="--alpha auto: each forget class's search P@10, P@100 and "
+        "R-precision at most this (default 0.2; 1: off).")),
     "max_forget_auc_gap": (Optional[float], typer.Option(
-        None, "--max-forget-auc-gap", help="With --alpha auto: each forget class's search |AUC - 0.5| at most this "
-        "(at chance at both ends of the ranking).")),
+        None, "--max-forget-auc-gap", help="--alpha auto: each forget class's search |AUC - 0.5| at most this "
+        "(at chance at both ends).")),
     "method": (Optional[str], typer.Option(None, "--method", help="ccup (default), nullspace, domain-edit "
-                                           "(forget in named domains; needs --domain-images), finetune (the "
-                                           "gradient baseline; needs labelled training images), or ccup-proto "
-                                           "(experimental; measured worse than ccup).")),
-    "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where the forget prompts go: "
-                                         "retain-mean-orthogonal (default), zero (the paper), retain-mean, text-chance, "
-                                         "neutral, neutral-orthogonal, or a phrase.")),
-    "fold": (Optional[str], typer.Option(None, "--fold", help="Where W goes: image (the image tower's final linear "
-                                         "map), text (the text tower's), or auto (default: image where it exists, "
-                                         "else text, as for SigLIP).")),
+                                           "(needs --domain-images), finetune (the gradient baseline) or "
+                                           "ccup-proto (experimental).")),
+    "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where forget prompts go: retain-mean-orthogonal "
+                                         "(default), zero (the paper), retain-mean, text-chance, neutral, "
+                                         "neutral-orthogonal, or a phrase.")),
+    "fold": (Optional[str], typer.Option(None, "--fold", help="Where W goes: image, text, or auto (default: "
+                                         "image where that tower ends in a linear map, else text).")),
     "templates": (Optional[str], typer.Option(None, "--templates", help="Forget/eval templates: openai, simple, "
                                               "photo, or a file.")),
     "retain_templates": (Optional[str], typer.Option(None, "--retain-templates",
                                                      help="Retain templates (same choices).")),
-    "eval": (Optional[str], typer.Option(None, "--eval", help="Dataset name or ImageFolder path.")),
-    "data_root": (Optional[str], typer.Option(None, "--data-root", help="Where the dataset lies.")),
+    "eval": (Optional[str], typer.Option(None, "--eval", help="An ImageFolder path (one sub-folder per class) or "
+                                         "a dataset: " + ", ".join(DATASET_NAMES) + ".")),
+    "data_root": (Optional[str], typer.Option(None, "--data-root", help="Where a named dataset lies.")),
     "eval_limit": (Optional[int], typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")),
     "classnames": (Optional[str], typer.Option(None, "--classnames", help="File of class names, one per line in "
                                                "label order.")),
@@ -215,7 +256,12 @@ _SPEC_FLAGS = {
 _DATA_FIELDS = ("model", "pretrained", "eval", "data_root", "eval_limit", "classnames")
 
 
-def job_command(name: str, spec_fields: tuple[str, ...] = ()):
+def examples(*lines: str) -> str:
+    """A help epilog: the command's examples, kept as written (click's \\b block)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def job_command(name: str, spec_fields: tuple[str, ...] = (), epilog: str | None = None):
     """Register a job command: ``spec_fields`` flags arrive as ``fields`` (a dict by spec field name),
     the shared run flags as ``flags: RunFlags``, and the body runs inside the error boundary."""
 
@@ -239,19 +285,27 @@ def job_command(name: str, spec_fields: tuple[str, ...] = ()):
                                                   + params[len(spec_fields):])
         command.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k not in ("flags", "fields")},
                                    **{key: kind for key, (kind, _) in added.items()}}
-        return app.command(name)(command)
+        return app.command(name, epilog=epilog, cls=_Command)(command)
 
     return register
 
 
-@job_command("unlearn", tuple(_SPEC_FLAGS))
+@job_command("unlearn", tuple(_SPEC_FLAGS), epilog=examples(
+    "ccup unlearn --forget sandal --out out/        # the embedded model",
+    "ccup unlearn --model ViT-B-32 --pretrained model.safetensors \\",
+    "    --eval images/ --forget dog --out out/    # your file and ImageFolder",
+    "ccup unlearn configs/partial-strength.yaml --alpha 0.8 --out out/"))
 def unlearn_command(
     spec_file: Optional[Path] = SPEC_FILE,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.safetensors, report.json, ...)."),
     flags: RunFlags = None,
     fields: dict = None,
 ) -> None:
-    """Fold a forgetting projection into the image tower and write a patched checkpoint."""
+    """Forget classes and write the patched checkpoint.
+
+    The map is folded into one tower's final linear map (the image tower's, or the text tower's where
+    the image tower has none, as in SigLIP); no other tensor changes.
+    """
     spec = _spec_from(spec_file, fields)
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.unlearn import run_unlearn
@@ -274,24 +328,36 @@ def unlearn_command(
             stdout.print("[dim]no --out given: nothing was written[/]")
 
 
-@job_command("eval", _DATA_FIELDS + ("forget_domains",))
+@job_command("eval", _DATA_FIELDS + ("forget_domains",), epilog=examples(
+    "ccup eval --pretrained out --eval images/ --forget dog \\",
+    "    --max-forget-acc 0.05 --min-retain-acc 0.85     # a CI gate",
+    "ccup eval --pretrained out --forget sandal --search-gone",
+    "ccup eval --model ViT-B-32 --pretrained model.safetensors --eval images/"))
 def eval_command(
-    forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten."),
-    eval_split: str = typer.Option("test", "--eval-split"),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Classes that should be forgotten, "
+                                         "comma-separated."),
+    eval_split: str = typer.Option("test", "--eval-split", help="Split of a named dataset: test, or train."),
     download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
     templates: str = typer.Option("openai", "--templates", help="openai, simple, photo, or a file."),
-    max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) above this."),
-    min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) below this."),
-    max_forget_retrieval: Optional[float] = typer.Option(None, "--max-forget-retrieval", help="Fail (exit 1) when a "
-                                                         "forget class's text-search precision@10, @100 or "
-                                                         "R-precision is above this."),
+    max_forget_acc: Optional[float] = typer.Option(None, "--max-forget-acc", help="Fail (exit 1) when forget "
+                                                   "top-1 is above this fraction."),
+    min_retain_acc: Optional[float] = typer.Option(None, "--min-retain-acc", help="Fail (exit 1) when retain "
+                                                   "top-1 is below this fraction."),
+    max_forget_retrieval: Optional[float] = typer.Option(None, "--max-forget-retrieval", help="Fail (exit 1) when "
+                                                         "a forget class's search P@10, P@100 or R-precision is "
+                                                         "above this (found at the top)."),
     max_forget_auc_gap: Optional[float] = typer.Option(None, "--max-forget-auc-gap", help="Fail (exit 1) when a "
-                                                       "forget class's text-search |AUC - 0.5| is above this."),
+                                                       "forget class's search |AUC - 0.5| is above this."),
+    search_gone: bool = typer.Option(False, "--search-gone", help="Fail (exit 1) unless each forget class's text "
+                                     "search is GONE as ccup audit reads it: at chance at every depth."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report here."),
     flags: RunFlags = None,
     fields: dict = None,
 ) -> None:
-    """Zero-shot accuracy of a model, with thresholds for CI (exit 1 when one fails)."""
+    """Measure one model; thresholds for CI (exit 1 when one fails).
+
+    Zero-shot top-1 on the forget and retain classes, and each class's text search at every depth.
+    """
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.eval import EvalRequest, run_eval
     from .output import report as rep
@@ -301,7 +367,8 @@ def eval_command(
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
                       forget_domains=forget_domains,
                       templates=templates, max_forget_acc=max_forget_acc, min_retain_acc=min_retain_acc,
-                      max_forget_retrieval=max_forget_retrieval, max_forget_auc_gap=max_forget_auc_gap)
+                      max_forget_retrieval=max_forget_retrieval, max_forget_auc_gap=max_forget_auc_gap,
+                      search_gone=search_gone)
     with flags.options() as options:
         report, failures = run_eval(req, options, out)
     if flags.json_out:
@@ -324,7 +391,10 @@ def eval_command(
 
 
 @job_command("sweep", ("forget", "retain", "forget_domains", "domains", "sink", "fold", "templates", "retain_templates")
-             + _DATA_FIELDS)
+             + _DATA_FIELDS, epilog=examples(
+                 "ccup sweep --forget shirt,t-shirt --out sweep/",
+                 "ccup sweep --forget dog --eval images/ --methods ccup:zero,ccup,nullspace \\",
+                 "    --alphas 0,0.25,...,1 --out sweep/"))
 def sweep_command(
     spec_file: Optional[Path] = SPEC_FILE,
     alphas: str = typer.Option("0,0.1,...,1", "--alphas", help="Strengths: a list, or start,next,...,end."),
@@ -334,7 +404,7 @@ def sweep_command(
     flags: RunFlags = None,
     fields: dict = None,
 ) -> None:
-    """Evaluate every strength of every method from one pass over the images."""
+    """Every strength of every method, from one pass over the images."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .errors import SpecError
     from .spec.schema import parse_alphas, split_csv
@@ -359,7 +429,10 @@ def sweep_command(
         stdout.print(f"written: {report['outputs']['folder']}")
 
 
-@job_command("export", ("pretrained",))
+@job_command("export", ("pretrained",), epilog=examples(
+    "ccup export --out hf-tiny/                  # the embedded model",
+    "ccup export out/ --to transformers --out hf-out/    # an unlearn output",
+    "ccup export ViT-B-32 --pretrained model.safetensors --out hf-b32/"))
 def export_command(
     source: Optional[str] = typer.Argument(None, metavar="[SOURCE]", help="An output folder, or a model name "
                                            "(with --pretrained); default: the embedded ccup-tiny-fashion."),
@@ -368,7 +441,7 @@ def export_command(
     flags: RunFlags = None,
     fields: dict = None,
 ) -> None:
-    """Convert an open_clip model into a Hugging Face transformers CLIP folder."""
+    """Convert an open_clip model into a transformers CLIP folder."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.export import run_export
     from .output import report as rep
@@ -382,7 +455,10 @@ def export_command(
                      highlight=False)
 
 
-@job_command("audit", _DATA_FIELDS)
+@job_command("audit", _DATA_FIELDS, epilog=examples(
+    "ccup audit out/ --out audit/                 # every verdict, probes too",
+    "ccup audit out/ --probe-shots '' --check     # CI: exit 1 unless all GONE",
+    "ccup audit out/ --aliases configs/aliases/fashion-mnist.yaml --eval images/"))
 def audit_command(
     patched: str = typer.Argument(..., metavar="PATCHED", help="An unlearn output folder, or a checkpoint "
                                   "(with --model)."),
@@ -396,13 +472,20 @@ def audit_command(
     probe_seed: int = typer.Option(0, "--probe-seed", help="Seed of the draws and of the probes."),
     leace: bool = typer.Option(True, "--leace/--no-leace", help="The LEACE comparison row (needs "
                                "concept-erasure; fitted on labelled images)."),
-    eval_split: str = typer.Option("test", "--eval-split"),
+    eval_split: str = typer.Option("test", "--eval-split", help="Split of a named dataset the audit reads: test, "
+                                   "or train."),
     download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 unless every verdict is GONE (zero-shot, text "
+                               "search, and the probes when run): a CI gate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder: audit.json, audit.md, PNG figures."),
     flags: RunFlags = None,
     fields: dict = None,
 ) -> None:
-    """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
+    """Is it really gone? The verdicts, with --check for CI.
+
+    Zero-shot under other names and templates, text search at every depth, where the images went,
+    and k-shot linear probes.
+    """
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .audit.page import audit_table, domain_grid_table
     from .errors import SpecError
@@ -431,9 +514,19 @@ def audit_command(
             stdout.print(domain_grid_table(report))
         if out is not None:
             stdout.print(f"written: {report['outputs']['folder']} (audit.md, audit.json, figures)")
+    if check and _rank() == 0:
+        from .audit.figures import check_failures
+
+        failures = check_failures(report["verdict"])
+        for failure in failures:
+            stderr.print(f"[bold red]check failed:[/] {failure}", highlight=False)
+        if failures:
+            raise typer.Exit(1)
+        if flags.tables:
+            stdout.print("[bold green]check passed:[/] every verdict measured is GONE", highlight=False)
 
 
-@app.command("models")
+@app.command("models", cls=_Command)
 def models_command() -> None:
     """List the architectures open_clip knows, the embedded one first."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
@@ -447,7 +540,7 @@ def models_command() -> None:
             stdout.print(name, highlight=False)
 
 
-@app.command("version")
+@app.command("version", cls=_Command)
 def version_command() -> None:
     """Print ccup's version."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)

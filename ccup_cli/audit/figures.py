@@ -14,23 +14,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..metrics.targets import (
+    SEARCH_GONE_AUC_GAP,
+    SEARCH_GONE_DEPTH,
+    SEARCH_GONE_TOP,
+    search_avoided,
+    search_found,
+)
 from ..metrics.zero_shot import LOGIT_SCALE, RANKING_KEYS, ranking_metrics, zero_shot_metrics
 
-# The verdict's thresholds (fractions). Zero-shot and search use the issues' targets; a probe
-# "recovers" a class when it gets this share of what the same probe gets on the original model.
-# Search is gone when every forget query is at chance at every depth: not found at the top
-# (P@10, P@100), nor within its own class size (R-precision), nor avoided at the bottom (the 100
-# images ranked last), and |AUC - 0.5| small (an avoided class is found by reading backwards).
+# The verdict's thresholds (fractions). Zero-shot uses the issues' target; a probe "recovers" a class
+# when it gets this share of what the same probe gets on the original model. Search is gone when every
+# forget query is at chance at every depth: metrics.targets holds that rule (ccup eval --search-gone
+# applies the same one).
 ZERO_SHOT_GONE = 0.05
-SEARCH_GONE_P100 = 0.10  # P@10 and P@100
-SEARCH_GONE_DEPTH = 0.20  # R-precision and the share of the 100 ranked last
-SEARCH_GONE_AUC_GAP = 0.15  # |AUC - 0.5|
+SEARCH_GONE_P100 = SEARCH_GONE_TOP  # P@10 and P@100
 PROBE_RECOVERED_SHARE = 0.8
 
 HONEST_STATEMENT = (
-    "A linear map at the end of the image tower removes zero-shot recognition of the forgotten classes "
-    "(and text search, to the extent the image side carries it). It does not remove what a probe trained "
-    "on labelled images can decode: the information stays linearly decodable.")
+    "A linear map at the end of one tower removes zero-shot recognition of the forgotten classes. Text "
+    "search is GONE only where its verdict says so: the default sink avoids the class at the bottom of its "
+    "search (a reversed search finds it). It does not remove what a probe trained on labelled images can "
+    "decode: the information stays linearly decodable.")
 
 
 def _logits(features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
@@ -162,19 +167,31 @@ def search_verdict(queries: list[dict]) -> dict:
     def worst(key):
         return max((q[key] for q in queries if q.get(key) is not None), default=None)
 
-    def above(q, key, limit):
-        return q.get(key) is not None and q[key] > limit
-
     aucs = [q["auc"] for q in queries if q.get("auc") is not None]
-    found = any(above(q, "p_at_10", SEARCH_GONE_P100) or above(q, "p_at_100", SEARCH_GONE_P100)
-                or above(q, "r_precision", SEARCH_GONE_DEPTH) or above(q, "auc", 0.5 + SEARCH_GONE_AUC_GAP)
-                for q in queries)
-    avoided = any(above(q, "bottom_100", SEARCH_GONE_DEPTH)
-                  or (q.get("auc") is not None and q["auc"] < 0.5 - SEARCH_GONE_AUC_GAP) for q in queries)
+    found = any(search_found(q) for q in queries)
+    avoided = any(search_avoided(q) for q in queries)
     return {"search_removed": bool(queries) and not found and not avoided, "search_found": found,
             "search_avoided": avoided, "worst_forget_p_at_100": worst("p_at_100"),
             "worst_forget_r_precision": worst("r_precision"), "worst_forget_bottom_100": worst("bottom_100"),
             "forget_auc_range": [min(aucs), max(aucs)] if aucs else None}
+
+
+def check_failures(v: dict) -> list[str]:
+    """What ``ccup audit --check`` fails on: every verdict that is not GONE, one line each.
+
+    Zero-shot and text search must be GONE; a probe that was run must not recover the class. Probes
+    that were not run are not checked (the verdict says "not measured").
+    """
+    failures = []
+    if not v["zero_shot_removed"]:
+        failures.append(f"zero-shot recognition NOT GONE (worst forget top-1 {_pct(v['worst_forget_top1'])}, above "
+                        f"{_pct(ZERO_SHOT_GONE)})")
+    if not v["search_removed"]:
+        failures.append(search_headline(v))
+    if v.get("probe_recovers"):
+        failures.append(f"RECOVERABLE by a {v['probe_k']}-shot linear probe (forget {_pct(v['probe_forget_patched'])}"
+                        f" vs {_pct(v['probe_forget_original'])} on the original)")
+    return failures
 
 
 def _pct(v: float | None) -> str:

@@ -50,6 +50,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 ) from err
             raise CheckpointError(f"checkpoint {path} is corrupt ({reason})", "re-download or re-export it") from err
         except (RuntimeError, EOFError, OSError, ValueError) as err:
+            if "TorchScript" in str(err):  # OpenAI's original release: a TorchScript archive, not a state dict
+                raise CheckpointError(
+                    f"refused to load {path}: it is a TorchScript archive (OpenAI's original .pt release), which "
+                    "cannot be read with weights_only=True",
+                    "convert it once in a trusted environment: open_clip.load_openai_model(PATH, device='cpu'), then "
+                    "save its state_dict() with safetensors.torch.save_file; or pass --pretrained openai") from err
             raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]})",
                                   "re-download or re-export it") from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -336,7 +336,7 @@ def export_readme(source: dict, unlearning: dict[str, str] | None) -> str:
               "The same facts are in `model.safetensors`'s metadata, as `ccup_unlearning_*` keys.", "",
               "## What this does and does not remove", "",
               "The unlearning changed the image tower's final linear map (fine-tuning: its last layers). It removes "
-              "zero-shot recognition of the forgotten classes, and text search to the extent the image side "
-              "carries it. It does not remove what a probe trained on labelled images can decode; `ccup audit` "
+              "zero-shot recognition of the forgotten classes; with the default sink, text search no longer "
+              "finds them at the top but avoids them at the bottom (`ccup audit`: NOT GONE). It does not remove what a probe trained on labelled images can decode; `ccup audit` "
               "on the unlearn output folder measures that.", ""]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from ..backends.base import backend_for
 from ..data.catalog import DATASET_NAMES, check_classes_in, check_dataset_name, preset_classnames
 from ..errors import Problems, SpecError
 from ..methods.prompt_sides import domain_problems, forgotten_classes
-from ..metrics.targets import search_failures
+from ..metrics.targets import search_failures, search_gone_checks
 from ..output import report as rep
 from ..presets import defaults
 from ..run.door import canonical_names, default_eval, open_eval_dataset, pretrained_problems
@@ -36,6 +36,7 @@ class EvalRequest:
     min_retain_acc: float | None = None
     max_forget_retrieval: float | None = None  # each forget class's search precision@10, @100, R-precision
     max_forget_auc_gap: float | None = None  # each forget class's search |AUC - 0.5|: chance at both ends
+    search_gone: bool = False  # each forget class's search GONE at every depth, as ccup audit reads it
 
 
 def validate_eval_request(req: EvalRequest) -> None:
@@ -49,8 +50,8 @@ def validate_eval_request(req: EvalRequest) -> None:
                         "chance such as 0.15")
     if req.max_forget_acc is not None and not (req.forget or req.forget_domains):
         problems.append("max-forget-acc: needs --forget or --forget-domains to know which images to check")
-    for name in ("max_forget_retrieval", "max_forget_auc_gap"):
-        if getattr(req, name) is not None and not req.forget:
+    for name in ("max_forget_retrieval", "max_forget_auc_gap", "search_gone"):
+        if getattr(req, name) not in (None, False) and not req.forget:
             problems.append(f"{name.replace('_', '-')}: needs --forget to know which classes to check")
     if req.eval_limit is not None and req.eval_limit <= 0:
         problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
@@ -87,6 +88,8 @@ def threshold_checks(req: EvalRequest, metrics: dict, forget: list[str] | None =
     if not failed and (req.max_forget_retrieval is not None or req.max_forget_auc_gap is not None):
         checks.append((True, "text search for every forget class within --max-forget-retrieval / "
                              "--max-forget-auc-gap"))
+    if req.search_gone:
+        checks += search_gone_checks(metrics, req.forget if forget is None else forget)
     return checks
 
 
@@ -144,7 +147,8 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
     failures = [message for held, message in checks if not held]
     report["thresholds"] = {"max_forget_acc": req.max_forget_acc, "min_retain_acc": req.min_retain_acc,
                             "max_forget_retrieval": req.max_forget_retrieval,
-                            "max_forget_auc_gap": req.max_forget_auc_gap, "passed": not failures,
+                            "max_forget_auc_gap": req.max_forget_auc_gap, "search_gone": req.search_gone,
+                            "passed": not failures,
                             "failures": failures, "held": [message for held, message in checks if held]}
     finish_report(report, timer, device, session.loaded, options)
     if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes

@@ -282,6 +282,20 @@ def test_verdict_is_right_both_ways(embedded_alpha_1, tmp_path):
 
 
 @pytest.mark.embedded
+def test_check_exits_1_on_the_demo_output(embedded_alpha_1, tmp_path):
+    """`make demo`'s settings (sandal, sneaker, α = 1, the default sink): search is avoided at the bottom, so
+    `ccup audit --check` exits 1 and says why, after writing its pages; without --check the same audit exits 0.
+    (The GONE case, exit 0, is the README quick start: tests/test_docs.py.)"""
+    args = ["audit", str(embedded_alpha_1), "--eval-limit", str(EMBEDDED_LIMIT), "--probe-shots", ""]
+    checked = runner.invoke(app, [*args, "--check", "--out", str(tmp_path / "a")])
+    assert checked.exit_code == 1, checked.output
+    assert checked.stderr.count("check failed:") == 1
+    assert "check failed: NOT GONE for text search (avoided at the bottom" in checked.stderr
+    assert (tmp_path / "a" / "audit.md").is_file()  # the pages are written first, either way
+    assert runner.invoke(app, args).exit_code == 0
+
+
+@pytest.mark.embedded
 def test_leace_row_is_measured_where_concept_erasure_is_installed(embedded_alpha_1, tmp_path, monkeypatch):
     pytest.importorskip("concept_erasure")  # the audit extra; CI installs it (make install: .[audit])
     import importlib.util

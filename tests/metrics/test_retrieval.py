@@ -388,18 +388,20 @@ def test_max_forget_retrieval_fails_with_exit_1_and_says_by_how_much(tiny_flags,
     assert p10 > 0  # 3 sandal images among 30: the tiny model finds at least one in its top 10
     failing = CliRunner().invoke(app, [*args, "--max-forget-retrieval", "0"])
     assert failing.exit_code == 1
-    assert (f'text search for "sandal": precision@10 {100 * p10:.1f} % is above --max-forget-retrieval 0.0 % '
+    assert (f'text search for "sandal" found at the top: precision@10 {100 * p10:.1f} % is above --max-forget-retrieval 0.0 % '
             f"by {100 * p10:.1f} points") in failing.stderr
     auc = json.loads(passing.stdout)["metrics"]["before"]["retrieval"]["per_class"]["sandal"]["auc"]
     gap = CliRunner().invoke(app, [*args, "--max-forget-auc-gap", "0"])
     assert gap.exit_code == (1 if auc != 0.5 else 0)
-    assert (f'text search for "sandal": AUC {auc:.2f}' in gap.stderr
+    assert (f'text search for "sandal" {"found at the top" if auc > 0.5 else "avoided at the bottom"}: AUC {auc:.2f}'
+            in gap.stderr
             and f"beyond --max-forget-auc-gap 0.00 by {abs(auc - 0.5):.2f}" in gap.stderr), gap.stderr
     assert CliRunner().invoke(app, [*args, "--max-forget-auc-gap", "0.5"]).exit_code == 0
     # a forget name spelt in another case is the same class: its search threshold still applies
     shouted = [a if a != "sandal" else "SANDAL" for a in args]
     failing_upper = CliRunner().invoke(app, [*shouted, "--max-forget-retrieval", "0"])
-    assert failing_upper.exit_code == 1 and 'text search for "sandal": precision@10' in failing_upper.stderr
+    assert failing_upper.exit_code == 1 and 'text search for "sandal" found at the top: precision@10' in \
+        failing_upper.stderr
 
 
 def test_search_targets_name_each_depth_and_the_margin():
@@ -410,13 +412,56 @@ def test_search_targets_name_each_depth_and_the_margin():
     metrics = {"forget": {"top1": 0.04}, "retrieval": {"per_class": per_class}}
     msgs = search_failures(metrics, ["sandal", "bag", "coat"], 0.2, 0.15)  # coat has no images: skipped
     assert msgs == [
-        'text search for "sandal": precision@10 30.0 % is above --max-forget-retrieval 20.0 % by 10.0 points',
-        'text search for "sandal": R-precision 25.0 % is above --max-forget-retrieval 20.0 % by 5.0 points',
-        'text search for "sandal": AUC 0.02 (avoided below chance, 0.50) is 0.48 from chance, beyond '
+        'text search for "sandal" found at the top: precision@10 30.0 % is above --max-forget-retrieval 20.0 % '
+        "by 10.0 points",
+        'text search for "sandal" found at the top: R-precision 25.0 % is above --max-forget-retrieval 20.0 % '
+        "by 5.0 points",
+        'text search for "sandal" avoided at the bottom: AUC 0.02 (0.50 is chance) is 0.48 from chance, beyond '
         "--max-forget-auc-gap 0.15 by 0.33",
-        'text search for "bag": AUC 0.90 (found above chance, 0.50) is 0.40 from chance, beyond '
+        'text search for "bag" found at the top: AUC 0.90 (0.50 is chance) is 0.40 from chance, beyond '
         "--max-forget-auc-gap 0.15 by 0.25"]
     assert search_failures(metrics, ["sandal", "bag"], None, None) == []
     assert target_failures(metrics, ["bag"], Targets(max_forget_acc=0.05)) == []
     misses = target_misses(metrics, ["bag"], Targets(max_forget_acc=0.01, max_forget_auc_gap=0.5))
     assert [round(m, 4) for _, m in misses] == [0.03]
+
+
+def test_search_gone_is_one_rule_for_eval_and_the_audit():
+    """ccup eval --search-gone and the audit's search verdict read the same thresholds the same way."""
+    from ccup_cli.audit.figures import search_verdict
+    from ccup_cli.jobs.eval import EvalRequest, threshold_checks
+    from ccup_cli.metrics.targets import search_gone_checks, search_reading
+
+    chance = {"p_at_10": 0.1, "p_at_100": 0.05, "r_precision": 0.1, "bottom_100": 0.1, "auc": 0.55}
+    avoided = {**chance, "bottom_100": 1.0, "auc": 0.02}
+    found = {**chance, "p_at_10": 0.9, "auc": 0.97}
+    for m, reading in ((chance, "GONE"), (avoided, "avoided at the bottom"), (found, "found at the top")):
+        assert search_reading(m) == reading
+        assert search_verdict([m])["search_removed"] is (reading == "GONE")
+    metrics = {"forget": {"top1": 0.0}, "retain": {"top1": 0.9},
+               "retrieval": {"per_class": {"sandal": avoided, "bag": chance}}}
+    checks = search_gone_checks(metrics, ["sandal", "bag", "coat"])  # coat has no images: skipped
+    assert [held for held, _ in checks] == [False, True]
+    assert checks[0][1].startswith('text search for "sandal" NOT GONE: avoided at the bottom (P@10 10.0 %')
+    assert checks[1][1].startswith('text search for "bag" GONE (')
+    req = EvalRequest(forget=["sandal", "bag"], search_gone=True, max_forget_retrieval=0.2)
+    held = [h for h, _ in threshold_checks(req, metrics)]
+    assert held == [True, False, True]  # the top is clear (retrieval holds), the bottom is not (NOT GONE)
+
+
+def test_audit_check_fails_on_every_verdict_that_is_not_gone():
+    from ccup_cli.audit.figures import check_failures, verdict
+
+    chance = {"p_at_10": 0.1, "p_at_100": 0.05, "r_precision": 0.1, "bottom_100": 0.1, "auc": 0.55}
+    avoided = {**chance, "bottom_100": 1.0, "auc": 0.02}
+
+    def zero_shot(top1, search):
+        return [{"names": "class names", "after": {"forget_top1": top1, "forget_search": {"sandal": search}}}]
+
+    probes = {"patched": [{"k": 16, "forget": {"mean": 0.94}}], "original": [{"k": 16, "forget": {"mean": 0.97}}]}
+    assert check_failures(verdict(zero_shot(0.0, chance), [], None)) == []
+    assert check_failures(verdict(zero_shot(0.0, chance), [], {"patched": [], "original": []})) == []
+    failures = check_failures(verdict(zero_shot(0.3, avoided), [], probes))
+    assert [f.split(" (")[0] for f in failures] == ["zero-shot recognition NOT GONE", "NOT GONE for text search",
+                                                    "RECOVERABLE by a 16-shot linear probe"]
+    assert "avoided at the bottom" in failures[1]
