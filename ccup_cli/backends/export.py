@@ -327,6 +327,8 @@ def export_readme(source: dict, unlearning: dict[str, str] | None) -> str:
     how = (f"`{unlearning['method']}`" + (f", α = {unlearning['alpha']}" if "alpha" in unlearning else "")
            + (f", {unlearning['steps']} fine-tuning steps" if "steps" in unlearning else "")
            + (f", folded into `{unlearning['fold_site']}`" if "fold_site" in unlearning else ""))
+    tower = ("the text tower's final linear map" if "text" in unlearning.get("fold_site", "")
+             else "the image tower's final linear map")
     lines += ["## Unlearning", "",
               f"The source was made by `ccup unlearn` {unlearning.get('ccup_version', '')}: forget {forget}"
               + (f" in the domains {', '.join(domains)}" if domains else "") + f"; method {how}.",
@@ -335,8 +337,8 @@ def export_readme(source: dict, unlearning: dict[str, str] | None) -> str:
               f"`{unlearning.get('spec_sha256', '?')[:12]}…`.", "",
               "The same facts are in `model.safetensors`'s metadata, as `ccup_unlearning_*` keys.", "",
               "## What this does and does not remove", "",
-              "The unlearning changed the image tower's final linear map (fine-tuning: its last layers). It removes "
-              "zero-shot recognition of the forgotten classes; with the default sink, text search no longer "
-              "finds them at the top but avoids them at the bottom (`ccup audit`: NOT GONE). It does not remove what a probe trained on labelled images can decode; `ccup audit` "
-              "on the unlearn output folder measures that.", ""]
+              f"The unlearning changed {tower} (fine-tuning: its last layers). It removes zero-shot recognition "
+              "of the forgotten classes; with the default sink, text search no longer finds them at the top but "
+              "avoids them at the bottom (`ccup audit`: NOT GONE). It does not remove what a probe trained on "
+              "labelled images can decode; `ccup audit` on the unlearn output folder measures that.", ""]
     return "\n".join(lines)
