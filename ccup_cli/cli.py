@@ -56,6 +56,7 @@ class _Group(typer.core.TyperGroup):
     context_class = _Context
 
 
+# rich_markup_mode=None: click's plain help, whose option column never cuts a name at 80 columns
 app = typer.Typer(
     name="ccup",
     cls=_Group,
@@ -69,7 +70,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-# rich_markup_mode=None: click's plain help, whose option column never cuts a name at 80 columns
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
