@@ -71,7 +71,7 @@ def transformers_folder_problems(folder: Path, field: str = "model") -> list[str
                 'VisionTextDualEncoder folder (config.json model_type "clip", "siglip" or "vision-text-dual-encoder")']
     missing = [name for name in TRANSFORMERS_NEEDS if not (folder / name).is_file()]
     if not any(all((folder / name).is_file() for name in group) for group in TOKENIZER_FILES):
-        missing.append("tokenizer.json (or vocab.json and merges.txt, or vocab.txt)")
+        missing.append("tokenizer.json (or vocab.json and merges.txt) or a WordPiece vocab.txt")
     if missing:
         return [f"{field}: transformers folder {folder} lacks {', '.join(missing)}; save the model, its processor "
                 "and its tokenizer there (CLIPModel / CLIPProcessor.save_pretrained)"]

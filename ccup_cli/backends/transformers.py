@@ -285,18 +285,21 @@ class HFLoaded:
 def _vision_tail(model: nn.Module) -> dict[str, nn.Parameter]:
     """A dual encoder's image-tower tail, whatever the tower: its last encoder layer, every parameter
     after the encoder (final norm, pooler) and ``visual_projection``."""
+    import re
+
+    layer = re.compile(r"\.layers?\.(\d+)\.")
     names = [n for n, _ in model.named_parameters() if n.startswith("vision_model.")]
-    layer_ids = sorted({int(part) for n in names for a, part in zip(n.split("."), n.split(".")[1:])
-                        if a in ("layer", "layers") and part.isdigit()})
-    last = f".{layer_ids[-1]}." if layer_ids else None
+    ids = [int(m.group(1)) for n in names for m in [layer.search(n)] if m]
+    last = max(ids, default=None)
 
     def wanted(name: str) -> bool:
         if name.startswith(f"{SITE_PATH}."):
             return True
         if not name.startswith("vision_model."):
             return False
-        if ".encoder." in name:
-            return last is not None and (f".layer{last}" in name or f".layers{last}" in name)
+        m = layer.search(name)
+        if m:
+            return int(m.group(1)) == last
         return "embeddings" not in name and "pre_layrnorm" not in name
 
     return {n: p for n, p in model.named_parameters() if wanted(n)}
