@@ -28,6 +28,9 @@ from ..metrics.zero_shot import LOGIT_SCALE, RANKING_KEYS, ranking_metrics, zero
 # forget query is at chance at every depth: metrics.targets holds that rule (ccup eval --search-gone
 # applies the same one).
 ZERO_SHOT_GONE = 0.05
+# an alias the original model clearly recognises: its class's top-1 (recall in the contest with the
+# other class names) at least this high before; it is "gone after" at ZERO_SHOT_GONE or below
+ALIAS_RECOGNISED = 0.5
 SEARCH_GONE_P100 = SEARCH_GONE_TOP  # P@10 and P@100
 PROBE_RECOVERED_SHARE = 0.8
 
@@ -138,13 +141,15 @@ def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None,
         **search_verdict(queries),
         "template_sets": sum(r["names"] == "class names" for r in zero_shot),
         "aliases_counted": len(recognised),
+        **alias_tally(mine),
         "aliases_not_recognised_before": [{"class": r["class"], "alias": r["alias"], "top1_before": r["before"]["top1"],
                                            "p_at_100_before": r["before"]["p_at_100"]}
                                           for r in mine if r not in recognised],
         "probe_recovers": None, "probe_k": None, "probe_forget_patched": None, "probe_forget_original": None,
         "thresholds": {"zero_shot_top1": ZERO_SHOT_GONE, "search_p_at_10_and_100": SEARCH_GONE_P100,
                        "search_r_precision_and_bottom_100": SEARCH_GONE_DEPTH,
-                       "search_auc_gap": SEARCH_GONE_AUC_GAP, "probe_recovered_share": PROBE_RECOVERED_SHARE},
+                       "search_auc_gap": SEARCH_GONE_AUC_GAP, "probe_recovered_share": PROBE_RECOVERED_SHARE,
+                       "alias_recognised_top1": ALIAS_RECOGNISED},
     }
     if probes and probes.get("patched"):
         last_p, last_o = probes["patched"][-1], probes["original"][-1]
@@ -153,6 +158,16 @@ def verdict(zero_shot: list[dict], aliases: list[dict], probes: dict | None,
                       probe_recovers=None if fp is None or not fo else fp >= PROBE_RECOVERED_SHARE * fo)
     result["headline"] = headline(result)
     return result
+
+
+def alias_tally(rows: list[dict]) -> dict:
+    """Of the forget classes' aliases: how many the original recognised (top-1 at least ALIAS_RECOGNISED),
+    how many of those are gone after (top-1 at most ZERO_SHOT_GONE), and which are not."""
+    strong = [r for r in rows if (r["before"]["top1"] or 0) >= ALIAS_RECOGNISED]
+    kept = [r for r in strong if (r["after"]["top1"] or 0) > ZERO_SHOT_GONE]
+    return {"aliases_recognised_before": len(strong), "aliases_gone_after": len(strong) - len(kept),
+            "aliases_still_recognised": [{"class": r["class"], "alias": r["alias"], "top1_before": r["before"]["top1"],
+                                          "top1_after": r["after"]["top1"]} for r in kept]}
 
 
 def search_verdict(queries: list[dict]) -> dict:
@@ -231,6 +246,9 @@ def headline(v: dict) -> str:
     else:
         parts.append("recoverability not measured (no probe)")
     text = "; ".join(parts) + "."
+    if v.get("aliases_recognised_before"):
+        text += (f" Aliases recognised before (top-1 ≥ {_pct(ALIAS_RECOGNISED)}): {v['aliases_recognised_before']}; "
+                 f"gone after (≤ {_pct(ZERO_SHOT_GONE)}): {v['aliases_gone_after']}.")
     skipped = v.get("aliases_not_recognised_before") or []
     if skipped:
         text += (f" Not counted: {_count(len(skipped), 'alias')} the original model did not recognise either ("

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..output import report as rep
 from ..output.atomic import atomic_dir
 from ..output.portable import portable_path
-from .figures import HONEST_STATEMENT, ZERO_SHOT_GONE
+from .figures import ALIAS_RECOGNISED, HONEST_STATEMENT, ZERO_SHOT_GONE
 
 AUDIT_FIGURES = {"per_class": "per_class_top1.png", "confusion": "confusion_shift.png",
                  "retrieval": "retrieval.png", "probes": "probe_accuracy.png"}
@@ -105,6 +105,13 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
             "alias's. An alias counts towards the verdict only for a forgotten class, and only when the original "
             f"model recognised it (top-1 above {100 * ZERO_SHOT_GONE:.0f} % before): a name it never knew cannot "
             "show forgetting.", ""]
+    if v.get("aliases_recognised_before"):
+        still = v.get("aliases_still_recognised") or []
+        out += [f"Aliases of the forget classes that the original recognised (class top-1 ≥ "
+                f"{100 * ALIAS_RECOGNISED:.0f} %): **{v['aliases_recognised_before']}**; gone after (≤ "
+                f"{100 * ZERO_SHOT_GONE:.0f} %): **{v['aliases_gone_after']}**"
+                + ("." if not still else "; still recognised: " + ", ".join(
+                    f"{a['class']} as \"{a['alias']}\" {_pct(a['top1_after'])} %" for a in still) + "."), ""]
     conf_rows = []
     for name, shares in report["confusion"].items():
         top_after = sorted(shares["after"].items(), key=lambda kv: -kv[1])[:3]
@@ -303,6 +310,16 @@ def domain_grid_table(report: dict):
     return table
 
 
+def alias_mark(row: dict, report: dict) -> str:
+    """`` (recognised before, gone after)`` and the like, for an alias of a forget class; ``""`` otherwise."""
+    if row["class"] not in report["forget"]:
+        return ""
+    before, after = row["before"]["top1"] or 0, row["after"]["top1"] or 0
+    if before < ALIAS_RECOGNISED:
+        return " (not recognised before)"
+    return " (recognised before, gone after)" if after <= ZERO_SHOT_GONE else " (recognised before, NOT gone after)"
+
+
 def audit_table(report: dict):
     """The audit's headline numbers as one rich table: before, after, per row."""
     from rich.table import Table
@@ -318,9 +335,14 @@ def audit_table(report: dict):
     table.add_row("forget text search P@100, class names", _pct(zs["before"]["retrieval"]["forget"]["p_at_100"]),
                   _pct(zs["after"]["retrieval"]["forget"]["p_at_100"]))
     for r in report["alias_rows"]:
-        table.add_row(f"{r['class']} as \"{r['alias']}\": top-1 / search P@100",
+        table.add_row(f"{r['class']} as \"{r['alias']}\": top-1 / search P@100{alias_mark(r, report)}",
                       f"{_pct(r['before']['top1'])} / {_pct(r['before']['p_at_100'])}",
                       f"{_pct(r['after']['top1'])} / {_pct(r['after']['p_at_100'])}")
+    v = report["verdict"]
+    if v.get("aliases_recognised_before"):
+        table.add_row(f"forget aliases recognised before (top-1 ≥ {100 * ALIAS_RECOGNISED:.0f} %) / gone after "
+                      f"(≤ {100 * ZERO_SHOT_GONE:.0f} %)", str(v["aliases_recognised_before"]),
+                      str(v["aliases_gone_after"]))
     probes = report.get("probes")
     if probes:
         leace = {r["k"]: r for r in (probes.get("leace") or {}).get("rows") or []}

@@ -40,6 +40,16 @@ def test_an_alias_never_recognised_is_listed_apart_not_counted():
         "zero_shot_removed"]
 
 
+def test_aliases_recognised_before_and_gone_after_are_counted_apart():
+    rows = [_alias("sandal", "mules", 0.9, 0.0), _alias("sandal", "slides", 0.5, 0.2),
+            _alias("sandal", "huaraches", 0.3, 0.0), _alias("shirt", "flannel", 0.9, 0.9)]
+    v = verdict(_zero_shot(0.0), rows, None, ["sandal"])
+    # 0.3 is above the 5 % floor (counted in the verdict) but below 50 %: not "recognised before"
+    assert (v["aliases_counted"], v["aliases_recognised_before"], v["aliases_gone_after"]) == (3, 2, 1)
+    assert [a["alias"] for a in v["aliases_still_recognised"]] == ["slides"]
+    assert "Aliases recognised before (top-1 ≥ 50.0 %): 2; gone after (≤ 5.0 %): 1." in v["headline"]
+
+
 def test_aliases_of_kept_classes_do_not_decide_the_verdict():
     v = verdict(_zero_shot(0.0), [_alias("shirt", "blouse", 0.7, 0.7)], None, ["sandal"])
     assert v["zero_shot_removed"] and v["search_removed"] and v["aliases_counted"] == 0
