@@ -378,6 +378,7 @@ def export_command(
     if flags.json_out:
         sys.stdout.write(rep.dumps(report))
     elif not flags.quiet:
+        _warn(report)
         stdout.print(f"written: {report['export']['out']} ({', '.join(report['export']['files'])})",
                      highlight=False)
 
