@@ -186,6 +186,8 @@ def _download(what: str, fetch, cached,
         return found
     try:
         return fetch()
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"could not download {what}: {str(err).splitlines()[0]}",
                               "check the name, or pass a local file with --pretrained PATH") from err
@@ -220,7 +222,10 @@ def read_local_dir_config(folder: Path) -> dict:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{cfg_path} is not valid JSON (line {err.lineno})", "repair or re-export it") from err
-    if "model_cfg" not in cfg:
+    except (RecursionError, UnicodeDecodeError):
+        raise CheckpointError(f"{cfg_path} is not a valid config: nested too deeply or not UTF-8 text",
+                              "repair or re-export it") from None
+    if not isinstance(cfg, dict) or "model_cfg" not in cfg:
         raise CheckpointError(f"{cfg_path} has no model_cfg", "write it as {\"model_cfg\": ..., \"preprocess_cfg\": ...}")
     return cfg
 
@@ -396,14 +401,30 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
     )
 
 
+TOKENIZER_FIX = ("give the config a name without \"siglip\" (open_clip then uses its own tokenizer), or set "
+                 "text_cfg.hf_tokenizer_name to a local tokenizer folder")
+
+
 def _tokenizer(arch_name: str, model_cfg: dict):
     """open_clip's tokenizer for ``arch_name``; one that lives on the Hugging Face hub (SigLIP's
     ``hf_tokenizer_name``) is read from the local cache where no network answers, else refused at once."""
     import open_clip
 
+    def build():
+        try:
+            return open_clip.get_tokenizer(arch_name)
+        except Exception as err:  # noqa: BLE001 - whatever the library raises (ImportError, OSError, ...)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"open_clip could not make the tokenizer of {arch_name}: {first}",
+                                  TOKENIZER_FIX) from err
+
     hub_name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
     if not hub_name or Path(hub_name).is_dir():
-        return open_clip.get_tokenizer(arch_name)
+        if ":" not in arch_name and "siglip" in arch_name.lower():
+            # open_clip picks SigLIP's sentencepiece vocabulary by the name alone and fetches it
+            return _download(f"the tokenizer of {arch_name} (open_clip picks SigLIP's by the name)", build,
+                             lambda: None, TOKENIZER_FIX)
+        return build()
 
     def cached():
         found = _hub_cached(hub_name, ["tokenizer.json", "tokenizer_config.json", "spiece.model"])

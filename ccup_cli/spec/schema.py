@@ -23,6 +23,7 @@ from ..errors import SpecError
 from ..methods.sinks import sink_problems
 from ..methods.table import METHODS, method_names, split_variant
 from ..presets import defaults
+from ..runtime.yaml_input import NotReadable, read_yaml
 
 
 class UnlearnSpec(BaseModel):
@@ -150,12 +151,19 @@ def _field_path(loc: tuple) -> str:
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a YAML spec file, with syntax errors reported with their line."""
+    """The raw mapping of a YAML spec file, with syntax errors reported with their line.
+
+    A file nested too deeply, with too many values (``runtime.yaml_input``) or not UTF-8 is
+    refused as "not a valid spec" before any field is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file {path} does not exist", "check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path)
+    except NotReadable as err:
+        raise SpecError(f"{path}: not a valid spec: {err}", "a spec is a mapping of keys to values; see configs/ "
+                        "for examples") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
