@@ -295,7 +295,7 @@ def eval_command(
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.eval import EvalRequest, run_eval
     from .output import report as rep
-    from .spec.schema import split_csv
+    from .spec.lists import split_csv
 
     forget_domains = split_csv(fields.pop("forget_domains", None) or "")
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
@@ -337,7 +337,8 @@ def sweep_command(
     """Evaluate every strength of every method from one pass over the images."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .errors import SpecError
-    from .spec.schema import parse_alphas, split_csv
+    from .spec.lists import split_csv
+    from .spec.schema import parse_alphas
 
     try:
         alpha_list = parse_alphas(alphas)
@@ -409,7 +410,7 @@ def audit_command(
     from .errors import SpecError
     from .jobs.audit import AuditRequest, run_audit
     from .output import report as rep
-    from .spec.schema import split_csv
+    from .spec.lists import split_csv
 
     try:
         shots = [int(k) for k in split_csv(probe_shots)]

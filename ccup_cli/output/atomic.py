@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +246,7 @@ class CommitReceipt:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self.identity:
                 return False
-            tmp_name = f".{name}.{uuid.uuid4().hex}.tmp"
+            tmp_name = f".{name}.{os.urandom(8).hex()}.tmp"
             out = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=fd)
             try:
                 with os.fdopen(out, "w", encoding="utf-8") as f:
@@ -272,7 +271,7 @@ def _commit_dir(tmp: Path, target: Path, overwrite: bool, receipt: CommitReceipt
         while not no_replace_rename(tmp, target):
             if not overwrite:
                 raise _raced(target, "output folder")
-            aside = target.parent / f".{target.name}.replaced-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            aside = target.parent / f".{target.name}.replaced-{os.getpid()}-{os.urandom(4).hex()}"
             try:
                 os.rename(target, aside)
             except FileNotFoundError:  # another run moved it aside first: try again

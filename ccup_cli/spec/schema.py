@@ -24,6 +24,7 @@ from ..methods.sinks import sink_problems
 from ..methods.table import METHODS, method_names, split_variant
 from ..presets import defaults
 from ..runtime.yaml_input import NotReadable, read_yaml
+from .lists import split_csv
 
 
 class UnlearnSpec(BaseModel):
@@ -174,13 +175,6 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a mapping of keys to values", "see configs/ for examples")
     return data
-
-
-def split_csv(value: Any) -> Any:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``; anything but a string is returned as it is."""
-    if isinstance(value, str):
-        return [v for v in (p.strip() for p in value.split(",")) if v]
-    return value
 
 
 def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> UnlearnSpec:
