@@ -406,7 +406,6 @@ def audit_command(
 ) -> None:
     """Is it really gone? Other names, text search, where the images went, and k-shot linear probes."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
-    from .audit.page import audit_table, domain_grid_table
     from .errors import SpecError
     from .jobs.audit import AuditRequest, run_audit
     from .output import report as rep
@@ -422,6 +421,8 @@ def audit_command(
                        probe_shots=shots, probe_draws=probe_draws, probe_seed=probe_seed, leace=leace)
     with flags.options(out) as options:
         report = run_audit(req, options)
+    from .audit.page import audit_table, domain_grid_table  # lazy: torch (the door answers without it)
+
     if flags.json_out:
         sys.stdout.write(rep.dumps(report))
     elif not flags.quiet:

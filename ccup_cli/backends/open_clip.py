@@ -32,14 +32,13 @@ from .checkpoint import load_weights
 from .fold import FoldSite
 from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
 from .sources import CHECKPOINT_SUFFIXES
+from .sources import checkpoint_in_dir as _checkpoint_in_dir
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 NETWORK_PROBE_SECONDS = 5.0
-_PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
 
 
 @dataclass
@@ -202,14 +201,6 @@ def _suggest(name: str, choices: list[str]) -> str:
         lowered = {c.lower(): c for c in choices}
         close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
     return f"did you mean {', '.join(repr(c) for c in close)}?" if close else "run `ccup models` to list them"
-
-
-def _checkpoint_in_dir(folder: Path) -> Path | None:
-    for name in _PREFERRED_IN_DIR:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-    return found[0] if found else None
 
 
 def read_local_dir_config(folder: Path) -> dict:

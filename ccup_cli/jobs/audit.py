@@ -16,6 +16,7 @@ from pathlib import Path
 from ..audit.aliases import read_aliases, second_templates
 from ..audit.lineage import Lineage, trace
 from ..backends.base import backend_for
+from ..backends.sources import checkpoint_in_dir
 from ..data.catalog import MINI_NAME, check_classes_in
 from ..data.dataset import EvalDataset
 from ..data.datasets import DATASETS, open_dataset
@@ -70,12 +71,9 @@ class Planned:
 
 
 def _checkpoint_file(patched: str) -> Path:
-    # lazy: start-up time (torch loads after the door)
-    from ..backends.open_clip import _checkpoint_in_dir
-
     path = Path(patched.removeprefix("local-dir:"))
     if path.is_dir():
-        found = _checkpoint_in_dir(path)
+        found = checkpoint_in_dir(path)
         if found is None:
             raise CheckpointError(f"{path} holds no checkpoint file", "give an output folder of ccup unlearn")
         return found
