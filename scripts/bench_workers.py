@@ -282,7 +282,66 @@ def features_identical(n_images: int, size: tuple[int, int]) -> bool:
     return bool(torch.equal(a, b))
 
 
+def phase_in_process(n_images: int, rounds: int) -> tuple[dict, dict]:
+    """The encode phase (``encode_pre_projection``, caches off) in one process, rounds alternating ABC / CBA:
+    workers 0, the default with the main process's threads beside the workers, and the default with the
+    model's threads left as they were (the code before). Returns (median seconds, median per-round ratio
+    against workers 0) per setting; a ratio taken within one round sees the same load on both sides."""
+    import contextlib
+
+    default = loader.default_workers(n_images)
+
+    @contextlib.contextmanager
+    def threads_left_as_they_are(workers):
+        yield torch.get_num_threads()
+
+    settings = {"--workers 0": (0, None), f"default ({default})": (None, None),
+                f"default ({default}), model threads left as they were (before)": (None, threads_left_as_they_are)}
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    model = load_model()
+    reference = None
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = open_dataset(str(make_jpeg_folder(Path(tmp) / "500x375", n_images, FOLDERS["500x375"])))
+        for r in range(rounds):
+            for name in (list(settings) if r % 2 == 0 else list(reversed(settings))):
+                workers, policy = settings[name]
+                saved = loader.threads_beside_workers
+                if policy is not None:
+                    loader.threads_beside_workers = policy
+                try:
+                    t0 = time.perf_counter()
+                    feats, _ = encode_pre_projection(model, ds, workers=workers)
+                    times[name].append(time.perf_counter() - t0)
+                finally:
+                    loader.threads_beside_workers = saved
+                print(f"round {r + 1} {name}: {times[name][-1]:.2f} s, load {load_average()}", flush=True)
+                if reference is None:
+                    reference = feats
+                elif not torch.equal(reference, feats):
+                    sys.exit(f"{name}: features differ from the first setting's")
+    base = "--workers 0"
+    ratios = {name: statistics.median(b / t for b, t in zip(times[base], ts)) for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}, ratios, times
+
+
 def cli_main(args) -> None:
+    if args.in_process_rounds:
+        load_before = load_average()
+        medians, ratios, each = phase_in_process(args.cli_images, args.in_process_rounds)
+        lines = [f"In one process: `encode_pre_projection` on {args.cli_images} JPEGs of 500x375 (embedded model, "
+                 f"caches off), {args.in_process_rounds} rounds alternating the settings (ABC, CBA, ...). Ratio: "
+                 "the median over rounds of (workers 0's seconds / this setting's) within each round. Load average "
+                 f"(1/5/15 min) before: {load_before}, after: {load_average()}. Features bit-identical in every run.",
+                 "", "| setting | seconds (median) | vs `--workers 0` (median of per-round ratios) | each round |",
+                 "|---|---:|---:|---|"]
+        lines += [f"| {name} | {medians[name]:.2f} s | {ratios[name]:.2f}x | "
+                  f"{', '.join(f'{t:.1f}' for t in each[name])} |" for name in medians]
+        body = "\n".join(lines)
+        print(body)
+        if not args.no_doc:
+            write_section("bench_workers_threads_in_process", "python scripts/bench_workers.py "
+                          + " ".join(sys.argv[1:]), body)
+        return
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_jpeg_folder(Path(tmp) / "500x375", args.cli_images, FOLDERS["500x375"])
@@ -302,13 +361,15 @@ def cli_main(args) -> None:
         f"process per run, {args.repeats} repeats alternating the settings (medians). Load average (1/5/15 min) "
         f"before: {load_before}, after: {load_after}; torch threads in a fresh process: {torch.get_num_threads()}.",
         "",
-        "| setting | encode_images (median) | vs `--workers 0` | whole run (median) | vs `--workers 0` | "
-        "encode_images, each run |",
-        "|---|---:|---:|---:|---:|---|",
+        "| setting | encode_images (median) | vs `--workers 0` | same, median of per-repeat ratios | "
+        "whole run (median) | vs `--workers 0` | encode_images, each run |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in phase:
-        lines.append(f"| {name} | {phase[name]:.2f} s | {phase[base] / phase[name]:.2f}x | {whole[name]:.2f} s | "
-                     f"{whole[base] / whole[name]:.2f}x | {', '.join(f'{t:.1f}' for t in phase_all[name])} |")
+        paired = statistics.median(b / t for b, t in zip(phase_all[base], phase_all[name]))
+        lines.append(f"| {name} | {phase[name]:.2f} s | {phase[base] / phase[name]:.2f}x | {paired:.2f}x | "
+                     f"{whole[name]:.2f} s | {whole[base] / whole[name]:.2f}x | "
+                     f"{', '.join(f'{t:.1f}' for t in phase_all[name])} |")
     body = "\n".join(lines)
     print(body)
     if not args.no_doc:
@@ -340,6 +401,8 @@ def main() -> None:
     parser.add_argument("--cli-images", type=int, default=3000)
     parser.add_argument("--check-images", type=int, default=600, help="images of the bit-identity check")
     parser.add_argument("--before-tree", type=Path, default=None, help="another checkout's default, for comparison")
+    parser.add_argument("--in-process-rounds", type=int, default=0, help="with --cli-only: time the encode phase "
+                        "in this process instead, this many alternating rounds (the 'before' setting included)")
     args = parser.parse_args()
     if args.cli_only:
         cli_main(args)
