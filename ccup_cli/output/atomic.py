@@ -232,7 +232,8 @@ class CommitReceipt:
         ``--overwrite`` run replaced that folder meanwhile."""
         if self.folder is None:
             return False
-        dir_fd_ok = {os.open, os.replace, os.unlink} <= os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+        # os.replace takes dir fds wherever os.rename does (supports_dir_fd lists only rename)
+        dir_fd_ok = {os.open, os.rename, os.unlink} <= os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
         if not dir_fd_ok:  # check, then write by path (Windows): a tiny window remains
             if not self.still_ours():
                 return False
