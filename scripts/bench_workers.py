@@ -324,6 +324,16 @@ def phase_in_process(n_images: int, rounds: int) -> tuple[dict, dict]:
     return {name: statistics.median(ts) for name, ts in times.items()}, ratios, times
 
 
+def reliability(paired: list[float], load: float) -> str:
+    """A plain sentence on whether per-round ratios this spread, at this load, can carry a verdict."""
+    cores = loader.available_cores()
+    spread = max(paired) / min(paired) if paired and min(paired) > 0 else float("inf")
+    if spread > 1.25 or load > 2 * cores:
+        return (f"**Unreliable here:** the per-round ratios range {min(paired):.2f}x to {max(paired):.2f}x and "
+                f"the load average reached {load:.1f} on {cores} cores; no verdict on the target is drawn from it.")
+    return f"Per-round ratios {min(paired):.2f}x to {max(paired):.2f}x at load {load:.1f} on {cores} cores."
+
+
 def cli_main(args) -> None:
     if args.in_process_rounds:
         load_before = load_average()
@@ -336,6 +346,10 @@ def cli_main(args) -> None:
                  "|---|---:|---:|---|"]
         lines += [f"| {name} | {medians[name]:.2f} s | {ratios[name]:.2f}x | "
                   f"{', '.join(f'{t:.1f}' for t in each[name])} |" for name in medians]
+        default_name = next(name for name in medians if name.startswith("default") and "before" not in name)
+        paired = [b / t for b, t in zip(each["--workers 0"], each[default_name])]
+        peak = max(float(x) for x in (load_before.split(" / ")[0], load_average().split(" / ")[0]))
+        lines += ["", reliability(paired, peak)]
         body = "\n".join(lines)
         print(body)
         if not args.no_doc:
