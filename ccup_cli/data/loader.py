@@ -16,9 +16,9 @@ one image at a time, and torch's default (one thread per core in every worker) o
 the cores the main process needs for the model. While workers decode, the main process runs
 the model with the cores they leave (``threads_beside_workers``: cores minus workers, at least
 one) and gets its own thread count back when the images are done; with no workers it keeps its
-threads. Otherwise its intra-op threads spin on the cores the workers decode on (on 2 cores,
-2 workers and 2 model threads made the encode phase 1.28x of in-process decoding; 1 model
-thread, 1.6x: docs/benchmarks.md, bench_workers_threads).
+threads. Otherwise its intra-op threads spin on the cores the workers decode on (issue 31, on 2 cores: 2 workers beside 2
+model threads made the encode phase 1.28x of in-process decoding, and 1.60x with one thread;
+docs/benchmarks.md, section hardening, for the runs of this policy).
 Workers stack their chunks straight into shared memory; the main process joins chunks into
 model batches with one copy, into page-locked memory when the model is on CUDA. How an image
 becomes a tensor is the decoder's business (``decode.py``; the default is open_clip's own
