@@ -361,7 +361,7 @@ def eval_command(
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .jobs.eval import EvalRequest, run_eval
     from .output import report as rep
-    from .spec.schema import split_csv
+    from .spec.lists import split_csv
 
     forget_domains = split_csv(fields.pop("forget_domains", None) or "")
     req = EvalRequest(**fields, eval_split=eval_split, download=download, forget=split_csv(forget or ""),
@@ -407,7 +407,8 @@ def sweep_command(
     """Every strength of every method, from one pass over the images."""
     # lazy: start-up time (the CLI answers --help and door errors without torch)
     from .errors import SpecError
-    from .spec.schema import parse_alphas, split_csv
+    from .spec.lists import split_csv
+    from .spec.schema import parse_alphas
 
     try:
         alpha_list = parse_alphas(alphas)
@@ -451,6 +452,7 @@ def export_command(
     if flags.json_out:
         sys.stdout.write(rep.dumps(report))
     elif not flags.quiet:
+        _warn(report)
         stdout.print(f"written: {report['export']['out']} ({', '.join(report['export']['files'])})",
                      highlight=False)
 
@@ -487,11 +489,10 @@ def audit_command(
     and k-shot linear probes.
     """
     # lazy: start-up time (the CLI answers --help and door errors without torch)
-    from .audit.page import audit_table, domain_grid_table
     from .errors import SpecError
     from .jobs.audit import AuditRequest, run_audit
     from .output import report as rep
-    from .spec.schema import split_csv
+    from .spec.lists import split_csv
 
     try:
         shots = [int(k) for k in split_csv(probe_shots)]
@@ -503,6 +504,8 @@ def audit_command(
                        probe_shots=shots, probe_draws=probe_draws, probe_seed=probe_seed, leace=leace)
     with flags.options(out) as options:
         report = run_audit(req, options)
+    from .audit.page import audit_table, domain_grid_table  # lazy: torch (the door answers without it)
+
     if flags.json_out:
         sys.stdout.write(rep.dumps(report))
     elif not flags.quiet:

@@ -5,6 +5,8 @@
 
 Each command runs as a fresh process; the baseline is ``python -c "import typer, rich, yaml,
 pydantic"``, measured in the same run. Target: every command within 3x the baseline.
+``--interleaved`` times the baseline beside each case, run by run, and ``--only TEXT`` picks
+cases: both print and leave docs/benchmarks.md alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ CASES = [
     ("alpha out of range", ["unlearn", "--forget", "sandal", "--alpha", "2"], 2),
     ("missing spec file", ["unlearn", "/nonexistent/spec.yaml"], 2),
     ("bad threshold", ["eval", "--forget", "sandal", "--max-forget-acc", "3"], 2),
+    ("threshold out of range, no --forget (issue 31)", ["eval", "--max-forget-acc", "7"], 2),
+    ("audit: bad --probe-shots", ["audit", "/nonexistent/out", "--probe-shots", "0"], 2),
     ("unknown dataset name", ["unlearn", "--forget", "cat", "--eval", "cifar11"], 2),
     ("forget class not in a named dataset", ["unlearn", "--forget", "dgo", "--eval", "cifar10"], 2),
     ("forget class not in the embedded set", ["unlearn", "--forget", "sandl"], 2),
@@ -50,14 +54,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--only", default=None, help="only the cases whose label holds this text")
+    parser.add_argument("--interleaved", action="store_true", help="time the baseline beside each case, run by "
+                        "run (a ratio that holds better on a loaded machine)")
     args = parser.parse_args()
     spec = Path("/tmp/ccup-bench-startup.yaml")
     spec.write_text("alhpa: 0.3\nforget: [sandal]\n")
     base = statistics.median(timed([sys.executable, "-c", "import typer, rich, yaml, pydantic"], 0)
                              for _ in range(args.repeats))
     rows = []
+    floor = [sys.executable, "-c", "import typer, rich, yaml, pydantic"]
     for label, argv, code in CASES:
+        if args.only is not None and args.only not in label:
+            continue
         argv = [str(spec) if a == "SPEC" else a for a in argv]
+        if args.interleaved:
+            pairs = [(timed(floor, 0), timed(CCUP + argv, code)) for _ in range(args.repeats)]
+            t = statistics.median(c for _, c in pairs)
+            case_base = statistics.median(b for b, _ in pairs)
+            rows.append(f"| {label} | {t:.2f} s | {t / case_base:.1f}x (baseline beside it: {case_base:.2f} s) |")
+            continue
         t = statistics.median(timed(CCUP + argv, code) for _ in range(args.repeats))
         rows.append(f"| {label} | {t:.2f} s | {t / base:.1f}x |")
     load = os.getloadavg()[0]
@@ -66,7 +82,7 @@ def main() -> None:
         f"load average {load:.1f} when the run ended. Target: each ≤ 3x the baseline.", "",
         "| command (fresh process, no model needed) | median | × baseline |", "|---|---|---|", *rows])
     print(body)
-    if not args.no_doc:
+    if not args.no_doc and args.only is None and not args.interleaved:  # a partial run prints only
         write_section("bench_startup", f"python scripts/bench_startup.py --repeats {args.repeats}", body)
 
 

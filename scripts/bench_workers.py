@@ -21,13 +21,24 @@ medians are compared, so the ratios hold better than the absolute rates on a sha
 
 Targets (issue 23): on the 500 x 375 folder the default >= 1.5x the images/s of workers 0 with
 identical features, and one worker >= 0.8 of the one-core floor.
+
+    python scripts/bench_workers.py --cli-only [--cli-images 3000] [--repeats 3] [--before-tree /work/main]
+
+4. the CLI (``--cli-only`` runs this alone): ``ccup eval --eval FOLDER --no-cache --json`` on a
+   500 x 375 folder, one fresh process per run, settings alternating within each repeat. The
+   encode-phase ratio (``timings.encode_images`` of the JSON report: decode and encode alone) is
+   reported beside the whole-run ratio (which includes the ~6 s of imports and the model load).
+   ``--before-tree`` adds the default run of another checkout (the code before a change). Target
+   (issue 31): the encode phase of the default >= 1.6x that of ``--workers 0``, metrics identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -217,6 +228,168 @@ def decoder_top1(model, datasets: dict, batch_size: int) -> dict[str, dict[str, 
     return out
 
 
+PHASE_TARGET = 1.6
+
+
+def cli_run(folder: Path, workers: int | None, tree: Path, env_extra: dict | None = None) -> tuple[float, float, dict]:
+    """(encode_images seconds, whole-run seconds, metrics) of one ``ccup eval --json`` process on ``folder``."""
+    args = [sys.executable, "-m", "ccup_cli.cli", "eval", "--eval", str(folder), "--no-cache", "--json", "-q"]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(tree), **(env_extra or {})}
+    t0 = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"ccup eval failed ({tree}, workers {workers}): {done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    return report["timings"]["encode_images"], wall, report["metrics"]
+
+
+def cli_phase(folder: Path, repeats: int, before_tree: Path | None) -> tuple[dict, dict, dict, dict]:
+    """Median encode-phase and whole-run seconds per setting (then every run's), settings alternating in each repeat."""
+    settings = {"--workers 0": (0, ROOT, None), "default": (None, ROOT, None),
+                "--workers 1": (1, ROOT, None)}
+    if before_tree is not None:
+        settings[f"default, before ({before_tree})"] = (None, before_tree, None)
+    phase: dict[str, list[float]] = {name: [] for name in settings}
+    whole: dict[str, list[float]] = {name: [] for name in settings}
+    reference = None
+    for r in range(repeats):
+        order = list(settings) if r % 2 == 0 else list(reversed(settings))
+        for name in order:
+            workers, tree, env = settings[name]
+            encode, wall, metrics = cli_run(folder, workers, tree, env)
+            phase[name].append(encode)
+            whole[name].append(wall)
+            print(f"repeat {r + 1} {name}: encode_images {encode:.2f} s, whole run {wall:.2f} s, load "
+                  f"{load_average()}", flush=True)
+            if reference is None:
+                reference = metrics
+            elif metrics != reference:
+                sys.exit(f"{name}: metrics differ from the first setting's")
+    return ({name: statistics.median(ts) for name, ts in phase.items()},
+            {name: statistics.median(ts) for name, ts in whole.items()}, phase, whole)
+
+
+def features_identical(n_images: int, size: tuple[int, int]) -> bool:
+    """Whether ``encode_pre_projection`` gives bit-identical features for workers 0 and 2 (threads beside)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = open_dataset(str(make_jpeg_folder(Path(tmp) / "check", n_images, size)))
+        model = load_model()
+        a, _ = encode_pre_projection(model, ds, workers=0)
+        b, _ = encode_pre_projection(model, ds, workers=2)
+    return bool(torch.equal(a, b))
+
+
+def phase_in_process(n_images: int, rounds: int) -> tuple[dict, dict]:
+    """The encode phase (``encode_pre_projection``, caches off) in one process, rounds alternating ABC / CBA:
+    workers 0, the default with the main process's threads beside the workers, and the default with the
+    model's threads left as they were (the code before). Returns (median seconds, median per-round ratio
+    against workers 0) per setting; a ratio taken within one round sees the same load on both sides."""
+    import contextlib
+
+    default = loader.default_workers(n_images)
+
+    @contextlib.contextmanager
+    def threads_left_as_they_are(workers):
+        yield torch.get_num_threads()
+
+    settings = {"--workers 0": (0, None), f"default ({default})": (None, None),
+                f"default ({default}), model threads left as they were (before)": (None, threads_left_as_they_are)}
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    model = load_model()
+    reference = None
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = open_dataset(str(make_jpeg_folder(Path(tmp) / "500x375", n_images, FOLDERS["500x375"])))
+        for r in range(rounds):
+            for name in (list(settings) if r % 2 == 0 else list(reversed(settings))):
+                workers, policy = settings[name]
+                saved = loader.threads_beside_workers
+                if policy is not None:
+                    loader.threads_beside_workers = policy
+                try:
+                    t0 = time.perf_counter()
+                    feats, _ = encode_pre_projection(model, ds, workers=workers)
+                    times[name].append(time.perf_counter() - t0)
+                finally:
+                    loader.threads_beside_workers = saved
+                print(f"round {r + 1} {name}: {times[name][-1]:.2f} s, load {load_average()}", flush=True)
+                if reference is None:
+                    reference = feats
+                elif not torch.equal(reference, feats):
+                    sys.exit(f"{name}: features differ from the first setting's")
+    base = "--workers 0"
+    ratios = {name: statistics.median(b / t for b, t in zip(times[base], ts)) for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}, ratios, times
+
+
+def reliability(paired: list[float], load: float) -> str:
+    """A plain sentence on whether per-round ratios this spread, at this load, can carry a verdict."""
+    cores = loader.available_cores()
+    spread = max(paired) / min(paired) if paired and min(paired) > 0 else float("inf")
+    if spread > 1.25 or load > 2 * cores:
+        return (f"**Unreliable here:** the per-round ratios range {min(paired):.2f}x to {max(paired):.2f}x and "
+                f"the load average reached {load:.1f} on {cores} cores; no verdict on the target is drawn from it.")
+    return f"Per-round ratios {min(paired):.2f}x to {max(paired):.2f}x at load {load:.1f} on {cores} cores."
+
+
+def cli_main(args) -> None:
+    if args.in_process_rounds:
+        load_before = load_average()
+        medians, ratios, each = phase_in_process(args.cli_images, args.in_process_rounds)
+        lines = [f"In one process: `encode_pre_projection` on {args.cli_images} JPEGs of 500x375 (embedded model, "
+                 f"caches off), {args.in_process_rounds} rounds alternating the settings (ABC, CBA, ...). Ratio: "
+                 "the median over rounds of (workers 0's seconds / this setting's) within each round. Load average "
+                 f"(1/5/15 min) before: {load_before}, after: {load_average()}. Features bit-identical in every run.",
+                 "", "| setting | seconds (median) | vs `--workers 0` (median of per-round ratios) | each round |",
+                 "|---|---:|---:|---|"]
+        lines += [f"| {name} | {medians[name]:.2f} s | {ratios[name]:.2f}x | "
+                  f"{', '.join(f'{t:.1f}' for t in each[name])} |" for name in medians]
+        default_name = next(name for name in medians if name.startswith("default") and "before" not in name)
+        paired = [b / t for b, t in zip(each["--workers 0"], each[default_name])]
+        peak = max(float(x) for x in (load_before.split(" / ")[0], load_average().split(" / ")[0]))
+        lines += ["", reliability(paired, peak)]
+        body = "\n".join(lines)
+        print(body)
+        if not args.no_doc:
+            write_section("bench_workers_threads_in_process", "python scripts/bench_workers.py "
+                          + " ".join(sys.argv[1:]), body)
+        return
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_jpeg_folder(Path(tmp) / "500x375", args.cli_images, FOLDERS["500x375"])
+        phase, whole, phase_all, whole_all = cli_phase(folder, args.repeats, args.before_tree)
+    identical = features_identical(args.check_images, FOLDERS["500x375"])
+    load_after = load_average()
+    base = "--workers 0"
+    ratio = phase[base] / phase["default"]
+    lines = [
+        f"**Encode phase of the default ({loader.default_workers(args.cli_images)} workers here, main process "
+        f"at {loader.main_threads_beside(loader.default_workers(args.cli_images))} torch thread(s) while they "
+        f"decode): {ratio:.2f}x** that of `--workers 0` ({'meets' if ratio >= PHASE_TARGET else 'misses'} the "
+        f"{PHASE_TARGET}x target); whole run {whole[base] / whole['default']:.2f}x. Metrics identical in every "
+        f"run; features bit-identical for workers 0 and 2 on {args.check_images} images: {identical}.",
+        "",
+        f"`ccup eval --eval FOLDER --no-cache --json` on {args.cli_images} JPEGs of 500x375 (embedded model), one "
+        f"process per run, {args.repeats} repeats alternating the settings (medians). Load average (1/5/15 min) "
+        f"before: {load_before}, after: {load_after}; torch threads in a fresh process: {torch.get_num_threads()}.",
+        "",
+        "| setting | encode_images (median) | vs `--workers 0` | same, median of per-repeat ratios | "
+        "whole run (median) | vs `--workers 0` | encode_images, each run |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in phase:
+        paired = statistics.median(b / t for b, t in zip(phase_all[base], phase_all[name]))
+        lines.append(f"| {name} | {phase[name]:.2f} s | {phase[base] / phase[name]:.2f}x | {paired:.2f}x | "
+                     f"{whole[name]:.2f} s | {whole[base] / whole[name]:.2f}x | "
+                     f"{', '.join(f'{t:.1f}' for t in phase_all[name])} |")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_doc:
+        write_section("bench_workers_threads", "python scripts/bench_workers.py " + " ".join(sys.argv[1:]), body)
+
+
 def _rate_table(title: str, rates: dict, settings, fmt: str) -> list[str]:
     """A markdown table of images/s per worker setting (rows) and folder (columns), and each rate
     against workers 0 of its folder."""
@@ -238,7 +411,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--skip-top1", action="store_true")
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI encode-phase comparison (section 4)")
+    parser.add_argument("--cli-images", type=int, default=3000)
+    parser.add_argument("--check-images", type=int, default=600, help="images of the bit-identity check")
+    parser.add_argument("--before-tree", type=Path, default=None, help="another checkout's default, for comparison")
+    parser.add_argument("--in-process-rounds", type=int, default=0, help="with --cli-only: time the encode phase "
+                        "in this process instead, this many alternating rounds (the 'before' setting included)")
     args = parser.parse_args()
+    if args.cli_only:
+        cli_main(args)
+        return
     if args.profile_images < 4 * loader.WORKER_CHUNK:
         parser.error(f"--profile-images must be at least {4 * loader.WORKER_CHUNK} (a worker's steady state "
                      "is measured after its first chunk)")

@@ -87,3 +87,14 @@ def test_the_catalog_lists_exactly_the_dataset_loaders():
     from ccup_cli.data.datasets import DATASETS
 
     assert sorted(DATASETS) == sorted(DATASET_NAMES)
+
+
+def test_eval_and_audit_answer_bad_flags_without_building_the_spec_model(tmp_path):
+    """The spec's pydantic model is ccup unlearn's and sweep's; ccup eval and audit never need it."""
+    code = PROBE.replace('"heavy": [m for m in', '"schema": "ccup_cli.spec.schema" in sys.modules, "heavy": [m for m in')
+    for args, needle in ((["eval", "--max-forget-acc", "7"], "max-forget-acc: 7.0 is outside [0, 1]"),
+                         (["audit", str(tmp_path / "missing"), "--probe-shots", "0"], "probe-shots: 0 must be")):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result == {"code": 2, "schema": False, "heavy": []}, (args, result, done.stderr)
+        assert needle in done.stderr, done.stderr

@@ -17,6 +17,7 @@ import yaml
 
 from ..data.catalog import check_classes_in
 from ..errors import SpecError
+from ..runtime.yaml_input import NotReadable, read_yaml
 
 # Templates in none of open_clip's sets (openai, simple, photo): the "second template set" an
 # audit uses by default, so a class is also looked for in words the unlearning never saw.
@@ -34,8 +35,10 @@ def read_aliases(path: str | Path, classnames: Sequence[str] | None = None, data
     if not path.is_file():
         raise SpecError(f"aliases: {path} does not exist", "give a YAML file: " + FORMAT_FIX)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        data = read_yaml(path)
+    except NotReadable as err:
+        raise SpecError(f"aliases: {path} is not a valid alias file: {err}", FORMAT_FIX) from None
+    except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
         raise SpecError(f"aliases: {path} is not valid YAML{at}", FORMAT_FIX) from None

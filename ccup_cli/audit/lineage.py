@@ -84,7 +84,7 @@ def read_step(folder: Path) -> Step:
                         (report.get("projector") or {}).get("method", spec.get("method")),
                         (report.get("projector") or {}).get("alpha"))
         spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as err:
         raise CheckpointError(f"{folder}: cannot read its report.json or spec.yaml ({err})",
                               "give a folder written by ccup unlearn, or a checkpoint with --model") from None
     if not isinstance(spec, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..output import report as rep
-from ..output.atomic import atomic_dir
+from ..output.atomic import CommitReceipt, atomic_dir, replaced_warning
 from ..output.portable import portable_path
 from .figures import ALIAS_RECOGNISED, HONEST_STATEMENT, ZERO_SHOT_GONE
 
@@ -178,13 +178,18 @@ def draw_audit_figures(report: dict, folder: Path) -> tuple[dict[str, str], list
 def write_audit_folder(out: Path, overwrite: bool, report: dict) -> None:
     """audit.json, audit.md and the PNGs, written atomically into ``out``."""
     out = Path(out).absolute()
-    with atomic_dir(out, overwrite) as tmp:
+    receipt = CommitReceipt()
+    with atomic_dir(out, overwrite, receipt) as tmp:
         figures, warnings = draw_audit_figures(report, tmp)
         report.setdefault("warnings", []).extend(warnings)
         report["outputs"] = {"folder": portable_path(out), "audit_md": portable_path(out / "audit.md"),
                              "figures": {k: portable_path(out / v) for k, v in figures.items()}}
         (tmp / "audit.md").write_text(audit_markdown(report, figures), encoding="utf-8")
         rep.write_report(tmp / "audit.json", report)
+    if receipt.replaced:  # what --overwrite replaced, in the folder's audit.json too
+        report["outputs"]["replaced"] = receipt.replaced
+        report["warnings"].extend(replaced_warning(r) for r in receipt.replaced)
+        receipt.write_text("audit.json", rep.dumps(report))
 
 
 # --- the unlearn folder's README.md ----------------------------------------------------------

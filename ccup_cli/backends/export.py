@@ -26,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import CheckpointError
-from ..output.atomic import atomic_dir, sha256_file
+from ..output.atomic import CommitReceipt, atomic_dir, sha256_file
 from ..output.portable import portable_path
 from .checkpoint import save_safetensors
 from .open_clip import LoadedModel
@@ -280,7 +280,8 @@ def export_to_transformers(loaded: LoadedModel, out: Path, overwrite: bool) -> d
                 **{f"ccup_unlearning_{key}": value for key, value in (unlearning or {}).items()}}
     files: dict[str, str] = {}
     out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
+    receipt = CommitReceipt()
+    with atomic_dir(out, overwrite, receipt) as tmp:
         config.save_pretrained(str(tmp))
         image_processor.save_pretrained(str(tmp))  # preprocessor_config.json
         tokenizer.save_pretrained(str(tmp))  # tokenizer.json, tokenizer_config.json
@@ -291,7 +292,8 @@ def export_to_transformers(loaded: LoadedModel, out: Path, overwrite: bool) -> d
             if path.name != WEIGHTS_NAME:
                 files[path.name] = sha256_file(path)
     return {"out": str(out.absolute()), "files": dict(sorted(files.items())), "config": config_kwargs,
-            "source": source, "unlearning": unlearning, "transformers": transformers.__version__}
+            "source": source, "unlearning": unlearning, "transformers": transformers.__version__,
+            **({"replaced": receipt.replaced} if receipt.replaced else {})}
 
 
 # the string metadata an unlearned checkpoint carries (writer.write_checkpoint_folder) that an export keeps

@@ -32,14 +32,13 @@ from .checkpoint import load_weights
 from .fold import FoldSite
 from .open_clip_tower import identity_projection, locate_fold_site, trainable_parameters
 from .sources import CHECKPOINT_SUFFIXES
+from .sources import checkpoint_in_dir as _checkpoint_in_dir
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_DIR = ASSETS / EMBEDDED_MODEL
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 NETWORK_PROBE_SECONDS = 5.0
-_PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
 
 
 @dataclass
@@ -186,6 +185,8 @@ def _download(what: str, fetch, cached,
         return found
     try:
         return fetch()
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"could not download {what}: {str(err).splitlines()[0]}",
                               "check the name, or pass a local file with --pretrained PATH") from err
@@ -202,14 +203,6 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"did you mean {', '.join(repr(c) for c in close)}?" if close else "run `ccup models` to list them"
 
 
-def _checkpoint_in_dir(folder: Path) -> Path | None:
-    for name in _PREFERRED_IN_DIR:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-    return found[0] if found else None
-
-
 def read_local_dir_config(folder: Path) -> dict:
     cfg_path = folder / "open_clip_config.json"
     if not folder.is_dir():
@@ -220,7 +213,10 @@ def read_local_dir_config(folder: Path) -> dict:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{cfg_path} is not valid JSON (line {err.lineno})", "repair or re-export it") from err
-    if "model_cfg" not in cfg:
+    except (RecursionError, UnicodeDecodeError):
+        raise CheckpointError(f"{cfg_path} is not a valid config: nested too deeply or not UTF-8 text",
+                              "repair or re-export it") from None
+    if not isinstance(cfg, dict) or "model_cfg" not in cfg:
         raise CheckpointError(f"{cfg_path} has no model_cfg", "write it as {\"model_cfg\": ..., \"preprocess_cfg\": ...}")
     return cfg
 
@@ -396,14 +392,30 @@ def load_model(model_name: str | None = None, pretrained: str | None = None, dev
     )
 
 
+TOKENIZER_FIX = ("give the config a name without \"siglip\" (open_clip then uses its own tokenizer), or set "
+                 "text_cfg.hf_tokenizer_name to a local tokenizer folder")
+
+
 def _tokenizer(arch_name: str, model_cfg: dict):
     """open_clip's tokenizer for ``arch_name``; one that lives on the Hugging Face hub (SigLIP's
     ``hf_tokenizer_name``) is read from the local cache where no network answers, else refused at once."""
     import open_clip
 
+    def build():
+        try:
+            return open_clip.get_tokenizer(arch_name)
+        except Exception as err:  # noqa: BLE001 - whatever the library raises (ImportError, OSError, ...)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"open_clip could not make the tokenizer of {arch_name}: {first}",
+                                  TOKENIZER_FIX) from err
+
     hub_name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
     if not hub_name or Path(hub_name).is_dir():
-        return open_clip.get_tokenizer(arch_name)
+        if ":" not in arch_name and "siglip" in arch_name.lower():
+            # open_clip picks SigLIP's sentencepiece vocabulary by the name alone and fetches it
+            return _download(f"the tokenizer of {arch_name} (open_clip picks SigLIP's by the name)", build,
+                             lambda: None, TOKENIZER_FIX)
+        return build()
 
     def cached():
         found = _hub_cached(hub_name, ["tokenizer.json", "tokenizer_config.json", "spiece.model"])

@@ -32,6 +32,8 @@ def transformers_source(model: str | None, pretrained: str | None) -> Path | Non
 TRANSFORMERS_NEEDS = ("config.json", "model.safetensors", "preprocessor_config.json")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",), ("vocab.txt",))
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # the files a --pretrained path can be
+_PREFERRED_IN_DIR = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth")
 _NOT_PATHS = ("none", "embedded")
 
 
@@ -130,3 +132,12 @@ def source_problems(model: str | None, pretrained: str | None) -> list[str]:
     elif not given.exists() and _path_like(pretrained):
         problems.append(f"pretrained: file {pretrained} does not exist; check the path given to --pretrained")
     return problems
+
+
+def checkpoint_in_dir(folder: Path) -> Path | None:
+    """The checkpoint file of a model folder: a preferred name first, else the first by name; None if none."""
+    for name in _PREFERRED_IN_DIR:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    return found[0] if found else None

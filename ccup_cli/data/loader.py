@@ -13,7 +13,12 @@ process (``workers`` 0) rather than failing.
 
 Each worker runs torch with one intra-op thread (``one_thread_per_worker``): a worker decodes
 one image at a time, and torch's default (one thread per core in every worker) oversubscribes
-the cores the main process needs for the model, whose own threads are left as they are.
+the cores the main process needs for the model. While workers decode, the main process runs
+the model with the cores they leave (``threads_beside_workers``: cores minus workers, at least
+one) and gets its own thread count back when the images are done; with no workers it keeps its
+threads. Otherwise its intra-op threads spin on the cores the workers decode on (issue 31, on 2 cores: 2 workers beside 2
+model threads made the encode phase 1.28x of in-process decoding, and 1.60x with one thread;
+docs/benchmarks.md, section hardening, for the runs of this policy).
 Workers stack their chunks straight into shared memory; the main process joins chunks into
 model batches with one copy, into page-locked memory when the model is on CUDA. How an image
 becomes a tensor is the decoder's business (``decode.py``; the default is open_clip's own
@@ -22,6 +27,7 @@ transform).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -68,6 +74,27 @@ def one_thread_per_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def main_threads_beside(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for the main process while ``workers`` decode: the cores they leave, at least 1."""
+    return max(1, (available_cores() if cores is None else cores) - workers)
+
+
+@contextlib.contextmanager
+def threads_beside_workers(workers: int):
+    """Run the body with ``main_threads_beside(workers)`` intra-op threads (never more than now), then
+    restore the thread count. No workers: the body keeps the model's threads."""
+    before = torch.get_num_threads()
+    wanted = min(before, main_threads_beside(workers)) if workers > 0 else before
+    if wanted == before:
+        yield before
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(before)
+
+
 class DecodedImages(Dataset):
     """``decoder.item(dataset, i)`` for ``i`` in ``indices`` (all images by default)."""
 
@@ -107,23 +134,25 @@ def image_batches(dataset: EvalDataset, transform: Callable, batch_size: int = 2
     ``image_loader``: ``workers`` (None picks ``default_workers``; 0 decodes in this process) and
     ``indices`` (a rank's shard, in the order given). Workers decode chunks of ``WORKER_CHUNK``
     images, joined here into model batches, so the model sees the same batches whatever
-    ``workers`` is.
+    ``workers`` is. While workers run, torch in this process has ``main_threads_beside(workers)``
+    intra-op threads (``threads_beside_workers``), restored when the generator finishes or closes.
     """
     decoder = decoder or make_decoder(decode, transform)
     loader = image_loader(dataset, transform, batch_size, decoder=decoder, **loader_options)
     pending: list = []
     count = 0
-    for chunk in loader:
-        items = decoder.unpack(chunk)
-        while count + len(items) >= batch_size:
-            take = batch_size - count
-            yield decoder.join([*pending, items[:take]], device, pin_memory)
-            items, pending, count = items[take:], [], 0
-        if len(items):
-            pending.append(items)
-            count += len(items)
-    if count:
-        yield decoder.join(pending, device, pin_memory)
+    with threads_beside_workers(loader.num_workers):  # the model runs between the yields, beside the workers
+        for chunk in loader:
+            items = decoder.unpack(chunk)
+            while count + len(items) >= batch_size:
+                take = batch_size - count
+                yield decoder.join([*pending, items[:take]], device, pin_memory)
+                items, pending, count = items[take:], [], 0
+            if len(items):
+                pending.append(items)
+                count += len(items)
+        if count:
+            yield decoder.join(pending, device, pin_memory)
 
 
 def image_loader(

@@ -16,10 +16,11 @@ from pathlib import Path
 from ..audit.aliases import read_aliases, second_templates
 from ..audit.lineage import Lineage, trace
 from ..backends.base import backend_for
+from ..backends.sources import checkpoint_in_dir
 from ..data.catalog import MINI_NAME, check_classes_in
 from ..data.dataset import EvalDataset
 from ..data.datasets import DATASETS, open_dataset
-from ..errors import CheckpointError, DatasetError, SpecError
+from ..errors import CheckpointError, DatasetError, Problems, SpecError
 from ..output.portable import portable_path
 from ..run.door import canonical_names, default_eval, open_eval_dataset, pretrained_problems
 from ..run.options import RunOptions, resolve_device
@@ -70,12 +71,9 @@ class Planned:
 
 
 def _checkpoint_file(patched: str) -> Path:
-    # lazy: start-up time (torch loads after the door)
-    from ..backends.open_clip import _checkpoint_in_dir
-
     path = Path(patched.removeprefix("local-dir:"))
     if path.is_dir():
-        found = _checkpoint_in_dir(path)
+        found = checkpoint_in_dir(path)
         if found is None:
             raise CheckpointError(f"{path} holds no checkpoint file", "give an output folder of ccup unlearn")
         return found
@@ -84,60 +82,77 @@ def _checkpoint_file(patched: str) -> Path:
     return path
 
 
-def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
-    """Check everything before a model loads: the chain of folders, classes, aliases, templates, output."""
-    problems = [f"probe-shots: {k} must be a positive number of images per class" for k in req.probe_shots if k < 1]
-    if req.probe_draws < 1:
-        problems.append(f"probe-draws: {req.probe_draws} must be at least 1")
-    if req.eval_limit is not None and req.eval_limit <= 0:
-        problems.append(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
-    if problems:
-        raise SpecError(problems)
-    req.probe_shots = sorted(set(req.probe_shots))  # the verdict reads the largest k
+def _lineage_facts(req: AuditRequest) -> tuple[Path, Lineage | None, dict]:
+    """The checkpoint, the chain of folders behind it, and the last step's spec ({} for a bare file)."""
     patched_file = _checkpoint_file(req.patched)
     lineage = trace(req.patched)
     last = lineage.steps[-1].spec if lineage else {}
-    model, pretrained = lineage.root_source if lineage else (None, None)
-    model = req.model if req.model is not None else model
-    pretrained = req.pretrained if req.pretrained is not None else pretrained
-    if lineage is None and req.model is None:
-        raise SpecError(f"model: {req.patched} is no ccup output folder, so the original model is unknown",
-                        "pass --model NAME (and --pretrained for the original weights)")
     if last.get("fold") == "text":
         raise SpecError(f"{req.patched}: ccup audit measures image-side folds, and this one folded on the text "
                         "side (its image features are the original's, so probes see no change by construction)",
                         "use ccup eval on the folder for zero-shot and text search")
+    return patched_file, lineage, last
+
+
+def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
+    """Check everything before a model loads: the chain of folders, classes, aliases, templates, output.
+
+    Checks that do not depend on each other all run, and every problem they find is reported at
+    once (as ``run.door.admit`` does for unlearn); a check that needs what a failed one would have
+    given (the classes of a dataset that did not open) is skipped rather than reported twice.
+    """
+    problems = Problems()
+    problems.add([f"probe-shots: {k} must be a positive number of images per class" for k in req.probe_shots
+                  if k < 1])
+    if req.probe_draws < 1:
+        problems.add(f"probe-draws: {req.probe_draws} must be at least 1")
+    if req.eval_limit is not None and req.eval_limit <= 0:
+        problems.add(f"eval-limit: {req.eval_limit} must be a positive number of images per class")
+    req.probe_shots = sorted(set(req.probe_shots))  # the verdict reads the largest k
+    facts = problems.attempt(_lineage_facts, req)
+    patched_file, lineage, last = facts if facts is not None else (None, None, {})
+    model, pretrained = lineage.root_source if lineage else (None, None)
+    model = req.model if req.model is not None else model
+    pretrained = req.pretrained if req.pretrained is not None else pretrained
+    source_known = lineage is not None or req.model is not None
+    if facts is not None and not source_known:
+        problems.add(f"model: {req.patched} is no ccup output folder, so the original model is unknown; "
+                     "pass --model NAME (and --pretrained for the original weights)")
     forget = req.forget or (lineage.forget if lineage else [])
     forget_domains = list(last.get("forget_domains") or [])
-    if not forget and not forget_domains:
-        raise SpecError("forget: no forget classes given, and none recorded beside the checkpoint",
-                        "pass --forget a,b")
-    source = pretrained_problems(model, pretrained)
-    if source:
-        raise SpecError(source)
-    backend_for(model, pretrained)
-    eval_name = req.eval or last.get("eval") or default_eval(model, None)
-    if eval_name is None:
-        raise SpecError("eval: no dataset given", "pass --eval DATASET (a name or an ImageFolder path)")
+    if facts is not None and not forget and not forget_domains:
+        problems.add("forget: no forget classes given, and none recorded beside the checkpoint; pass --forget a,b")
+    if source_known:
+        problems.add(pretrained_problems(model, pretrained))
+        problems.attempt(backend_for, model, pretrained)
+    eval_name = req.eval or last.get("eval") or (default_eval(model, None) if source_known else None)
+    if eval_name is None and source_known:
+        problems.add("eval: no dataset given; pass --eval DATASET (a name or an ImageFolder path)")
     templates_name = last.get("templates") or "openai"
-    unlearn_templates = load_templates(templates_name)
-    second = second_templates(unlearn_templates, load_templates(req.templates) if req.templates else None)
-    if req.aliases is not None:  # format errors before the dataset opens
-        read_aliases(req.aliases)
+    unlearn_templates = problems.attempt(load_templates, templates_name)
+    own_templates = problems.attempt(load_templates, req.templates) if req.templates else None
+    aliases_read = req.aliases is not None and problems.passes(read_aliases, req.aliases)  # format, before the data
+    if options.out is not None:
+        problems.attempt(check_output, options.out, options.overwrite, (req.patched, pretrained, model))
     data_root = req.data_root if req.data_root is not None else (last.get("data_root") if req.eval is None else None)
     classnames = req.classnames if req.classnames is not None else (last.get("classnames") if req.eval is None
                                                                     else None)
-    dataset = open_eval_dataset(eval_name, data_root, req.eval_split, req.download, req.eval_limit, classnames,
-                                timer)
-    if forget_domains and getattr(dataset, "domain_names", None) is None:
-        raise SpecError(f"eval: the unlearning forgot in domains ({', '.join(forget_domains)}) but {dataset.name} "
-                        "has no domains", "audit it on a domain dataset (e.g. fashion-mnist-domains)")
-    forget = forget or list(dataset.classnames)  # a whole domain: every class is forgotten there
-    check_classes_in({"forget": forget}, dataset.classnames, dataset.name)
-    forget = canonical_names(forget, dataset.classnames)
-    aliases = read_aliases(req.aliases, dataset.classnames, dataset.name) if req.aliases else {}
-    if options.out is not None:
-        check_output(options.out, options.overwrite, (req.patched, pretrained, model))
+    dataset = None
+    if eval_name is not None:
+        dataset = problems.attempt(open_eval_dataset, eval_name, data_root, req.eval_split, req.download,
+                                   req.eval_limit, classnames, timer)
+    aliases: dict[str, list[str]] = {}
+    if dataset is not None:
+        if forget_domains and getattr(dataset, "domain_names", None) is None:
+            problems.add(f"eval: the unlearning forgot in domains ({', '.join(forget_domains)}) but {dataset.name} "
+                         "has no domains; audit it on a domain dataset (e.g. fashion-mnist-domains)")
+        forget = forget or list(dataset.classnames)  # a whole domain: every class is forgotten there
+        if problems.passes(check_classes_in, {"forget": forget}, dataset.classnames, dataset.name):
+            forget = canonical_names(forget, dataset.classnames)
+        if aliases_read:  # then against the dataset's classes
+            aliases = problems.attempt(read_aliases, req.aliases, dataset.classnames, dataset.name) or {}
+    problems.raise_all()
+    second = second_templates(unlearn_templates, own_templates)
     return Planned(lineage, patched_file, model, pretrained, forget, dataset, unlearn_templates, templates_name,
                    second, req.templates or "unseen (built in)", aliases, forget_domains)
 

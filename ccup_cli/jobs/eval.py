@@ -152,7 +152,7 @@ def run_eval(req: EvalRequest, options: RunOptions, report_path: Path | None = N
                             "failures": failures, "held": [message for held, message in checks if held]}
     finish_report(report, timer, device, session.loaded, options)
     if report_path is not None and session.world.is_main:  # under torchrun, rank 0 alone writes
-        rep.write_report(Path(report_path).absolute(), report)
+        rep.write_report(Path(report_path).absolute(), report, options.overwrite)
     return report, failures
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..backends.base import transformers_source
 from ..errors import SpecError
+from ..output.atomic import replaced_warning
 from ..output.portable import portable_path
 from ..run.door import pretrained_problems
 from ..run.options import RunOptions
@@ -55,4 +56,6 @@ def run_export(source: str | None, pretrained: str | None, to: str, options: Run
     with timer("write"):
         written = export_to_transformers(loaded, Path(options.out), options.overwrite)
     report = start_report("export", options.argv, loaded, export={**written, "out": portable_path(written["out"])})
+    if written.get("replaced"):  # what --overwrite replaced
+        report["warnings"] = [replaced_warning(r) for r in written["replaced"]]
     return finish_report(report, timer, "cpu", loaded)

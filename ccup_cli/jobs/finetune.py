@@ -8,7 +8,6 @@ evaluation images.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -68,9 +67,9 @@ def run_finetune(plan: Plan, options: RunOptions, timer: PhaseTimer, device: str
     report["metrics"] = {"before": before, "after": after, "delta": delta(after, before)}
     if options.out is not None:
         with timer("write"):
-            write_checkpoint_folder(options.out, options.overwrite, loaded, replaced,
+            receipt = write_checkpoint_folder(options.out, options.overwrite, loaded, replaced,
                                     {"steps": str(ft.steps), "lr": repr(spec.finetune_lr)}, resolved, report)
     finish_report(report, timer, device, session.loaded, options)
     if options.out is not None:
-        rep.write_report(Path(options.out) / "report.json", report)
+        receipt.write_text("report.json", rep.dumps(report))  # not into a later --overwrite run's folder
     return report

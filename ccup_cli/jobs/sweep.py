@@ -30,10 +30,11 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     device = resolve_device(options.device, options.decode)  # after the door: asking torch about CUDA costs seconds
 
     # lazy: start-up time (torch loads after the door)
-    from ..output.atomic import atomic_dir, sha256_file
+    from ..output.atomic import CommitReceipt, atomic_dir, sha256_file
     from ..output.plots import plot_tradeoff
     from ..run.session import open_session
     from ..run.sweep import run_sweep
+    from ..run.writer import note_replaced
 
     spec, dataset = plan.spec, plan.dataset
     session = open_session(spec.model, spec.pretrained, options, device, timer, spec.fold)
@@ -54,7 +55,8 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
     report["rows"] = rows
     if not session.world.is_main:  # under torchrun, rank 0 alone writes
         return report
-    with timer("write"), atomic_dir(out, options.overwrite) as tmp:
+    receipt = CommitReceipt()
+    with timer("write"), atomic_dir(out, options.overwrite, receipt) as tmp:
         (tmp / "sweep.jsonl").write_text("".join(rep.dumps_line(
             {"method": r["method"], "alpha": r["alpha"], "params": r["params"], "metrics": r["metrics"]})
             for r in rows), encoding="utf-8")
@@ -71,4 +73,7 @@ def run_sweep_job(spec: UnlearnSpec, alphas: list[float], methods: list[str], op
                                                                  "sha256": sha256_file(tmp / "sweep.jsonl")}}
         finish_report(report, timer, device, session.loaded, options)
         rep.write_report(tmp / "report.json", {k: v for k, v in report.items() if k != "rows"})
+    if receipt.replaced:  # what --overwrite replaced, in the folder's report too
+        note_replaced(report, receipt)
+        receipt.write_text("report.json", rep.dumps({k: v for k, v in report.items() if k != "rows"}))
     return report

@@ -8,8 +8,6 @@ Heavy modules are imported after the door, so bad input fails before torch loads
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import ThresholdNotReachable
 from ..methods.table import get_method, method_params
 from ..metrics.targets import AUTO_MAX_FORGET_RETRIEVAL, Targets, search_warnings, target_misses
@@ -180,10 +178,10 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     writes = options.out is not None and session.world.is_main  # under torchrun, rank 0 alone writes
     if writes:
         with timer("write"):
-            write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
+            receipt = write_checkpoint_folder(options.out, options.overwrite, loaded, result.folded_tensors,
                                     {"alpha": repr(float(proj.alpha)), "fold_site": site.path,
                                                                           "fold_side": site.side}, resolved, report)
     finish_report(report, timer, device, session.loaded, options)
     if writes:  # the report inside the folder carries the final timings too
-        rep.write_report(Path(options.out) / "report.json", report)
+        receipt.write_text("report.json", rep.dumps(report))  # not into a later --overwrite run's folder
     return report

@@ -25,6 +25,7 @@ import yaml
 
 from ..data.catalog import generic_vocabulary
 from ..errors import SpecError
+from ..runtime.yaml_input import NotReadable, read_yaml
 from ..text.templates import fill
 
 DOMAIN_PRESETS = Path(__file__).resolve().parents[1] / "presets" / "domains"
@@ -56,7 +57,10 @@ def domain_preset_names() -> list[str]:
 @lru_cache(maxsize=8)
 def _read_domain_file(path: str) -> dict:
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return read_yaml(path) or {}
+    except NotReadable as err:
+        raise SpecError(f"domains: {path} is not a valid domain file: {err}",
+                        "write a mapping of domain name to a list of templates") from None
     except yaml.YAMLError as err:
         raise SpecError(f"domains: {path} is not valid YAML ({getattr(err, 'problem', 'syntax error')})",
                         "write a mapping of domain name to a list of templates") from err

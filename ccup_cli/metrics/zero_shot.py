@@ -122,13 +122,14 @@ def _retrieval_from_scores(
     }
 
 
-def retrieval_metrics(
-    image_features: torch.Tensor,
-    class_embeddings: torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
-    classnames: Sequence[str],
-    forget: Sequence[str] = (),
-) -> dict:
+def _scores(image_features: torch.Tensor, class_embeddings: torch.Tensor, labels, scale: float = 1.0):
+    """(``scale`` · normalise(f) · t_c ``[n, C]`` float32, labels ``[n]`` long): what both metrics read."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return scale * F.normalize(image_features.float(), dim=-1) @ class_embeddings.float().T, labels_t
+
+
+def retrieval_metrics(image_features: torch.Tensor, class_embeddings: torch.Tensor, labels: np.ndarray | torch.Tensor,
+                      classnames: Sequence[str], forget: Sequence[str] = ()) -> dict:
     """Text-to-image retrieval: each class's classifier vector used as a search query.
 
     ``image_features [n, d]`` (unnormalised), ``class_embeddings [C, d]`` (normalised: the
@@ -145,8 +146,7 @@ def retrieval_metrics(
     the means are over the forget (retain) classes that have images and are not every image
     (None when there are none).
     """
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    scores = F.normalize(image_features.float(), dim=-1) @ class_embeddings.float().T
+    scores, labels_t = _scores(image_features, class_embeddings, labels)
     return _retrieval_from_scores(scores, labels_t, classnames, forget_ids(classnames, forget))
 
 
@@ -175,8 +175,7 @@ def zero_shot_metrics(
     cells) replaces "images of forget classes" as the forget split; ``retain`` is then every
     other image, and ``retain_only`` the images of non-forget classes among themselves.
     """
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    logits = LOGIT_SCALE * F.normalize(image_features.float(), dim=-1) @ class_embeddings.float().T
+    logits, labels_t = _scores(image_features, class_embeddings, labels, LOGIT_SCALE)
     forget_class_ids = forget_ids(classnames, forget)
     retain_ids = [i for i in range(len(classnames)) if i not in forget_class_ids]
     of_forget_class = torch.isin(labels_t, torch.as_tensor(forget_class_ids, dtype=torch.long))

@@ -30,8 +30,9 @@ def dumps_line(record: dict) -> str:
     return json.dumps(_finite(record), allow_nan=False, separators=(",", ":")) + "\n"
 
 
-def write_report(path: str | Path, report: dict) -> None:
-    write_text_atomic(path, dumps(report))
+def write_report(path: str | Path, report: dict, overwrite: bool = True) -> None:
+    """Write ``report`` atomically; ``overwrite`` False never replaces a file that appeared meanwhile."""
+    write_text_atomic(path, dumps(report), overwrite, what="report")
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from ..errors import Problems, SpecError
 from ..methods.prompt_sides import admit_sides
 from ..methods.table import get_method
 from ..presets.defaults import EMBEDDED_MODELS, EMBEDDED_PRETRAINED
-from ..spec.schema import UnlearnSpec
 from ..text.templates import load_templates
 from .options import RunOptions
 from .provenance import PhaseTimer
@@ -34,6 +33,7 @@ from .writer import check_output
 
 if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset is opened
     from ..data.dataset import EvalDataset
+    from ..spec.schema import UnlearnSpec  # pydantic: ccup eval and audit need no spec (start-up time)
 
 
 def default_eval(model: str | None, eval_name: str | None, domains: bool = False) -> str | None:

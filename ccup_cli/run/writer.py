@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from ..output import report as rep
-from ..output.atomic import atomic_dir, os_error_to_output_error, sha256_file
+from ..output.atomic import CommitReceipt, atomic_dir, os_error_to_output_error, replaced_warning, sha256_file
 from ..output.portable import portable_path
 
 
@@ -41,13 +41,23 @@ def _output_key(filename: str) -> str:
     return filename.rsplit(".", 1)[0].replace("-", "_")
 
 
+def note_replaced(report: dict, receipt: CommitReceipt) -> None:
+    """Say in ``report`` (``outputs.replaced`` and a warning) which folders ``--overwrite`` replaced."""
+    if receipt.replaced:
+        report.setdefault("outputs", {})["replaced"] = receipt.replaced
+        report.setdefault("warnings", []).extend(replaced_warning(r) for r in receipt.replaced)
+
+
 def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, method_metadata: dict[str, str],
-                            spec, report: dict) -> None:
+                            spec, report: dict) -> CommitReceipt:
     """model.safetensors (the source with ``replaced`` swapped in), the backend's config files, spec.yaml,
     report.json, and README.md (a model-card summary) with small figures. An open_clip source gives an
     open_clip local-dir folder; a transformers source a folder that ``CLIPModel.from_pretrained`` loads.
 
     ``report["outputs"]`` is filled in with each file's path and sha256 before the report is written.
+    Returns the commit's receipt: rewrite the report through it (``receipt.write_text``), which
+    writes only while the folder is still this run's. ``report`` records what ``--overwrite``
+    replaced (``note_replaced``) once the folder is in place.
     """
     # lazy: start-up time (torch; the door reads check_output)
     from ..audit.page import write_unlearn_summary
@@ -62,7 +72,8 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
     }
     if spec.forget_domains:
         metadata["forget_domains"] = json.dumps(spec.forget_domains)
-    with atomic_dir(out, overwrite) as tmp:
+    receipt = CommitReceipt()
+    with atomic_dir(out, overwrite, receipt) as tmp:
         try:
             ckpt_sha = save_safetensors(patched_state_dict(loaded.source_state_dict, replaced),
                                         tmp / "model.safetensors", metadata)
@@ -80,3 +91,5 @@ def write_checkpoint_folder(out: Path, overwrite: bool, loaded, replaced: dict, 
             "summary": {name: portable_path(out / name) for name in summary},
         }
         rep.write_report(tmp / "report.json", report)
+    note_replaced(report, receipt)
+    return receipt

@@ -23,6 +23,8 @@ from ..errors import SpecError
 from ..methods.sinks import sink_problems
 from ..methods.table import METHODS, method_names, split_variant
 from ..presets import defaults
+from ..runtime.yaml_input import NotReadable, read_yaml
+from .lists import split_csv
 
 
 class UnlearnSpec(BaseModel):
@@ -150,12 +152,19 @@ def _field_path(loc: tuple) -> str:
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a YAML spec file, with syntax errors reported with their line."""
+    """The raw mapping of a YAML spec file, with syntax errors reported with their line.
+
+    A file nested too deeply, with too many values (``runtime.yaml_input``) or not UTF-8 is
+    refused as "not a valid spec" before any field is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file {path} does not exist", "check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path)
+    except NotReadable as err:
+        raise SpecError(f"{path}: not a valid spec: {err}", "a spec is a mapping of keys to values; see configs/ "
+                        "for examples") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -166,13 +175,6 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a mapping of keys to values", "see configs/ for examples")
     return data
-
-
-def split_csv(value: Any) -> Any:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``; anything but a string is returned as it is."""
-    if isinstance(value, str):
-        return [v for v in (p.strip() for p in value.split(",")) if v]
-    return value
 
 
 def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> UnlearnSpec:

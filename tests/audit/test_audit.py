@@ -125,6 +125,20 @@ def test_audit_cli_missing_aliases_file_and_bad_shots_exit_2(unlearned, tmp_path
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_audit_reports_every_problem_at_once(unlearned, tmp_path):
+    """As the door does for unlearn: flags, classes, templates and the output, one line each, one run."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    result = run("audit", unlearned, "--probe-shots", "0,4", "--eval-limit", "0",
+                 "--forget", "sandl", "--templates", "no-such-set", "--out", taken)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    for needle in ("probe-shots: 0 must be", "eval-limit: 0 must be",
+                   '"sandl" is not a class', "templates:", f"{taken} already exists"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+    assert "Traceback" not in result.output and [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
 # --- the page and the figures ------------------------------------------------------------------
 
 

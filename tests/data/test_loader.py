@@ -111,3 +111,30 @@ def test_without_fork_an_unpicklable_dataset_loads_in_process(monkeypatch, folde
 def test_negative_workers_refused(folder_ds, tiny):
     with pytest.raises(ValueError, match="workers"):
         loader.image_loader(folder_ds, tiny.preprocess, workers=-1)
+
+
+@pytest.mark.parametrize("cores, workers, beside", [(2, 2, 1), (4, 2, 2), (8, 2, 6), (1, 3, 1)])
+def test_the_main_process_runs_the_cores_the_workers_leave(cores, workers, beside):
+    assert loader.main_threads_beside(workers, cores) == beside
+
+
+def test_threads_beside_workers_while_they_decode_then_restored(tiny, folder_ds, monkeypatch):
+    """While workers decode, the model gets cores - workers threads; after (or on an early stop), its own again."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(loader, "available_cores", lambda: 3)
+    torch.set_num_threads(3)
+    try:
+        seen = [torch.get_num_threads() for _ in loader.image_batches(folder_ds, tiny.preprocess, 4, workers=2)]
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 3
+        batches = loader.image_batches(folder_ds, tiny.preprocess, 4, workers=1)
+        next(batches)
+        assert torch.get_num_threads() == 2
+        batches.close()  # a consumer that stops early
+        assert torch.get_num_threads() == 3
+        seen = [torch.get_num_threads() for _ in loader.image_batches(folder_ds, tiny.preprocess, 4, workers=0)]
+        assert set(seen) == {3}  # no workers: the model keeps its threads
+        torch.set_num_threads(1)
+        assert {torch.get_num_threads() for _ in loader.image_batches(folder_ds, tiny.preprocess, 4, workers=2)} \
+            == {1}  # never raised above what the caller set
+    finally:
+        torch.set_num_threads(before)
