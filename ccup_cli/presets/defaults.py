@@ -16,6 +16,11 @@ PROTOTYPE_STEPS = 100  # ccup-proto: optimisation steps per synthetic image prot
 PROTOTYPES_PER_GROUP = 4  # ccup-proto: synthetic images per prompt group (class, or class x domain)
 ENERGY = 0.99  # nullspace: share of the squared singular values its rank keeps
 RETAIN_WARN_COSINE = 0.9
+# text/concepts.py: standardised similarity (z against the ImageNet-1k names) at which a concept covers
+# an eval class, and at which a default-vocabulary name is left out of the retain side; chosen on the
+# validation split (scripts/tune_concepts.py, docs/concepts.md)
+CONCEPT_THRESHOLD = 3.0
+NEAR_RETAIN_THRESHOLD = 4.0
 # how images become tensors (decode.py): "pil" is open_clip's own transform, bit for bit; the others
 # change pixels slightly and are options (--decode)
 DECODERS = ("pil", "pil-draft", "tensor", "gpu")
