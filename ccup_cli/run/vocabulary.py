@@ -28,7 +28,6 @@ from ..text.embeddings import TextEmbeddings, default_retain
 
 if TYPE_CHECKING:  # pragma: no cover
     from .door import Plan
-    from .session import Session
 
 
 @dataclass
@@ -62,8 +61,9 @@ def subset(emb: TextEmbeddings, rows: Sequence[int]) -> TextEmbeddings:
                           emb.per_class[index], emb.cache_hit)
 
 
-def concept_coverage(session: Session, plan: Plan, classnames: Sequence[str]) -> list[dict]:
+def concept_coverage(session, plan: Plan, classnames: Sequence[str]) -> list[dict]:
     """``text.concepts.cover`` of the spec's concepts over the eval classes, every side embedded
+    (``session``: a ``session.Session``, which imports this module)
     with the retain templates, standardised against the ImageNet-1k names."""
     spec = plan.spec
     templates = plan.retain_templates
@@ -75,7 +75,7 @@ def concept_coverage(session: Session, plan: Plan, classnames: Sequence[str]) ->
                  spec.concept_threshold, spec.concept_classes)
 
 
-def choose_sides(session: Session, plan: Plan) -> Choices:
+def choose_sides(session, plan: Plan) -> Choices:
     """The forget and retain class sides of a plan without domains or free prompts (see the module doc)."""
     spec, dataset = plan.spec, plan.dataset
     classnames = list(dataset.classnames) if dataset is not None else None
