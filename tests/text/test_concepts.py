@@ -105,7 +105,7 @@ def test_spec_checks_concepts_at_once():
 
 
 def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})  # table cells on one line
 
 
 def bad_input(result, *needles):
@@ -181,3 +181,16 @@ def test_default_vocabulary_leaves_out_near_names_unless_kept(base):
     assert {r["name"] for r in kept["retain_vocabulary"]["near"]} == left_out
     named = unlearn(base, "--eval", "none", "--forget", "sneaker", "--retain", "sandal,bag")
     assert "retain_vocabulary" not in named and named["spec"]["retain"] == ["sandal", "bag"]  # the user's list
+
+
+def test_the_printed_summary_says_what_was_covered_and_left_out(tiny_vit_file, fashion_folder):
+    flags = ["unlearn", "--model", TINY_VIT, "--pretrained", tiny_vit_file, "--templates", "photo",
+             "--retain-templates", "photo"]
+    covered = run(*flags, "--eval", fashion_folder, "--forget-concepts", "footwear", "--concept-classes",
+                  "footwear=sandal+ankle boot")
+    assert covered.exit_code == 0, covered.output
+    assert 'concept "footwear"' in covered.stdout and "covers ankle boot (z " in covered.stdout
+    assert "(named by you)" in covered.stdout and "next: " in covered.stdout
+    near = run(*flags, "--eval", "none", "--forget", "sneaker", "--near-retain-threshold", "1")
+    assert near.exit_code == 0, near.output
+    assert "left out (near)" in near.stdout and "of 999 default names" in near.stdout
