@@ -14,7 +14,7 @@ Selection never reads the test split:
 - ``near_retain_threshold``: every class is forgotten with no eval dataset (the default retain
   vocabulary, ImageNet-1k names) at every threshold of a grid, and measured on the validation
   split. Score per class: forget top-1 + the drop in retain-only top-1; the default is the
-  threshold with the lowest mean score (the larger one on ties: it leaves more names in).
+  largest threshold (the fewest names left out) whose mean score is within 0.002 of the lowest.
 
 ``--test-targets`` measures issue 27's targets on the full test split with the defaults of
 ``presets/defaults.py``, through the same library path as ``ccup unlearn``; it chooses nothing.
@@ -62,6 +62,7 @@ CONCEPTS = {
 }
 CONCEPT_GRID = [round(0.25 * k, 2) for k in range(4, 33)]  # 1.0 ... 8.0
 NEAR_GRID = [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0, 100.0]  # 100: nothing left out
+NEAR_TOLERANCE = 0.002  # a mean score this close to the lowest (0.2 pt) is as good: take the largest such threshold
 TARGET_CONCEPTS = ["footwear", "shoes", "tops", "bags"]
 TARGET_FORGETS = ["sneaker", "sandal", "ankle boot", "bag", "shirt", "t-shirt", "coat"]
 
@@ -182,7 +183,7 @@ def select(args) -> None:
     study = Study(args.model, args.pretrained, "validation", args.data_root, args.seed)
     records = concept_records(study)
     threshold, scored = choose_concept_threshold(records)
-    lines = [f"Model `{args.model or 'ccup-tiny-fashion'}`; {len(study.ds)} validation images (held out of "
+    lines = [f"Model `{model_name(args)}`; {len(study.ds)} validation images (held out of "
              "training; the test split is not read).", "",
              "### concept_threshold: coverage errors of the labelled concepts", "",
              "| concept | names (by meaning) | z per class, closest first |", "|---|---|---|"]
@@ -206,7 +207,8 @@ def select(args) -> None:
     grid_rows = {c: near_rows(study, c, NEAR_GRID) for c in FASHION}
     mean_score = {t: float(np.mean([next(r["score"] for r in rows if r["threshold"] == t)
                                     for rows in grid_rows.values()])) for t in NEAR_GRID}
-    best = min(NEAR_GRID, key=lambda t: (round(mean_score[t], 4), -t))
+    lowest = min(mean_score.values())
+    best = max(t for t in NEAR_GRID if mean_score[t] <= lowest + NEAR_TOLERANCE)
     lines += ["", "### near_retain_threshold: each class forgotten with no eval dataset (ImageNet-1k retain names)",
               "", "Score = forget top-1 + drop in retain-only top-1 (validation, α = 1, defaults); 100 leaves "
               "nothing out.", "", "| threshold | mean score | " + " | ".join(FASHION) + " |",
@@ -216,7 +218,8 @@ def select(args) -> None:
         lines.append(f"| {t:g} | {mean_score[t]:.4f} | " + " | ".join(
             f"{r['forget_top1']:.3f} / {100 * r['retain_only_drop']:+.1f} ({len(r['left_out'])})" for r in cells) + " |")
     lines += ["", "Cell: forget top-1 / retain-only drop in points (names left out).", "",
-              f"Chosen: **{best:g}**. Names left out at it:", ""]
+              f"Chosen: **{best:g}** (the largest threshold within {NEAR_TOLERANCE} of the lowest mean score). "
+              "Names left out at it:", ""]
     for c in FASHION:
         r = next(r for r in grid_rows[c] if r["threshold"] == best)
         lines.append(f"- {c}: {', '.join(r['left_out'][:12])}{' ...' if len(r['left_out']) > 12 else ''}")
@@ -227,12 +230,13 @@ def select(args) -> None:
         if value != current:
             print(f"\nNOTE: defaults.{name} is {current} but this run chooses {value}", file=sys.stderr)
     if not args.no_doc:
-        write_section("tune_concepts", f"python scripts/tune_concepts.py --model {args.model}", body)
+        write_section(f"tune_concepts ({model_name(args)})", f"python scripts/tune_concepts.py{model_flags(args)}",
+                      body)
 
 
 def test_targets(args) -> None:
     study = Study(args.model, args.pretrained, "test", args.data_root, args.seed)
-    lines = [f"Model `{args.model or 'ccup-tiny-fashion'}`, full test split ({len(study.ds)} images), α = 1, "
+    lines = [f"Model `{model_name(args)}`, full test split ({len(study.ds)} images), α = 1, "
              "defaults (concept_threshold "
              f"{defaults.CONCEPT_THRESHOLD:g}, near_retain_threshold {defaults.NEAR_RETAIN_THRESHOLD:g}, chosen on "
              "the validation split). Reported only; nothing is chosen here.", "",
@@ -261,8 +265,17 @@ def test_targets(args) -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_doc:
-        write_section("concept_targets", f"python scripts/tune_concepts.py --model {args.model} --test-targets",
-                      body)
+        write_section(f"concept_targets ({model_name(args)})",
+                      f"python scripts/tune_concepts.py{model_flags(args)} --test-targets", body)
+
+
+def model_name(args) -> str:
+    return args.model or "ccup-tiny-fashion"
+
+
+def model_flags(args) -> str:
+    return (f" --model {args.model}" if args.model else "") + (f" --pretrained {args.pretrained}"
+                                                               if args.pretrained else "")
 
 
 def main() -> None:

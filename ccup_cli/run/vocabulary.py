@@ -63,8 +63,8 @@ def subset(emb: TextEmbeddings, rows: Sequence[int]) -> TextEmbeddings:
 
 def concept_coverage(session, plan: Plan, classnames: Sequence[str]) -> list[dict]:
     """``text.concepts.cover`` of the spec's concepts over the eval classes, every side embedded
-    (``session``: a ``session.Session``, which imports this module)
-    with the retain templates, standardised against the ImageNet-1k names."""
+    with the retain templates, standardised against the ImageNet-1k names. ``session`` is a
+    ``session.Session`` (not imported here: it imports this module)."""
     spec = plan.spec
     templates = plan.retain_templates
     with session.timer("concepts"):
