@@ -36,7 +36,7 @@ from benchdoc import write_section  # noqa: E402
 from train_tiny_clip import split_indices  # noqa: E402
 
 from ccup_cli.backends.fold import fold  # noqa: E402
-from ccup_cli.data.catalog import preset_classnames  # noqa: E402
+from ccup_cli.data.catalog import generic_vocabulary, preset_classnames  # noqa: E402
 from ccup_cli.data.dataset import array_dataset  # noqa: E402
 from ccup_cli.data.idx import load_idx_split  # noqa: E402
 from ccup_cli.methods.table import get_method, method_params, solve_full_map  # noqa: E402
@@ -48,6 +48,8 @@ from ccup_cli.run.provenance import PhaseTimer  # noqa: E402
 from ccup_cli.run.session import open_session  # noqa: E402
 from ccup_cli.run.vocabulary import choose_sides, subset  # noqa: E402
 from ccup_cli.spec.schema import UnlearnSpec, build_spec  # noqa: E402
+from ccup_cli.text.concepts import near_names  # noqa: E402
+from ccup_cli.text.embeddings import embed_classes  # noqa: E402
 from ccup_cli.text.templates import load_templates  # noqa: E402
 
 FASHION = preset_classnames("fashion-mnist")
@@ -82,6 +84,7 @@ class Study:
         self.pre, _ = self.session.encode_images(self.ds)
         self.classifier = self.session.classifier(FASHION, load_templates(defaults.FORGET_TEMPLATES))
         self.before = self.metrics(self.session.original, [])
+        self.vocabulary = None  # the default retain vocabulary's embeddings, once (near_rows)
 
     def plan(self, **fields):
         spec = build_spec({}, {"model": self.model, "pretrained": self.pretrained, **fields})
@@ -161,15 +164,28 @@ def forget_concept(study: Study, concept: str, threshold: float) -> dict:
 
 
 def near_rows(study: Study, forget: str, grid: list[float]) -> list[dict]:
-    """Forget one class with no eval dataset at each near threshold of ``grid``."""
-    plan = study.plan(forget=[forget], eval="none", near_retain_threshold=-1e9, keep_near_retain=True)
-    choices = choose_sides(study.session, plan)
-    z = {r["name"]: r["z"] for r in choices.record["retain_vocabulary"]["near"]}
+    """Forget one class with no eval dataset at each near threshold of ``grid``.
+
+    The same sides as ``run.vocabulary.choose_sides`` (the default vocabulary less the forget name,
+    then less its near names), with the vocabulary embedded once for every forget class."""
+    spec = UnlearnSpec()
+    if study.vocabulary is None:
+        study.vocabulary = embed_classes(study.session.loaded.encode_prompts, generic_vocabulary(),
+                                         load_templates(spec.retain_templates), study.session.cache_id,
+                                         study.session.text_cache_name, cache=study.session._cached_text)
+    vocab = study.vocabulary
+    pool = [i for i, n in enumerate(vocab.classnames) if n.lower() != forget.lower()]
+    retain = subset(vocab, pool)
+    forget_emb = embed_classes(study.session.loaded.encode_prompts, [forget], load_templates(spec.templates),
+                               study.session.cache_id, study.session.text_cache_name,
+                               cache=study.session._cached_text)
+    _, scored = near_names([forget], forget_emb.per_class, retain.classnames, retain.per_class, -1e9)
+    z = {r["name"]: r["z"] for r in scored}
     rows = []
     for t in grid:
-        keep = [i for i, name in enumerate(choices.retain.classnames) if z[name] < t]
-        m = study.forget_with(choices.forget, subset(choices.retain, keep), [forget])
-        left_out = sorted((n for n in choices.retain.classnames if z[n] >= t), key=lambda n: -z[n])
+        keep = [i for i, name in enumerate(retain.classnames) if z[name] < t]
+        m = study.forget_with(forget_emb, subset(retain, keep), [forget])
+        left_out = sorted((n for n in retain.classnames if z[n] >= t), key=lambda n: -z[n])
         drop = m["before"]["retain_only"]["top1"] - m["after"]["retain_only"]["top1"]
         b, a = per_class(m["before"]), per_class(m["after"])
         rows.append({"forget": forget, "threshold": t, "left_out": left_out, "forget_top1": m["after"]["forget"]["top1"],
@@ -204,6 +220,7 @@ def select(args) -> None:
         after = ", ".join(f"{c} {v:.3f}" for c, v in r["covered_after"].items())
         lines.append(f"| {concept} | {', '.join(r['covers'])} | {after} | {r['worst_other']} "
                      f"{100 * r['worst_other_change']:+.1f} |")
+    print("\n".join(lines), flush=True)  # the concept half, while the near half runs
     grid_rows = {c: near_rows(study, c, NEAR_GRID) for c in FASHION}
     mean_score = {t: float(np.mean([next(r["score"] for r in rows if r["threshold"] == t)
                                     for rows in grid_rows.values()])) for t in NEAR_GRID}
