@@ -254,8 +254,8 @@ def test_targets(args) -> None:
     study = Study(args.model, args.pretrained, "test", args.data_root, args.seed)
     lines = [f"Model `{model_name(args)}`, full test split ({len(study.ds)} images), α = 1, "
              "defaults (concept_threshold "
-             f"{defaults.CONCEPT_THRESHOLD:g}, near_retain_threshold {defaults.NEAR_RETAIN_THRESHOLD:g}, chosen on "
-             "the validation split). Reported only; nothing is chosen here.", "",
+             f"{defaults.CONCEPT_THRESHOLD:g}, near_retain_threshold {defaults.NEAR_RETAIN_THRESHOLD:g}; how they "
+             "were chosen: docs/concepts.md). Reported only; nothing is chosen here.", "",
              "| concept | covers (z) | covered top-1 after (≤ 0.05) | worst other class change (≥ −1 pt) |",
              "|---|---|---|---|"]
     for concept in TARGET_CONCEPTS:
