@@ -196,6 +196,8 @@ def near_rows(study: Study, forget: str, grid: list[float]) -> list[dict]:
 
 def select(args) -> None:
     study = Study(args.model, args.pretrained, "validation", args.data_root, args.seed)
+    if args.near_only:
+        return select_near(args, study, [])
     records = concept_records(study)
     threshold, scored = choose_concept_threshold(records)
     lines = [f"Model `{model_name(args)}`; {len(study.ds)} validation images (held out of "
@@ -220,6 +222,10 @@ def select(args) -> None:
         lines.append(f"| {concept} | {', '.join(r['covers'])} | {after} | {r['worst_other']} "
                      f"{100 * r['worst_other_change']:+.1f} |")
     print("\n".join(lines), flush=True)  # the concept half, while the near half runs
+    select_near(args, study, lines, threshold)
+
+
+def select_near(args, study: Study, lines: list[str], threshold: float | None = None) -> None:
     grid_rows = {c: near_rows(study, c, NEAR_GRID) for c in FASHION}
     mean_score = {t: float(np.mean([next(r["score"] for r in rows if r["threshold"] == t)
                                     for rows in grid_rows.values()])) for t in NEAR_GRID}
@@ -243,7 +249,7 @@ def select(args) -> None:
     print(body)
     for name, value, current in (("CONCEPT_THRESHOLD", threshold, defaults.CONCEPT_THRESHOLD),
                                  ("NEAR_RETAIN_THRESHOLD", best, defaults.NEAR_RETAIN_THRESHOLD)):
-        if value != current:
+        if value is not None and value != current:
             print(f"\nNOTE: defaults.{name} is {current} but this run chooses {value}", file=sys.stderr)
     if not args.no_doc:
         write_section(f"tune_concepts ({model_name(args)})", f"python scripts/tune_concepts.py{model_flags(args)}",
@@ -301,6 +307,7 @@ def main() -> None:
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--seed", type=int, default=0, help="the validation split's seed (train_tiny_clip.py)")
     parser.add_argument("--test-targets", action="store_true")
+    parser.add_argument("--near-only", action="store_true", help="selection: near_retain_threshold only")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
     (test_targets if args.test_targets else select)(args)
