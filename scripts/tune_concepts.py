@@ -252,8 +252,9 @@ def select_near(args, study: Study, lines: list[str], threshold: float | None = 
         if value is not None and value != current:
             print(f"\nNOTE: defaults.{name} is {current} but this run chooses {value}", file=sys.stderr)
     if not args.no_doc:
-        write_section(f"tune_concepts ({model_name(args)})", f"python scripts/tune_concepts.py{model_flags(args)}",
-                      body)
+        near = " --near-only" if args.near_only else ""
+        write_section(f"tune_concepts{' near' if near else ''} ({model_name(args)})",
+                      f"python scripts/tune_concepts.py{model_flags(args)}{near}", body)
 
 
 def test_targets(args) -> None:
