@@ -216,6 +216,21 @@ _SPEC_FLAGS = {
     "retain": (Optional[str], typer.Option(None, "--retain", help="Classes to keep, comma-separated.")),
     "forget_domains": (Optional[str], typer.Option(None, "--forget-domains", help="Forget only in these domains, "
                                                    "comma-separated (e.g. sketch); alone: the whole domain.")),
+    "forget_concepts": (Optional[str], typer.Option(None, "--forget-concepts", help="Words wider than a class "
+                                                    "(e.g. footwear), comma-separated: each forgets the eval classes "
+                                                    "it covers by text similarity (docs/concepts.md).")),
+    "concept_classes": (Optional[str], typer.Option(None, "--concept-classes", help="The classes a concept covers, "
+                                                    "decided by you: footwear=sandal+sneaker,tops=shirt "
+                                                    "(footwear= covers none).")),
+    "concept_threshold": (Optional[float], typer.Option(None, "--concept-threshold", help="A concept covers a "
+                                                        "class at this standardised similarity (z) or above.")),
+    "near_retain_threshold": (Optional[float], typer.Option(None, "--near-retain-threshold", help="No eval "
+                                                            "dataset: leave out default names at this z to a "
+                                                            "forget name or above.")),
+    "keep_near_retain": (Optional[bool], typer.Option(None, "--keep-near-retain/--drop-near-retain",
+                                                      help="No eval dataset: keep the default-vocabulary names near "
+                                                      "a forget name on the retain side (default: drop, listed in "
+                                                      "the report).")),
     "domains": (Optional[str], typer.Option(None, "--domains", help="Domain -> templates: a YAML file, or the "
                                             "preset fashion-mnist-domains.")),
     "domain_images": (Optional[str], typer.Option(None, "--domain-images", help="domain-edit: unlabelled images "
@@ -243,7 +258,8 @@ _SPEC_FLAGS = {
     "retain_templates": (Optional[str], typer.Option(None, "--retain-templates",
                                                      help="Retain templates (same choices).")),
     "eval": (Optional[str], typer.Option(None, "--eval", help="An ImageFolder path (one sub-folder per class) or "
-                                         "a dataset: " + ", ".join(DATASET_NAMES) + ".")),
+                                         "a dataset: " + ", ".join(DATASET_NAMES) + "; none: no evaluation (the retain side is "
+                                         "the default vocabulary).")),
     "data_root": (Optional[str], typer.Option(None, "--data-root", help="Where a named dataset lies.")),
     "eval_limit": (Optional[int], typer.Option(None, "--eval-limit", help="Images per class (stratified, seeded).")),
     "classnames": (Optional[str], typer.Option(None, "--classnames", help="File of class names, one per line in "

@@ -56,8 +56,11 @@ def check_dataset_name(name: str) -> None:
     raise DatasetError(f'unknown dataset "{name}"', hint)
 
 
-def check_classes_in(lists: dict[str, list[str] | None], classnames: list[str], dataset: str) -> None:
-    """Every name of each list (``{"forget": [...], "retain": [...]}``) must be a class of the dataset."""
+def check_classes_in(lists: dict[str, list[str] | None], classnames: list[str], dataset: str,
+                     concept_hint: bool = False) -> None:
+    """Every name of each list (``{"forget": [...], "retain": [...]}``) must be a class of the dataset.
+
+    ``concept_hint``: a forget name spelled like no class is pointed to ``--forget-concepts``."""
     problems = []
     lowered = {c.lower(): c for c in classnames}
     for field, names in lists.items():
@@ -66,6 +69,8 @@ def check_classes_in(lists: dict[str, list[str] | None], classnames: list[str], 
                 close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)
                 hint = ("; did you mean " + ", ".join(f'"{lowered[c]}"' for c in close) + "?") if close else \
                     f"; its classes are {', '.join(classnames[:12])}{'...' if len(classnames) > 12 else ''}"
+                if concept_hint and field == "forget" and not close:
+                    hint += f'; to forget a word wider than a class, pass --forget-concepts "{name}"'
                 problems.append(f'{field}[{i}]: "{name}" is not a class of {dataset}{hint}')
     if problems:
         raise SpecError(problems)

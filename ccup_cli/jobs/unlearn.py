@@ -162,7 +162,12 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
         "fast_path": loaded.supports_fast_text(),
     }
     report["text_side"] = result.text_side()
-    report["warnings"] = [
+    choices = features.choices
+    if choices is not None:  # concepts covered, near names left out of the default vocabulary (run/vocabulary.py)
+        report.update(choices.record)
+        if "concepts" in choices.record:
+            report["text"]["forget_split_classes"] = list(features.forget_names)
+    report["warnings"] = (choices.warnings if choices is not None else []) + [
         f'retain class "{c["retain"]}" is close to forget class "{c["forget"]}" (cosine {c["cosine"]:.3f}); '
         "keeping it works against forgetting" for c in result.close_retain] + (auto or {}).pop("warnings", [])
 

@@ -150,6 +150,30 @@ def domain_grid_table(metrics: dict, spec: dict):
     return table
 
 
+def concept_line(concept: dict) -> str:
+    """``covers sandal (z 5.1), sneaker (z 4.8); not bag (z 1.2)``: what a concept covered, and why."""
+    how = concept["decided_by"]
+    if how == "no eval dataset":
+        return "forgotten as a name (no eval dataset to cover)"
+    sims = {s["class"]: s for s in concept.get("similarity", [])}
+
+    def named(c: str) -> str:
+        return f'{c} (z {sims[c]["z"]:.1f})' if c in sims else c
+
+    covers = ", ".join(named(c) for c in concept["covers"]) or "no class"
+    outside = [s for s in concept.get("similarity", []) if s["class"] not in concept["covers"]][:1]
+    nearest_out = f'; next: {named(outside[0]["class"])}' if outside else ""
+    by = {"user": " (named by you)", "class name": " (a class name)"}.get(how, "")
+    return f"covers {covers}{by}{nearest_out}"
+
+
+def near_line(near: dict, shown: int = 6) -> str:
+    """The default-vocabulary names near a forget name: ``12: sandal (z 6.1), clogs (z 5.8), ...``."""
+    names = ", ".join(f'{r["name"]} (z {r["z"]:.1f})' for r in near["near"][:shown])
+    more = ", ..." if len(near["near"]) > shown else ""
+    return f"{len(near['near'])} of {near['size']} default names: {names}{more} (report.json lists all)"
+
+
 def summary_table(report: dict):
     """The projector and outputs of an unlearn run, without images."""
     from rich.table import Table
@@ -162,12 +186,17 @@ def summary_table(report: dict):
     source = report["model"]["pretrained"] or "random init"
     table.add_row("model", report["model"]["name"] if source in ("embedded", report["model"]["name"])
                   else f"{report['model']['name']} ({source})")
-    table.add_row("forget", ", ".join(spec["forget"]) or "every class")
+    table.add_row("forget", ", ".join(spec["forget"]) or ("—" if spec.get("forget_concepts") else "every class"))
     if spec.get("forget_domains"):
         table.add_row("in domains", ", ".join(spec["forget_domains"]))
     if spec.get("forget_prompts"):
         table.add_row("forget prompts", str(len(spec["forget_prompts"])))
+    for concept in (report.get("concepts") or {}).get("per_concept", []):
+        table.add_row(f'concept "{concept["concept"]}"', concept_line(concept))
     table.add_row("retain", f"{report['text']['retain_classes']} classes")
+    near = report.get("retain_vocabulary")
+    if near and near["near"]:
+        table.add_row("kept though near" if near["kept_by_user"] else "left out (near)", near_line(near))
     if proj["method"] == "finetune":
         ft = report["finetune"]
         table.add_row("method", f"finetune: {ft['steps']} of {ft['step_budget']} steps, {ft['images_seen']} images")

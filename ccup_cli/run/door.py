@@ -36,11 +36,16 @@ if TYPE_CHECKING:  # pragma: no cover - data (numpy) is imported when a dataset 
     from ..spec.schema import UnlearnSpec  # pydantic: ccup eval and audit need no spec (start-up time)
 
 
+NO_EVAL = "none"  # --eval none: evaluate nothing; the retain side is the default vocabulary
+
+
 def default_eval(model: str | None, eval_name: str | None, domains: bool = False) -> str | None:
     """An embedded model evaluates on the embedded subset (in its three domains when the spec
     names domains) unless told otherwise."""
     if eval_name is None and (model is None or model in EMBEDDED_MODELS):
         return MINI_DOMAINS_NAME if domains else MINI_NAME
+    if eval_name is not None and eval_name.lower() == NO_EVAL and not Path(eval_name).exists():
+        return None  # "none": no dataset, even for an embedded model (the default retain vocabulary)
     return eval_name
 
 
@@ -100,15 +105,17 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
     if need_eval and not spec.eval:
         problems.add("eval: a dataset is needed here; pass --eval DATASET (a name or an ImageFolder path)")
     dataset = None
-    names = {"forget": spec.forget, "retain": spec.retain}
+    names = {"forget": spec.forget, "retain": spec.retain, **concept_class_lists(spec)}
+    if spec.concept_classes and not spec.eval:
+        problems.add("concept_classes: names classes of an eval dataset, and none is given; pass --eval DATASET")
     if spec.eval and problems.passes(check_dataset_name, spec.eval):
         preset = preset_classnames(spec.eval) if spec.eval in DATASET_NAMES and spec.classnames is None else None
         if preset:  # a named dataset's classes are known before its files are opened
-            problems.attempt(check_classes_in, names, preset, spec.eval)
+            problems.attempt(check_classes_in, names, preset, spec.eval, concept_hint=True)
         dataset = problems.attempt(open_eval_dataset, spec.eval, spec.data_root, spec.eval_split, spec.download,
                                    spec.eval_limit, spec.classnames, timer)
         if dataset is not None and not preset:
-            problems.attempt(check_classes_in, names, dataset.classnames, dataset.name)
+            problems.attempt(check_classes_in, names, dataset.classnames, dataset.name, concept_hint=True)
     if options.out is not None:
         problems.attempt(check_output, options.out, options.overwrite, (spec.pretrained, spec.model))
     problems.raise_all()
@@ -116,7 +123,10 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
         check_classes_in(names, dataset.classnames, dataset.name)
         spec = spec.model_copy(update={
             "forget": canonical_names(spec.forget, dataset.classnames),
-            "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None})
+            "retain": canonical_names(spec.retain, dataset.classnames) if spec.retain is not None else None,
+            "concept_classes": {k: canonical_names(v, dataset.classnames) for k, v in spec.concept_classes.items()}
+            if spec.concept_classes is not None else None})
+        concept_retain_problems(spec)
     sides, domain_table = None, None
     if uses_domains or spec.forget_prompts or spec.retain_prompts:
         spec, sides, domain_table = admit_sides(spec, dataset, templates, retain_templates)
@@ -126,6 +136,22 @@ def admit(spec: UnlearnSpec, options: RunOptions, timer: PhaseTimer, need_eval: 
         with timer("open_train_data"):
             train = finetune_dataset(spec, dataset)
     return Plan(spec, dataset, templates, retain_templates, train, sides, domain_table, references)
+
+
+def concept_class_lists(spec: UnlearnSpec) -> dict[str, list[str]]:
+    """``concept_classes`` as the lists ``check_classes_in`` reads, one field path per concept."""
+    return {f"concept_classes.{k}": v for k, v in (spec.concept_classes or {}).items()}
+
+
+def concept_retain_problems(spec: UnlearnSpec) -> None:
+    """A class that the user names as covered by a concept cannot also be kept."""
+    if spec.retain is None or not spec.concept_classes:
+        return
+    covered = {c.lower(): k for k, v in spec.concept_classes.items() for c in v}
+    problems = [f'retain[{i}]: "{c}" is covered by concept "{covered[c.lower()]}" (concept_classes); '
+                "a class cannot be forgotten and kept" for i, c in enumerate(spec.retain) if c.lower() in covered]
+    if problems:
+        raise SpecError(problems)
 
 
 def reference_folders(spec: UnlearnSpec, domain_table: dict[str, list[str]] | None) -> dict[str, Path] | None:

@@ -32,6 +32,7 @@ from ..text.templates import build_prompts
 from .options import RunOptions
 from .provenance import PhaseTimer
 from .sweep import SweepInputs
+from .vocabulary import Choices, choose_sides
 
 if TYPE_CHECKING:  # pragma: no cover
     from .door import Plan
@@ -46,6 +47,7 @@ class Features:
     retain_names: list[str]  # the retain classes as resolved (spec, dataset, or ImageNet names)
     forget_names: list[str]  # the classes of the forget split (every class of a forgotten domain, too)
     inputs: SweepInputs | None  # image features, classifier, fold site: None without a dataset
+    choices: Choices | None = None  # how the class sides were chosen (concepts, near names); None with prompt sides
 
 
 @dataclass
@@ -146,18 +148,20 @@ class Session:
         and the classifier (``SweepInputs``) that the metrics at any strength read."""
         spec, dataset = plan.spec, plan.dataset
         classnames = dataset.classnames if dataset else None
-        retain_names = spec.retain if spec.retain is not None else default_retain(spec.forget, classnames)
+        choices = None
         if plan.sides is not None:  # domains or free prompts (prompt_sides.py)
+            retain_names = spec.retain if spec.retain is not None else default_retain(spec.forget, classnames)
             forget, retain = self.embed_prompt_sides(*plan.sides)
             forget_names = forgotten_classes(spec.forget, spec.forget_domains, classnames or [])
-        else:
-            forget, retain = self.embed_sides(spec.forget, retain_names, plan.templates, plan.retain_templates)
-            forget_names = list(spec.forget)
+        else:  # concepts and the default vocabulary's near names are decided here (vocabulary.py)
+            choices = choose_sides(self, plan)
+            forget, retain, forget_names, retain_names = (choices.forget, choices.retain, choices.forget_names,
+                                                          choices.retain_names)
         inputs = None
         if dataset is not None:
             inputs = evaluation_inputs(self, dataset, plan.templates, forget, retain)
             inputs.forget_names, inputs.forget_domains = forget_names, tuple(spec.forget_domains)
-        return Features(forget, retain, list(retain_names), forget_names, inputs)
+        return Features(forget, retain, list(retain_names), forget_names, inputs, choices)
 
     def reference_features(self, folders: dict) -> ReferenceFeatures:
         """``methods.table.ReferenceFeatures`` of ``{domain: folder}``: each domain's unlabelled images,

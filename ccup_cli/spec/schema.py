@@ -45,6 +45,17 @@ class UnlearnSpec(BaseModel):
     forget_prompts: list[str] = Field(default_factory=list, description="free prompts added to the forget side "
                                       "as they stand")
     retain_prompts: list[str] = Field(default_factory=list, description="free prompts added to the retain side")
+    forget_concepts: list[str] = Field(default_factory=list, description="words wider than a class (footwear): "
+                                       "forget them and the eval classes each covers, by text similarity in the "
+                                       "model (docs/concepts.md)")
+    concept_classes: dict[str, list[str]] | None = Field(None, description="the classes a concept covers, decided "
+                                                         "by you: {footwear: [sandal, sneaker]}; [] covers none")
+    concept_threshold: float = Field(defaults.CONCEPT_THRESHOLD, description="a concept covers a class at this "
+                                     "standardised similarity (z against ImageNet names) or above")
+    keep_near_retain: bool = Field(False, description="keep default-vocabulary names near a forget name on the "
+                                   "retain side (default: left out, and listed in the report)")
+    near_retain_threshold: float = Field(defaults.NEAR_RETAIN_THRESHOLD, description="a default-vocabulary name "
+                                         "at this standardised similarity to a forget name or above is left out")
     domain_images: dict[str, str] | str | None = Field(None, description="domain-edit: unlabelled reference images "
                                                        "of every domain, {domain: folder} or one folder of "
                                                        "<domain>/ folders; any class, none of the forgotten one needed")
@@ -124,7 +135,12 @@ class UnlearnSpec(BaseModel):
     def _domain_image_pairs(cls, value):
         return parse_domain_images(value)
 
-    @field_validator("forget", "retain", "forget_domains", "forget_prompts", "retain_prompts")
+    @field_validator("concept_classes", mode="before")
+    @classmethod
+    def _concept_class_lists(cls, value):
+        return parse_concept_classes(value)
+
+    @field_validator("forget", "retain", "forget_domains", "forget_prompts", "retain_prompts", "forget_concepts")
     @classmethod
     def _clean_names(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
@@ -184,7 +200,7 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     """
     merged = dict(file_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("forget", "retain", "forget_domains"):
+    for key in ("forget", "retain", "forget_domains", "forget_concepts"):
         if key in merged:
             merged[key] = split_csv(merged[key])
     problems = []
@@ -202,8 +218,10 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{_field_path(e['loc'])}: {msg}")
     problems += semantic_problems(merged.get("forget"), merged.get("retain"),
-                                  other_forget=bool(merged.get("forget_domains") or merged.get("forget_prompts")))
+                                  other_forget=bool(merged.get("forget_domains") or merged.get("forget_prompts")
+                                                    or merged.get("forget_concepts")))
     problems += prompt_problems(merged)
+    problems += concept_problems(merged)
     if spec is not None and spec.method == "finetune" and spec.fold == "text":
         problems.append("fold: text does not apply to method finetune, which trains the image tower; "
                         "use fold: auto or image")
@@ -235,6 +253,53 @@ def prompt_problems(merged: dict[str, Any]) -> list[str]:
     for i, entry in enumerate(_names(merged.get("retain_prompts"))):
         if entry in overlap:
             problems.append(f'retain_prompts[{i}]: "{entry}" is also in forget_prompts')
+    return problems
+
+
+def parse_concept_classes(value: Any) -> Any:
+    """``"footwear=sandal+sneaker+ankle boot,tops=shirt"`` (the flag's form) -> ``{concept: [classes]}``;
+    ``footwear=`` covers none. A mapping's values may be one class or a list; other types pass to pydantic."""
+    if isinstance(value, str):
+        table = {}
+        for pair in (p.strip() for p in value.split(",") if p.strip()):
+            concept, sep, classes = pair.partition("=")
+            if not sep or not concept.strip():
+                raise ValueError(f'"{pair}" is not CONCEPT=CLASS+CLASS; e.g. footwear=sandal+sneaker+ankle boot')
+            table[concept.strip()] = [c.strip() for c in classes.split("+") if c.strip()]
+        return table
+    if isinstance(value, dict):
+        return {str(k).strip(): ([value_] if isinstance(value_, str) else ([] if value_ is None else value_))
+                for k, value_ in value.items()}
+    return value
+
+
+def concept_problems(merged: dict[str, Any]) -> list[str]:
+    """Checks on forget_concepts and concept_classes across fields (raw values)."""
+    problems = []
+    concepts = _names(split_csv(merged.get("forget_concepts")))
+    forget_lower = {n.lower() for n in _names(merged.get("forget"))}
+    seen: set[str] = set()
+    for i, concept in enumerate(concepts):
+        if not concept:
+            problems.append(f"forget_concepts[{i}]: empty entry; remove it")
+        elif concept.lower() in seen:
+            problems.append(f'forget_concepts[{i}]: "{concept}" is listed twice; remove the duplicate')
+        elif concept.lower() in forget_lower:
+            problems.append(f'forget_concepts[{i}]: "{concept}" is also in forget; list it once')
+        seen.add(concept.lower())
+    if concepts and (merged.get("forget_domains") or merged.get("domains") or merged.get("forget_prompts")
+                     or merged.get("retain_prompts")):
+        problems.append("forget_concepts: not combined with forget_domains, domains or free prompts; "
+                        "forget a concept in every domain, or add its words to forget_prompts instead")
+    if concepts and merged.get("method") == "finetune":
+        problems.append("forget_concepts: method finetune trains on class labels; name the classes in forget, "
+                        "or use ccup or nullspace")
+    named = merged.get("concept_classes")
+    if isinstance(named, dict):
+        for concept in named:
+            if str(concept).strip().lower() not in seen:
+                problems.append(f'concept_classes.{concept}: "{concept}" is not in forget_concepts; '
+                                "add it there, or remove this entry")
     return problems
 
 
