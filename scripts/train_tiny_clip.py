@@ -122,6 +122,12 @@ VALIDATION_SIZE = 5000
 CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather than a synonym
 
 
+def _refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2 (as ccup's own commands do)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_without(text: str | None) -> list[str]:
     """``--without`` as class names in CLASSNAMES' spelling and order given; a one-line exit 2 otherwise."""
     if not text:
@@ -130,11 +136,11 @@ def parse_without(text: str | None) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n.lower() not in lookup]
     if unknown or not names:
-        sys.exit(f"error: --without: {', '.join(unknown) or repr(text)} is not a Fashion-MNIST class; "
+        _refuse(f"--without: {', '.join(unknown) or repr(text)} is not a Fashion-MNIST class; "
                  f"choose from {', '.join(CLASSNAMES)}")
     chosen = list(dict.fromkeys(lookup[n.lower()] for n in names))
     if len(chosen) >= len(CLASSNAMES) - 1:
-        sys.exit("error: --without: leave at least two classes to train on")
+        _refuse("--without: leave at least two classes to train on")
     return chosen
 
 
@@ -157,7 +163,7 @@ def synonym_tables(without) -> tuple[dict[str, list[str]], dict[str, list[str]],
         if c in without:
             continue
         if names_phrase(c, banned):
-            sys.exit(f"error: --without: the class name {c!r} names a left-out class; leave {c} out too")
+            _refuse(f"--without: the class name {c!r} names a left-out class; leave {c} out too")
         train[c] = [s for s in SYNONYMS[c][0] if not names_phrase(s, banned)]
         heldout[c] = [s for s in SYNONYMS[c][1] if not names_phrase(s, banned)] or [c]
         gone = [s for s in SYNONYMS[c][0] + SYNONYMS[c][1] if names_phrase(s, banned)]
@@ -410,6 +416,7 @@ def main() -> None:
         "seed": args.seed, "epochs": args.epochs, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
         "photo_share": args.photo_share, "neutral_share": args.neutral_share if args.domains else None,
         "device": device, "train_seconds": round(time.time() - t0, 1), "train_images": len(images),
+        "train_images_per_class": {c: int((labels == k).sum()) for k, c in enumerate(CLASSNAMES)},
         "test_top1_openai_templates": default_acc, "test_top1_heldout_templates_and_synonyms": heldout_acc,
         "test_top1_per_class_openai_templates": per_class,
         "without": without or None,
