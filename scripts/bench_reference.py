@@ -28,7 +28,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchdoc import write_section  # noqa: E402
 
-from ccup_cli.audit.reference import AS_IF_NEVER_LEARNT, LESS_FORGOTTEN, MORE_FORGOTTEN, TOLERANCES, UNLIKE  # noqa: E402
+from ccup_cli.audit.reference import (  # noqa: E402
+    AS_IF_NEVER_LEARNT,
+    LESS_FORGOTTEN,
+    MORE_FORGOTTEN,
+    TOLERANCES,
+    UNLIKE,
+    verdict_groups,
+)
 from ccup_cli.audit.reference_page import _gap, _shares, _value  # noqa: E402
 from ccup_cli.jobs.audit import AuditRequest, run_audit  # noqa: E402
 from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
@@ -65,6 +72,7 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--eval-limit", type=int, default=None, help="images per class (smoke runs only)")
     parser.add_argument("--json", default=None, help="write every audit's reference section here")
+    parser.add_argument("--keep", default=None, help="write each audit's folder (audit.json, audit.md) under here")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     forget = [c.strip() for c in args.forget.split(",")]
@@ -84,7 +92,8 @@ def main() -> None:
             run_unlearn(build_spec({}, spec), options.but(out=folder))
             report = run_audit(AuditRequest(str(folder), eval=args.eval, data_root=args.data_root,
                                             eval_limit=args.eval_limit, aliases=str(aliases), probe_shots=[4, 16],
-                                            reference=args.reference), options)
+                                            reference=args.reference),
+                               options.but(out=Path(args.keep) / folder.name, overwrite=True) if args.keep else options)
             results[method] = report
             seconds[method] = time.perf_counter() - t0
             print(f"{method}: {report['reference']['headline']} ({seconds[method]:.0f} s)", flush=True)
@@ -112,12 +121,13 @@ def render(results: dict, methods: list[str], forget: list[str], args) -> str:
              "Verdict per measure against the reference: = as if never learnt (within the tolerance), "
              "↓ more forgotten than a retrained model, ↑ less forgotten, ≠ unlike a retrained model (where the "
              "images go). Tolerances (absolute): " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items()) + ".",
-             "", "| method | as if never learnt | more forgotten | less forgotten | unlike | headline |",
-             "|---|---|---|---|---|---|"]
+             "", "| method | = as if never learnt | ↓ more forgotten | ↑ less forgotten | ≠ unlike | ↓ where | ↑ where |",
+             "|---|---|---|---|---|---|---|"]
     for m in methods:
-        s = results[m]["reference"]["summary"]
+        s, rows = results[m]["reference"]["summary"], results[m]["reference"]["rows"]
         lines.append(f"| {m} | {s[AS_IF_NEVER_LEARNT]} of {s['measured']} | {s[MORE_FORGOTTEN]} | "
-                     f"{s[LESS_FORGOTTEN]} | {s[UNLIKE]} | {results[m]['reference']['headline']} |")
+                     f"{s[LESS_FORGOTTEN]} | {s[UNLIKE]} | {'; '.join(verdict_groups(rows, MORE_FORGOTTEN)) or '–'} | "
+                     f"{'; '.join(verdict_groups(rows, LESS_FORGOTTEN)) or '–'} |")
     lines += ["", "Every measure (values in %, AUC and distances as decimals), the original, the reference and "
               "each method's value with its verdict mark:", "",
               "| class | measure | original | reference | " + " | ".join(methods) + " |",

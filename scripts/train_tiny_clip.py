@@ -119,6 +119,7 @@ NEUTRAL_TEMPLATES = ["a {}.", "{}", "an item of clothing: a {}."]
 NEUTRAL_SHARE = 0.2  # --domains: share of captions that name no domain
 
 VALIDATION_SIZE = 5000
+SHIPPED_EPOCHS = 14  # the epochs ccup-tiny-fashion was trained for (its MODEL_CARD.md)
 CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather than a synonym
 
 
@@ -455,6 +456,8 @@ def reference_card(model_name: str, summary: dict, args) -> str:
                      for c, a in summary["test_top1_per_class_openai_templates"].items())
     dropped = "; ".join(f"{c}: {', '.join(s)}" for c, s in left["retained_synonyms_dropped"].items()) or "none"
     command = " ".join(["python scripts/train_tiny_clip.py", *sys.argv[1:]])
+    epochs = "" if summary["epochs"] == SHIPPED_EPOCHS or args.domains else (
+        f" One difference: {summary['epochs']} epochs here, {SHIPPED_EPOCHS} for the shipped model.")
     return f"""# {model_name}
 
 A **reference model** for unlearning: `{base}` retrained with the same recipe and seed, but never
@@ -478,7 +481,7 @@ tokenizer = open_clip.get_tokenizer("local-dir:PATH/{model_name}")
 - synonyms of retained classes dropped because they name a left-out class: {dropped}
 - held-out synonyms measured: the shipped model's, less those above
 
-Everything else is the shipped recipe (see `{base}`'s card): templates, batch, optimiser, seed.
+Everything else is the shipped recipe (see `{base}`'s card): templates, batch, optimiser, seed.{epochs}
 
 ## Training
 

@@ -281,18 +281,19 @@ def compare(views: dict[str, ModelView], labels: np.ndarray, classnames: Sequenc
             "headline": reference_headline(rows, summary)}
 
 
+def verdict_groups(rows: list[dict], verdict: str) -> list[str]:
+    """The measure groups (text search by depth) with at least one row of ``verdict``, in table order."""
+    return list(dict.fromkeys(f"{r['group']} {r['measure']}" if r["group"] == "text search, its name" else r["group"]
+                              for r in rows if r["verdict"] == verdict))
+
+
 def reference_headline(rows: list[dict], summary: dict) -> str:
     """One sentence: how many measures are as if never learnt, and which groups fall on which side."""
-    def groups(verdict: str) -> str:
-        names = list(dict.fromkeys(f"{r['group']} {r['measure']}" if r["group"] == "text search, its name"
-                                   else r["group"] for r in rows if r["verdict"] == verdict))
-        return "; ".join(names)
-
     measured = summary["measured"]
     if not measured:
         return "Against the reference: nothing measured."
     text = f"Against the reference: as if never learnt on {summary[AS_IF_NEVER_LEARNT]} of {measured} measures"
     for verdict in (MORE_FORGOTTEN, LESS_FORGOTTEN, UNLIKE):
         if summary[verdict]:
-            text += f"; {verdict} on {summary[verdict]} ({groups(verdict)})"
+            text += f"; {verdict} on {summary[verdict]} ({'; '.join(verdict_groups(rows, verdict))})"
     return text + "."
