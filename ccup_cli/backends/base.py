@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import DependencyError
+from ..errors import CheckpointError, DependencyError
+from ..presets.defaults import EMBEDDED_PRETRAINED, LIT_MODELS
 from .sources import transformers_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +82,25 @@ def _check_transformers() -> None:
                               "pip install 'ccup[transformers]'")
 
 
+def _load_lit(model: str | None, pretrained: str | None, device: str) -> Backend:
+    # lazy: start-up time (the seam is read at the door)
+    from .lit import assemble
+    from .transformers import load_transformers_model
+
+    if pretrained not in (None, EMBEDDED_PRETRAINED):
+        raise CheckpointError(f"{model} ships its own weights; --pretrained {pretrained} cannot replace them",
+                              f"drop --pretrained, or pass an unlearned {model} folder as --pretrained without --model")
+    loaded = load_transformers_model(assemble(str(model)), device)
+    loaded.display_name = str(model)
+    return loaded
+
+
+def _check_lit() -> None:
+    from .lit import check_lit_extra
+
+    check_lit_extra()
+
+
 def _load_open_clip(model: str | None, pretrained: str | None, device: str) -> Backend:
     # lazy: start-up time (the seam is read at the door)
     from .open_clip import load_model
@@ -99,6 +119,7 @@ class BackendEntry:
 BACKENDS: list[BackendEntry] = [  # the first that claims a source loads it; open_clip takes the rest
     BackendEntry("transformers", lambda model, pretrained: transformers_source(model, pretrained) is not None,
                  _load_transformers, _check_transformers),
+    BackendEntry("lit", lambda model, pretrained: model in LIT_MODELS, _load_lit, _check_lit),
     BackendEntry("open_clip", lambda model, pretrained: True, _load_open_clip),
 ]
 

@@ -30,12 +30,13 @@ def transformers_source(model: str | None, pretrained: str | None) -> Path | Non
 # the files a transformers CLIP or SigLIP folder needs; the tokenizer is tokenizer.json, vocab.json with
 # merges.txt, or SigLIP's sentencepiece spiece.model
 TRANSFORMERS_NEEDS = ("config.json", "model.safetensors", "preprocessor_config.json")
-TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",))
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",), ("vocab.txt",))
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # the files a --pretrained path can be
 _NOT_PATHS = ("none", "embedded")
 
 
-TRANSFORMERS_MODEL_TYPES = ("clip", "siglip")  # the config.json model_types the transformers backend loads
+# the config.json model_types the transformers backend loads
+TRANSFORMERS_MODEL_TYPES = ("clip", "siglip", "vision-text-dual-encoder")
 UNSUPPORTED_MODEL_TYPES = {
     "siglip2": "Siglip2Model takes NaFlex patch inputs (pixel_attention_mask, spatial_shapes) that ccup's image "
                "pipeline does not produce yet",
@@ -65,12 +66,12 @@ def transformers_folder_problems(folder: Path, field: str = "model") -> list[str
         return [f"{field}: {folder} is a file; pass the folder that holds it: transformers:{folder.parent}"]
     model_type = _model_type(folder)
     if (folder / "config.json").is_file() and model_type not in TRANSFORMERS_MODEL_TYPES:
-        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP and SigLIP models only")
-        return [f"{field}: {folder}: model_type {model_type!r} is not supported: {why}; pass a CLIP or SigLIP "
-                'folder (config.json model_type "clip" or "siglip")']
+        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP, SigLIP and dual-encoder models only")
+        return [f"{field}: {folder}: model_type {model_type!r} is not supported: {why}; pass a CLIP, SigLIP or "
+                'VisionTextDualEncoder folder (config.json model_type "clip", "siglip" or "vision-text-dual-encoder")']
     missing = [name for name in TRANSFORMERS_NEEDS if not (folder / name).is_file()]
     if not any(all((folder / name).is_file() for name in group) for group in TOKENIZER_FILES):
-        missing.append("tokenizer.json (or vocab.json and merges.txt)")
+        missing.append("tokenizer.json (or vocab.json and merges.txt, or vocab.txt)")
     if missing:
         return [f"{field}: transformers folder {folder} lacks {', '.join(missing)}; save the model, its processor "
                 "and its tokenizer there (CLIPModel / CLIPProcessor.save_pretrained)"]

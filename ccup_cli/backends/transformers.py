@@ -1,4 +1,4 @@
-"""The transformers backend: Hugging Face ``CLIPModel`` and ``SiglipModel`` folders.
+"""The transformers backend: Hugging Face ``CLIPModel``, ``SiglipModel`` and ``VisionTextDualEncoderModel`` folders.
 
 A folder of ``config.json`` (``model_type: clip`` or ``siglip``), ``model.safetensors``,
 ``preprocessor_config.json`` and tokenizer files.
@@ -11,6 +11,11 @@ A folder of ``config.json`` (``model_type: clip`` or ``siglip``), ``model.safete
   site; W goes into the text tower's ``text_model.head`` (a Linear with bias:
   ``weight' = Wᵀ · weight``, ``bias' = Wᵀ · bias``). The text tower is bidirectional and pooled at
   the last position, so prompts are padded to ``max_position_embeddings`` as SigLIP was trained.
+- Dual encoders (``model_type: vision-text-dual-encoder``, any vision and text tower transformers
+  provides, e.g. a LiT pairing of a ViT with a BERT): like CLIP, the image side ends in
+  ``visual_projection`` and the text side in ``text_projection``, both Linears without bias; the
+  pre-projection features are the vision tower's ``pooler_output``. Prompts run unpadded, batched
+  with prompts of the same token length, so no padding or attention mask can change a feature.
 
 ``transformers`` is an optional extra, imported only inside functions.
 """
@@ -38,12 +43,14 @@ TRANSFORMERS_PREFIX = "transformers:"
 WEIGHTS_NAME = "model.safetensors"
 SITE_PATH = "visual_projection"
 # the final linear maps of each supported model_type: (image side, text side); None: that side has none
-SITES = {"clip": ("visual_projection", "text_projection"), "siglip": (None, "text_model.head")}
-MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+DUAL_ENCODER = "vision-text-dual-encoder"
+SITES = {"clip": ("visual_projection", "text_projection"), "siglip": (None, "text_model.head"),
+         DUAL_ENCODER: ("visual_projection", "text_projection")}
+MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel", DUAL_ENCODER: "VisionTextDualEncoderModel"}
 # every file a CLIP or SigLIP folder keeps beside its weights; missing ones are skipped
 CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                "added_tokens.json", "chat_template.json", "spiece.model")
+                "added_tokens.json", "chat_template.json", "spiece.model", "vocab.txt")
 _NO_IMAGE_SITE = "its vision head ends in a residual attention-pooling MLP, so no single final linear map can be folded"
 
 
@@ -201,11 +208,15 @@ class HFLoaded:
         return self.model.text_projection(pooled)
 
     def supports_fast_text(self) -> bool:
-        """Whether the text tower is CLIP's causal, EOS-pooled one, where unpadded runs are exact.
+        """Whether prompts run unpadded, batched by token length (exact: no pad token is ever seen).
 
-        SigLIP's text tower attends both ways and is pooled at the last position, so every prompt
-        runs padded to its full length.
+        True for CLIP's causal, EOS-pooled text tower and for a dual encoder's text tower (a prompt
+        of the same length as its batch-mates needs neither padding nor an attention mask). SigLIP's
+        text tower attends both ways and is pooled at the last position, so every prompt runs padded
+        to its full length, as SigLIP was trained.
         """
+        if self.model_type == DUAL_ENCODER:
+            return True
         return self.model_type == "clip" and isinstance(self.model.text_model, import_transformers().CLIPTextModel)
 
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = 256,
@@ -247,12 +258,14 @@ class HFLoaded:
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The image tower's last encoder layer, its post-layernorm and ``visual_projection``."""
-        if self.model_type != "clip":
+        if self.model_type not in ("clip", DUAL_ENCODER):
             raise CheckpointError(f"fine-tuning trains the image tower's final linear map, and a {self.model_type} "
                                   "image tower has none", "use method ccup, which folds on the text side")
-        last = len(self.model.vision_model.encoder.layers) - 1
-        prefixes = (f"vision_model.encoder.layers.{last}.", "vision_model.post_layernorm.", f"{SITE_PATH}.")
-        return {n: p for n, p in self.model.named_parameters() if n.startswith(prefixes)}
+        if self.model_type == "clip":
+            last = len(self.model.vision_model.encoder.layers) - 1
+            prefixes = (f"vision_model.encoder.layers.{last}.", "vision_model.post_layernorm.", f"{SITE_PATH}.")
+            return {n: p for n, p in self.model.named_parameters() if n.startswith(prefixes)}
+        return _vision_tail(self.model)
 
     def write_config_files(self, folder: Path) -> dict[str, Path]:
         """Copy the source's config, preprocessor and tokenizer files into ``folder``; name -> path."""
@@ -267,6 +280,26 @@ class HFLoaded:
 
     def provenance(self) -> dict:
         return {"backend": self.backend, "transformers": _version("transformers"), "torch": torch.__version__}
+
+
+def _vision_tail(model: nn.Module) -> dict[str, nn.Parameter]:
+    """A dual encoder's image-tower tail, whatever the tower: its last encoder layer, every parameter
+    after the encoder (final norm, pooler) and ``visual_projection``."""
+    names = [n for n, _ in model.named_parameters() if n.startswith("vision_model.")]
+    layer_ids = sorted({int(part) for n in names for a, part in zip(n.split("."), n.split(".")[1:])
+                        if a in ("layer", "layers") and part.isdigit()})
+    last = f".{layer_ids[-1]}." if layer_ids else None
+
+    def wanted(name: str) -> bool:
+        if name.startswith(f"{SITE_PATH}."):
+            return True
+        if not name.startswith("vision_model."):
+            return False
+        if ".encoder." in name:
+            return last is not None and (f".layer{last}" in name or f".layers{last}" in name)
+        return "embeddings" not in name and "pre_layrnorm" not in name
+
+    return {n: p for n, p in model.named_parameters() if wanted(n)}
 
 
 def _version(package: str) -> str | None:
@@ -284,9 +317,10 @@ def _check_folder(folder: Path) -> Path:
         raise CheckpointError(f"{folder} has no config.json", "pass a folder written by save_pretrained")
     model_type = _model_type(folder)
     if model_type not in SITES:
-        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP and SigLIP models only")
+        why = UNSUPPORTED_MODEL_TYPES.get(str(model_type), "ccup folds into CLIP, SigLIP and dual-encoder models only")
         raise CheckpointError(f"{folder}: model_type {model_type!r} is not supported: {why}",
-                              "pass a CLIP or SigLIP folder (config.json model_type \"clip\" or \"siglip\")")
+                              "pass a CLIP, SigLIP or VisionTextDualEncoder folder (config.json model_type \"clip\", \"siglip\" "
+                              "or \"vision-text-dual-encoder\")")
     weights = folder / WEIGHTS_NAME
     missing = transformers_folder_problems(folder)
     if weights.is_file() and missing:  # weights present, processor or tokenizer files missing
@@ -328,10 +362,10 @@ def load_transformers_model(path: str | Path, device: str = "cpu", fold: str = "
     missing = [k for k in site.keys if k not in source_state]
     if missing:
         raise CheckpointError(f"{weights} holds no {missing[0]}", "pass a whole-model checkpoint, not a single tower")
-    if model_type == "clip" and (not isinstance(model.visual_projection, nn.Linear)
-                                 or model.visual_projection.bias is not None):
+    if model_type in ("clip", DUAL_ENCODER) and (not isinstance(model.visual_projection, nn.Linear)
+                                                 or model.visual_projection.bias is not None):
         raise CheckpointError(f"{folder}: visual_projection is not a Linear without bias",
-                              "pass a standard CLIPModel folder")
+                              f"pass a standard {MODEL_CLASSES[model_type]} folder")
     try:
         with quiet_transformers():
             processor = (transformers.CLIPImageProcessor if model_type == "clip"

@@ -31,5 +31,9 @@ FINETUNE_SEED = 0
 EMBEDDED_MODEL = "ccup-tiny-fashion"  # the model used when no --model is given
 # every model shipped in ccup_cli/assets/<name>/; the second learnt domain captions (issue 14)
 EMBEDDED_MODELS = (EMBEDDED_MODEL, "ccup-tiny-fashion-domains")
+# shipped LiT models (issue 27): a transformers dual encoder on the frozen all-MiniLM-L6-v2 text tower,
+# assembled into the cache from ccup_cli/assets/<name>/ and the `lit` extra (backends/lit.py)
+LIT_MODELS = ("ccup-lit-fashion",)
+EMBEDDED_MODELS = EMBEDDED_MODELS + LIT_MODELS
 # the pretrained tag of an embedded model's shipped weights, as the resolved spec records it
 EMBEDDED_PRETRAINED = "embedded"
