@@ -37,6 +37,7 @@ from ccup_cli.audit.reference import (  # noqa: E402
     verdict_groups,
 )
 from ccup_cli.audit.reference_page import _gap, _shares, _value  # noqa: E402
+from ccup_cli.errors import CcupError  # noqa: E402
 from ccup_cli.jobs.audit import AuditRequest, run_audit  # noqa: E402
 from ccup_cli.jobs.unlearn import run_unlearn  # noqa: E402
 from ccup_cli.run.options import RunOptions  # noqa: E402
@@ -73,12 +74,13 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="images per class (smoke runs only)")
     parser.add_argument("--json", default=None, help="write every audit's reference section here")
     parser.add_argument("--keep", default=None, help="write each audit's folder (audit.json, audit.md) under here")
+    parser.add_argument("--section", default="bench_reference", help="the docs/benchmarks.md section to write")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     forget = [c.strip() for c in args.forget.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = RunOptions(device="cpu")
-    results, seconds = {}, {}
+    results, seconds, skipped = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         held_out = yaml.safe_load(HELD_OUT_FILE.read_text())
         aliases = Path(tmp) / "held-out.yaml"  # the forget classes' entries only: the others are not judged
@@ -89,7 +91,12 @@ def main() -> None:
             spec = method_spec(method, forget, args)
             if args.eval_limit:
                 spec["eval_limit"] = args.eval_limit
-            run_unlearn(build_spec({}, spec), options.but(out=folder))
+            try:
+                run_unlearn(build_spec({}, spec), options.but(out=folder))
+            except CcupError as err:  # a method this model does not take: said, not hidden
+                skipped[method] = err.one_line()
+                print(f"{method}: not run: {skipped[method]}", flush=True)
+                continue
             report = run_audit(AuditRequest(str(folder), eval=args.eval, data_root=args.data_root,
                                             eval_limit=args.eval_limit, aliases=str(aliases), probe_shots=[4, 16],
                                             reference=args.reference),
@@ -99,13 +106,17 @@ def main() -> None:
             print(f"{method}: {report['reference']['headline']} ({seconds[method]:.0f} s)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({m: r["reference"] for m, r in results.items()}, indent=1) + "\n")
+    methods = [m for m in methods if m in results]
     body = render(results, methods, forget, args)
+    body += "".join(f"\n\n{m}: not run on this model ({why})." for m, why in skipped.items())
     print(body)
     if not args.no_doc:
         command = f"python scripts/bench_reference.py --reference {args.reference} --forget {args.forget}"
         if args.model:
             command += f" --model {args.model}"
-        write_section("bench_reference", command, body)
+        if args.section != "bench_reference":
+            command += f" --section {args.section}"
+        write_section(args.section, command, body)
 
 
 def render(results: dict, methods: list[str], forget: list[str], args) -> str:
