@@ -42,6 +42,7 @@ def test_without_an_unknown_class_exits_2_in_one_line():
     assert done.stderr.strip().count("\n") == 0 and "--without: sandl is not a Fashion-MNIST class" in done.stderr
 
 
+@pytest.mark.embedded
 @pytest.mark.skipif(not HAS_FASHION, reason="no Debian fashion-mnist")
 def test_two_step_without_run_writes_a_reference_with_its_card(tmp_path):
     import open_clip
