@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="images per class (smoke runs only)")
     parser.add_argument("--json", default=None, help="write every audit's reference section here")
     parser.add_argument("--keep", default=None, help="write each audit's folder (audit.json, audit.md) under here")
+    parser.add_argument("--from-kept", default=None, help="render the audit.json files a --keep run left here "
+                        "instead of running (methods without one are listed as not run)")
     parser.add_argument("--section", default="bench_reference", help="the docs/benchmarks.md section to write")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
@@ -81,11 +83,18 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     options = RunOptions(device="cpu")
     results, seconds, skipped = {}, {}, {}
+    if args.from_kept:
+        for method in methods:
+            found = Path(args.from_kept) / method.replace(":", "-") / "audit.json"
+            if found.is_file():
+                results[method] = json.loads(found.read_text())
+            else:
+                skipped[method] = "no audit was kept for it; see that run's log"
     with tempfile.TemporaryDirectory() as tmp:
         held_out = yaml.safe_load(HELD_OUT_FILE.read_text())
         aliases = Path(tmp) / "held-out.yaml"  # the forget classes' entries only: the others are not judged
         aliases.write_text(yaml.safe_dump({c: held_out[c] for c in forget if c in held_out}))
-        for method in methods:
+        for method in [] if args.from_kept else methods:
             t0 = time.perf_counter()
             folder = Path(tmp) / method.replace(":", "-")
             spec = method_spec(method, forget, args)
@@ -97,10 +106,15 @@ def main() -> None:
                 skipped[method] = err.one_line()
                 print(f"{method}: not run: {skipped[method]}", flush=True)
                 continue
-            report = run_audit(AuditRequest(str(folder), eval=args.eval, data_root=args.data_root,
-                                            eval_limit=args.eval_limit, aliases=str(aliases), probe_shots=[4, 16],
-                                            reference=args.reference),
-                               options.but(out=Path(args.keep) / folder.name, overwrite=True) if args.keep else options)
+            try:
+                report = run_audit(AuditRequest(str(folder), eval=args.eval, data_root=args.data_root,
+                                                eval_limit=args.eval_limit, aliases=str(aliases), probe_shots=[4, 16],
+                                                reference=args.reference),
+                                   options.but(out=Path(args.keep) / folder.name, overwrite=True) if args.keep else options)
+            except CcupError as err:  # e.g. an audit that cannot load this model's fine-tuned weights
+                skipped[method] = f"audit failed: {err.one_line()}"
+                print(f"{method}: {skipped[method]}", flush=True)
+                continue
             results[method] = report
             seconds[method] = time.perf_counter() - t0
             print(f"{method}: {report['reference']['headline']} ({seconds[method]:.0f} s)", flush=True)
