@@ -490,6 +490,11 @@ def audit_command(
     probe_seed: int = typer.Option(0, "--probe-seed", help="Seed of the draws and of the probes."),
     leace: bool = typer.Option(True, "--leace/--no-leace", help="The LEACE comparison row (needs "
                                "concept-erasure; fitted on labelled images)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="A model that never learnt the forget "
+                                            "classes (a folder, a checkpoint, an embedded name): every measure "
+                                            "side by side, with a verdict against it."),
+    reference_pretrained: Optional[str] = typer.Option(None, "--reference-pretrained", help="The reference's "
+                                                       "weights where --reference is a model name (none: random)."),
     eval_split: str = typer.Option("test", "--eval-split", help="Split of a named dataset the audit reads: test, "
                                    "or train."),
     download: bool = typer.Option(False, "--download", help="Allow a dataset download."),
@@ -517,7 +522,8 @@ def audit_command(
             from None
     req = AuditRequest(patched=patched, **fields, eval_split=eval_split, download=download,
                        forget=split_csv(forget or ""), aliases=str(aliases) if aliases else None, templates=templates,
-                       probe_shots=shots, probe_draws=probe_draws, probe_seed=probe_seed, leace=leace)
+                       probe_shots=shots, probe_draws=probe_draws, probe_seed=probe_seed, leace=leace,
+                       reference=reference, reference_pretrained=reference_pretrained)
     with flags.options(out) as options:
         report = run_audit(req, options)
     from .audit.page import audit_table, domain_grid_table  # lazy: torch (the door answers without it)
@@ -531,6 +537,11 @@ def audit_command(
         stdout.print(audit_table(report))
         if report.get("domain_grid"):
             stdout.print(domain_grid_table(report))
+        if report.get("reference"):
+            from .audit.reference_page import reference_table
+
+            stdout.print(f"[bold]against the reference:[/] {report['reference']['headline']}", highlight=False)
+            stdout.print(reference_table(report))
         if out is not None:
             stdout.print(f"written: {report['outputs']['folder']} (audit.md, audit.json, figures)")
     if check and _rank() == 0:

@@ -25,6 +25,14 @@ point and no map can tell the domains apart. Per-domain templates in
 ``DOMAIN_HELDOUT_TEMPLATES`` are held out and measure generalisation. Smoke run (seconds)::
 
     python scripts/train_tiny_clip.py --domains --max-steps 2 --train-limit 64 --test-limit 60 --out /tmp/x
+
+``--without CLASSES`` trains a *reference* model for unlearning (issue 28): the same recipe and
+seed, but no training image of those classes and no caption naming them or any of their
+synonyms (training or held-out); a retained class's synonym that names one is dropped too. It is
+written as ``ccup-tiny-fashion-without-<classes>`` (never over the shipped model), with a model
+card and a training log that list what was left out, for ``ccup audit --reference``::
+
+    python scripts/train_tiny_clip.py --without sandal,sneaker --epochs 14 --out /work/models
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,7 +119,58 @@ NEUTRAL_TEMPLATES = ["a {}.", "{}", "an item of clothing: a {}."]
 NEUTRAL_SHARE = 0.2  # --domains: share of captions that name no domain
 
 VALIDATION_SIZE = 5000
+SHIPPED_EPOCHS = 14  # the epochs ccup-tiny-fashion was trained for (its MODEL_CARD.md)
 CANONICAL_SHARE = 0.5  # share of captions that use the class name itself rather than a synonym
+
+
+def _refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2 (as ccup's own commands do)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_without(text: str | None) -> list[str]:
+    """``--without`` as class names in CLASSNAMES' spelling and order given; a one-line exit 2 otherwise."""
+    if not text:
+        return []
+    lookup = {c.lower(): c for c in CLASSNAMES}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n.lower() not in lookup]
+    if unknown or not names:
+        _refuse(f"--without: {', '.join(unknown) or repr(text)} is not a Fashion-MNIST class; "
+                 f"choose from {', '.join(CLASSNAMES)}")
+    chosen = list(dict.fromkeys(lookup[n.lower()] for n in names))
+    if len(chosen) >= len(CLASSNAMES) - 1:
+        _refuse("--without: leave at least two classes to train on")
+    return chosen
+
+
+def names_phrase(text: str, phrases) -> bool:
+    """Whether ``text`` names any of ``phrases`` as a whole word ("t-shirt" does not name "shirt")."""
+    return any(re.search(rf"(?<![\w-]){re.escape(p.lower())}(?![\w-])", text.lower()) for p in phrases)
+
+
+def left_out_names(without) -> list[str]:
+    """Every name a left-out class goes by: its class name and all its synonyms, held-out ones included."""
+    return list(dict.fromkeys(n for c in without for n in [c, *SYNONYMS[c][0], *SYNONYMS[c][1]]))
+
+
+def synonym_tables(without) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+    """(training, held-out, dropped) synonyms per retained class, less any that name a left-out class.
+    With nothing left out these are exactly SYNONYMS (the shipped recipe)."""
+    banned = left_out_names(without)
+    train, heldout, dropped = {}, {}, {}
+    for c in CLASSNAMES:
+        if c in without:
+            continue
+        if names_phrase(c, banned):
+            _refuse(f"--without: the class name {c!r} names a left-out class; leave {c} out too")
+        train[c] = [s for s in SYNONYMS[c][0] if not names_phrase(s, banned)]
+        heldout[c] = [s for s in SYNONYMS[c][1] if not names_phrase(s, banned)] or [c]
+        gone = [s for s in SYNONYMS[c][0] + SYNONYMS[c][1] if names_phrase(s, banned)]
+        if gone:
+            dropped[c] = gone
+    return train, heldout, dropped
 
 
 def train_templates() -> list[str]:
@@ -158,8 +218,9 @@ def to_model_input(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).unsqueeze(1).expand(-1, 3, -1, -1)
 
 
-def zero_shot_accuracy(model, tokenizer, images, labels, templates, synonyms_of) -> float:
-    """Top-1 with class embeddings averaged over templates x the given synonyms of each class."""
+def zero_shot_accuracy(model, tokenizer, images, labels, templates, synonyms_of, per_class: bool = False):
+    """Top-1 with class embeddings averaged over templates x the given synonyms of each class (all ten
+    classes, left-out ones included); ``per_class``: ``{class: top-1}`` instead of the overall share."""
     model.eval()
     with torch.inference_mode():
         class_vecs = []
@@ -168,12 +229,17 @@ def zero_shot_accuracy(model, tokenizer, images, labels, templates, synonyms_of)
             feats = encode_prompts(model, tokenizer, prompts)
             class_vecs.append(class_embeddings(feats, 1, len(prompts))[0])
         text = torch.stack(class_vecs)
-        correct = 0
+        predicted = []
         for start in range(0, len(images), 1000):
             pixels = to_model_input(images[start : start + 1000]).to(text.device)
             img = F.normalize(model.encode_image(pixels), dim=-1)
-            correct += (img @ text.T).argmax(-1).cpu().eq(torch.as_tensor(labels[start : start + 1000])).sum().item()
-    return correct / len(images)
+            predicted.append((img @ text.T).argmax(-1).cpu())
+    hits = torch.cat(predicted).eq(torch.as_tensor(labels))
+    if per_class:
+        labels_t = torch.as_tensor(labels)
+        return {c: round(hits[labels_t == k].float().mean().item(), 4) for k, c in enumerate(CLASSNAMES)
+                if bool((labels_t == k).any())}
+    return hits.sum().item() / len(images)
 
 
 def main() -> None:
@@ -192,12 +258,19 @@ def main() -> None:
                         "drawn as photos, the rest split evenly (default: every domain alike)")
     parser.add_argument("--neutral-share", type=float, default=NEUTRAL_SHARE, help="--domains: share of captions "
                         "that name no domain")
+    parser.add_argument("--without", default=None, metavar="CLASSES", help="train a reference model that never "
+                        "saw these classes (comma-separated): no image of them, no caption naming them or a synonym; "
+                        "written as ccup-tiny-fashion[-domains]-without-<classes>")
     parser.add_argument("--train-limit", type=int, default=0, help="first N training images only (smoke tests)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test images only (smoke tests)")
     parser.add_argument("--eval-templates", type=int, default=0, help="first N templates of each final "
                         "measurement only (smoke tests; 0: all)")
     args = parser.parse_args()
+    without = parse_without(args.without)
     model_name = MODEL_NAME + "-domains" if args.domains else MODEL_NAME
+    if without:
+        model_name += "-without-" + "-".join(c.replace(" ", "-") for c in without)
+    train_synonyms, heldout_synonyms, dropped_synonyms = synonym_tables(without)
 
     import open_clip
 
@@ -212,6 +285,10 @@ def main() -> None:
     test_images, test_labels = load_idx_split(args.data_root, "test")
     train_idx, _ = split_indices(len(images), args.seed)
     images, labels = images[train_idx], labels[train_idx]
+    without_ids = [CLASSNAMES.index(c) for c in without]
+    kept = ~np.isin(labels, without_ids)  # --without: no image of a left-out class, ever
+    images_removed = int((~kept).sum())
+    images, labels = images[kept], labels[kept]
     if args.train_limit:
         images, labels = images[: args.train_limit], labels[: args.train_limit]
     if args.test_limit:
@@ -223,12 +300,15 @@ def main() -> None:
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
     templates = train_templates()
     # every training caption, tokenised once: [class][synonym x template] -> token ids
-    caption_tokens = [tokenizer(build_prompts(SYNONYMS[c][0], templates)) for c in CLASSNAMES]
+    # (a left-out class has none: it has no image to caption, and no retained caption names it)
+    caption_tokens = [tokenizer(build_prompts(train_synonyms[c], templates)) if c in train_synonyms else None
+                      for c in CLASSNAMES]
     if args.domains:  # [domain][class] -> token ids; the last domain slot holds the neutral captions
         per_domain = domain_train_templates()
-        domain_tokens = [[tokenizer(build_prompts(SYNONYMS[c][0], per_domain[d])) for c in CLASSNAMES]
-                         for d in domain_names]
-        domain_tokens.append([tokenizer(build_prompts(SYNONYMS[c][0], NEUTRAL_TEMPLATES)) for c in CLASSNAMES])
+        domain_tokens = [[tokenizer(build_prompts(train_synonyms[c], per_domain[d])) if c in train_synonyms
+                          else None for c in CLASSNAMES] for d in domain_names]
+        domain_tokens.append([tokenizer(build_prompts(train_synonyms[c], NEUTRAL_TEMPLATES)) if c in train_synonyms
+                              else None for c in CLASSNAMES])
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -272,7 +352,7 @@ def main() -> None:
                 neutral = torch.rand(len(idx), generator=gen) < args.neutral_share
                 slots = torch.where(neutral, len(domain_names), drawn).tolist()
                 tokens = torch.stack([
-                    domain_tokens[s][c][(k % (len(domain_tokens[s][c]) // len(SYNONYMS[CLASSNAMES[c]][0])))
+                    domain_tokens[s][c][(k % (len(domain_tokens[s][c]) // len(train_synonyms[CLASSNAMES[c]])))
                                         if canon else (k % len(domain_tokens[s][c]))]
                     for s, c, k, canon in zip(slots, y.tolist(), choice.tolist(), canonical.tolist())])
             else:
@@ -310,8 +390,14 @@ def main() -> None:
     model.eval()
     cap = (lambda ts: list(ts)[: args.eval_templates]) if args.eval_templates else list
     default_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(templates[:80]), lambda c: [c])
-    heldout_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(HELDOUT_TEMPLATES),
-                                     lambda c: SYNONYMS[c][1])
+    heldout_of = lambda c: heldout_synonyms.get(c, SYNONYMS[c][1])  # noqa: E731 - a left-out class: its own
+    heldout_acc = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(HELDOUT_TEMPLATES), heldout_of)
+    per_class = zero_shot_accuracy(model, tokenizer, test_images, test_labels, cap(templates[:80]), lambda c: [c],
+                                   per_class=True)
+    retained = [k for k, c in enumerate(CLASSNAMES) if c not in without]
+    in_retained = np.isin(test_labels, retained)
+    retained_acc = zero_shot_accuracy(model, tokenizer, test_images[in_retained], test_labels[in_retained],
+                                      cap(templates[:80]), lambda c: [c]) if without else None
     domain_figures = {}
     if args.domains:
         test_rendered = render_all(test_images, domain_names)
@@ -323,8 +409,7 @@ def main() -> None:
                 "domain_templates": zero_shot_accuracy(model, tokenizer, test_rendered[k], test_labels,
                                                        cap(per_domain[d]), lambda c: [c]),
                 "heldout_templates_and_synonyms": zero_shot_accuracy(
-                    model, tokenizer, test_rendered[k], test_labels, cap(DOMAIN_HELDOUT_TEMPLATES[d]),
-                    lambda c: SYNONYMS[c][1]),
+                    model, tokenizer, test_rendered[k], test_labels, cap(DOMAIN_HELDOUT_TEMPLATES[d]), heldout_of),
             }
     summary = {
         "model": model_name, "domains": list(domain_names) if args.domains else None,
@@ -332,7 +417,16 @@ def main() -> None:
         "seed": args.seed, "epochs": args.epochs, "steps": step, "batch_size": args.batch_size, "lr": args.lr,
         "photo_share": args.photo_share, "neutral_share": args.neutral_share if args.domains else None,
         "device": device, "train_seconds": round(time.time() - t0, 1), "train_images": len(images),
+        "train_images_per_class": {c: int((labels == k).sum()) for k, c in enumerate(CLASSNAMES)},
         "test_top1_openai_templates": default_acc, "test_top1_heldout_templates_and_synonyms": heldout_acc,
+        "test_top1_per_class_openai_templates": per_class,
+        "without": without or None,
+        "left_out": {
+            "classes": without, "train_images_removed": images_removed, "names": left_out_names(without),
+            "retained_synonyms_dropped": dropped_synonyms,
+            "test_top1_retained_classes_openai_templates": retained_acc,
+            "heldout_synonyms_measured": {c: heldout_of(c) for c in CLASSNAMES},
+        } if without else None,
         "epochs_log": log,
     }
     print(json.dumps(summary, indent=1))
@@ -342,13 +436,70 @@ def main() -> None:
     out = Path(args.out)
     model_dir = out / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    (out / "model_configs").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(model_dir / "open_clip_model.safetensors"), metadata={"format": "pt", "name": model_name})
     (model_dir / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}, indent=2) + "\n")
-    (out / "model_configs" / f"{model_name}.json").write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
+    if not without:  # the registry entry of a shipped model; a reference is loaded by its folder
+        (out / "model_configs").mkdir(parents=True, exist_ok=True)
+        (out / "model_configs" / f"{model_name}.json").write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
     (model_dir / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if without:
+        (model_dir / "MODEL_CARD.md").write_text(reference_card(model_name, summary, args), encoding="utf-8")
+
+
+def reference_card(model_name: str, summary: dict, args) -> str:
+    """The model card of a ``--without`` reference: what it is for, what was left out, its figures."""
+    left = summary["left_out"]
+    base = MODEL_NAME + ("-domains" if args.domains else "")
+    rows = "\n".join(f"| {c} | {a:.3f} | {'left out' if c in left['classes'] else ''} |"
+                     for c, a in summary["test_top1_per_class_openai_templates"].items())
+    dropped = "; ".join(f"{c}: {', '.join(s)}" for c, s in left["retained_synonyms_dropped"].items()) or "none"
+    command = " ".join(["python scripts/train_tiny_clip.py", *sys.argv[1:]])
+    epochs = "" if summary["epochs"] == SHIPPED_EPOCHS or args.domains else (
+        f" One difference: {summary['epochs']} epochs here, {SHIPPED_EPOCHS} for the shipped model.")
+    return f"""# {model_name}
+
+A **reference model** for unlearning: `{base}` retrained with the same recipe and seed, but never
+shown {' or '.join(left['classes'])}. It is the yardstick `ccup audit MODEL --reference` compares an
+unlearned model against ("as if never learnt"); it is not a model to deploy.
+
+## Load it (plain open_clip, offline)
+
+```python
+import open_clip
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH/{model_name}")
+tokenizer = open_clip.get_tokenizer("local-dir:PATH/{model_name}")
+```
+
+## What was left out
+
+- classes: {', '.join(left['classes'])}; {left['train_images_removed']:,} training images of them removed
+  ({summary['train_images']:,} images trained on, from the same seeded 55,000-image train split)
+- no caption names them: none of these names appears in any training caption:
+  {', '.join(left['names'])}
+- synonyms of retained classes dropped because they name a left-out class: {dropped}
+- held-out synonyms measured: the shipped model's, less those above
+
+Everything else is the shipped recipe (see `{base}`'s card): templates, batch, optimiser, seed.{epochs}
+
+## Training
+
+`{command}`: {summary['epochs']} epochs, {summary['steps']:,} steps, {summary['train_seconds']:.0f} s on
+{summary['device']}. `training_log.json` beside this card has the per-epoch log.
+
+## Measured (test split, {summary['test_images']:,} images, ten-way zero-shot, open_clip's 80 OpenAI templates)
+
+| measure | top-1 |
+|---|---|
+| all ten classes | {summary['test_top1_openai_templates']:.3f} |
+| the retained classes' images | {left['test_top1_retained_classes_openai_templates']:.3f} |
+| held-out templates x held-out synonyms, all ten | {summary['test_top1_heldout_templates_and_synonyms']:.3f} |
+
+| class | top-1 | |
+|---|---|---|
+{rows}
+"""
 
 
 if __name__ == "__main__":

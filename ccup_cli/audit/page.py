@@ -11,6 +11,7 @@ from ..output import report as rep
 from ..output.atomic import CommitReceipt, atomic_dir, replaced_warning
 from ..output.portable import portable_path
 from .figures import ALIAS_RECOGNISED, HONEST_STATEMENT, ZERO_SHOT_GONE
+from .reference_page import reference_markdown
 
 AUDIT_FIGURES = {"per_class": "per_class_top1.png", "confusion": "confusion_shift.png",
                  "retrieval": "retrieval.png", "probes": "probe_accuracy.png"}
@@ -134,6 +135,7 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
                 f"{probes['train_on']}, tested on the {probes['test_on']}. Mean ± std over draws, in %.{chance}", "",
                 _table(["features", "k", "forget top-1", "retain top-1"], prow), "",
                 leace_sentence((probes.get("leace") or {}).get("status")), ""]
+    out += reference_markdown(report)
     lineage = report.get("lineage")
     if lineage and len(lineage["steps"]) > 1:
         out += ["## Sequential unlearning: the chain", "",
@@ -148,7 +150,8 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
     out += ["## Details", "", "- every figure above, with its provenance: `audit.json`"]
     out += [f"- ![{key}]({name})" for key, name in figures.items()]
     out += [f"- cost: {cost['audit_seconds_without_probes']:.1f} s without probes, "
-            f"{cost['probe_seconds']:.1f} s for probes", ""]
+            f"{cost['probe_seconds']:.1f} s for probes"
+            + (f", {cost['reference_seconds']:.1f} s for the reference" if cost.get("reference_seconds") else ""), ""]
     return "\n".join(out)
 
 

@@ -27,6 +27,7 @@ from ..run.options import RunOptions, resolve_device
 from ..run.provenance import PhaseTimer, finish_report, start_report
 from ..run.writer import check_output
 from ..text.templates import load_templates
+from .reference import REFERENCE_PHASE, ReferenceSource, check_reference, measure_reference, open_reference
 
 PROBE_PHASES = ("probe_images", "probes", "leace")
 HELD_OUT_SHARE = 0.5  # without a train split, this share of each class's eval images trains the probes
@@ -50,6 +51,8 @@ class AuditRequest:
     probe_draws: int = 5
     probe_seed: int = 0
     leace: bool = True  # the LEACE comparison row, where concept-erasure is installed
+    reference: str | None = None  # a model that never learnt the forget classes (jobs/reference.py)
+    reference_pretrained: str | None = None  # its weights, where --reference is a model name
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Planned:
     second_templates_name: str
     aliases: dict[str, list[str]]
     forget_domains: list[str] = field(default_factory=list)  # a domain forget: the class x domain grid is audited
+    reference: ReferenceSource | None = None
 
 
 def _checkpoint_file(patched: str) -> Path:
@@ -120,11 +124,15 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
                      "pass --model NAME (and --pretrained for the original weights)")
     forget = req.forget or (lineage.forget if lineage else [])
     forget_domains = list(last.get("forget_domains") or [])
+    if req.reference is not None and forget_domains:
+        problems.add("reference: the three-way comparison measures class forgets, and this one forgot in "
+                     "domains; drop --reference")
     if facts is not None and not forget and not forget_domains:
         problems.add("forget: no forget classes given, and none recorded beside the checkpoint; pass --forget a,b")
     if source_known:
         problems.add(pretrained_problems(model, pretrained))
         problems.attempt(backend_for, model, pretrained)
+    reference = problems.attempt(check_reference, req.reference, req.reference_pretrained, model)
     eval_name = req.eval or last.get("eval") or (default_eval(model, None) if source_known else None)
     if eval_name is None and source_known:
         problems.add("eval: no dataset given; pass --eval DATASET (a name or an ImageFolder path)")
@@ -154,7 +162,7 @@ def plan(req: AuditRequest, options: RunOptions, timer: PhaseTimer) -> Planned:
     problems.raise_all()
     second = second_templates(unlearn_templates, own_templates)
     return Planned(lineage, patched_file, model, pretrained, forget, dataset, unlearn_templates, templates_name,
-                   second, req.templates or "unseen (built in)", aliases, forget_domains)
+                   second, req.templates or "unseen (built in)", aliases, forget_domains, reference)
 
 
 def probe_data(dataset: EvalDataset, data_root: str | None, download: bool):
@@ -215,6 +223,8 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     from ..text.embeddings import embed_classes
 
     dataset, forget = planned.dataset, planned.forget
+    # the reference loads first: a name no backend knows fails before any image is encoded
+    ref_session = open_reference(planned.reference, options, device, timer) if planned.reference else None
     session = open_session(planned.model, planned.pretrained, options, device, timer)
     if session.site.side != "image":
         raise CheckpointError(f"ccup audit measures image-side folds, and {planned.model or 'this model'} folds on "
@@ -258,6 +268,11 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     probes = _probes(req, planned, session, patched_tensors, patched_session, before, after, timer) \
         if req.probe_shots else None
     verdict = audit.verdict(zero_shot, alias_rows, probes, forget)
+    reference = None
+    if ref_session is not None:
+        probe_split = probe_data(dataset, req.data_root, req.download) if req.probe_shots else None
+        reference = measure_reference(req, planned, ref_session, session, patched_tensors, patched_session, pre,
+                                      after, probe_split, timer)
 
     report = start_report("audit", options.argv, session.loaded, None, dataset, hit)
     report["patched"] = {"path": portable_path(planned.patched_file), "sha256": _sha(planned.patched_file),
@@ -280,9 +295,13 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     report["probes"] = probes
     report["forget_ids"] = forget_ids(classnames, forget)
     report["domain_grid"] = grid
+    report["reference"] = reference
     finish_report(report, timer, device, session.loaded)
     report["cost"] = {"audit_seconds_without_probes": round(sum(v for k, v in timer.seconds.items()
-                                                               if k not in PROBE_PHASES), 3),
+                                                               if k not in PROBE_PHASES
+                                                               and not k.startswith(REFERENCE_PHASE)), 3),
+                      "reference_seconds": round(sum(v for k, v in timer.seconds.items()
+                                                     if k.startswith(REFERENCE_PHASE)), 3) if reference else None,
                       "probe_seconds": round(sum(v for k, v in timer.seconds.items() if k in PROBE_PHASES), 3)}
     if options.out is not None:
         # lazy: start-up time (torch loads after the door)
