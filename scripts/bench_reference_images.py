@@ -3,6 +3,7 @@
 
     python scripts/bench_reference_images.py                 # validation split: choose/confirm settings
     python scripts/bench_reference_images.py --test          # full test split: the reported tables
+    python scripts/bench_reference_images.py --tune          # validation: the sink's target AUC
     python scripts/bench_reference_images.py --write-refs DIR --n 2000 [--without sandal]   # PNGs for the CLI
 
 Reference images are drawn (seeded) from the Fashion-MNIST TRAIN split, from the part the tiny model
@@ -231,6 +232,29 @@ def curve(data: Data, sets, split: str) -> list[str]:
     return lines
 
 
+TUNE_AIMS = [0.5, 0.45, 0.42, 0.38]
+
+
+def tune(data: Data, sets) -> list[str]:
+    """The sink's aim (``sinks.REFERENCE_TARGET_AUC``) on the validation split, no erasure, 2,000 references."""
+    lines = [HEADER.replace(" 16-shot probe recall per class | retain probe drop (pt) |", "")
+             .replace("|---|---|---|---|---|---|---|---|---|---|---|---|---|", "|---|---|---|---|---|---|---|---|---|---|---|")]
+    refs = data.references(2000)
+    eye = torch.eye(data.classifier.shape[1], dtype=torch.float64)
+    for forget in sets:
+        before = measure(data, forget, eye, None, "validation", probes=False)
+        for aim in TUNE_AIMS:
+            fi, ri, fe, re = data.sides(forget)
+            feats = data.features("pool")[0][refs]
+            calibration = calibration_for(feats, pseudo_labels(data, feats), data.classifier, fi, data.classnames)
+            calibration.target_auc = aim
+            W, _, _ = solve_with_references(lambda t, fe=fe, re=re: ccup_map(fe, re, sink_embeddings=t), fe, re,
+                                            data.templates, calibration, False)
+            lines.append(_fmt_row(f"aim AUC {aim}", measure(data, forget, W, None, "validation", before, False),
+                                  False))
+    return lines
+
+
 def write_refs(args) -> None:
     """PNGs of ``--n`` seeded train references (none of ``--without``) under ``DIR`` (flat, no labels)."""
     from PIL import Image
@@ -256,6 +280,7 @@ def main() -> None:
                         default=Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup")) / "studies")
     parser.add_argument("--test", action="store_true", help="report the full test split")
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument("--tune", action="store_true", help="validation: the sink's target AUC")
     parser.add_argument("--write-refs", metavar="DIR", help="write reference PNGs and stop")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--without", default="", help="comma-separated classes to leave out of --write-refs")
@@ -264,6 +289,13 @@ def main() -> None:
         return write_refs(args)
     torch.manual_seed(0)
     data = Data(args.data_root, args.cache_dir, args.seed)
+    if args.tune:
+        body = "\n".join(tune(data, NAMED_SETS + [["pullover", "coat"], ["sandal", "sneaker", "ankle boot"],
+                                                 ["t-shirt", "pullover", "shirt"]]))
+        print(body)
+        if not args.no_doc:
+            write_section("reference_images_tune", "python scripts/bench_reference_images.py --tune", body)
+        return
     split = "test" if args.test else "validation"
     lines, _ = table(data, NAMED_SETS + OTHER_SETS, split)
     body = "\n".join(lines)
