@@ -232,3 +232,18 @@ def test_a_tower_whose_layernorm_cannot_carry_the_offset_says_so(tmp_path, tiny_
     assert result.exit_code == 2, result.output
     assert "erase: probe cannot be folded into this tower" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_audit_page_says_how_many_references_the_unlearning_read_and_what_they_set():
+    from ccup_cli.audit.page import references_section
+
+    assert references_section({}) == []
+    refs = {"count": 500, "sink": {"per_class": {"sandal": {"gamma": 0.21, "pseudo_labelled": 51, "auc": 0.45,
+                                                            "bottom_share": 0.04, "base_rate": 0.1}}},
+            "erase": {"method": "LEACE", "rank": 1, "fitted_on": 500}}
+    page = "\n".join(references_section({"reference_images": refs}))
+    assert "## Reference images used by the unlearning: 500" in page
+    assert "| sandal | 0.210 | 51 | 0.45 | 0.04 (0.10) |" in page and "rank 1, fitted on 500 references" in page
+    beside = "\n".join(references_section({"reference_images": refs,
+                                           "reference_model": {"per_class": {"sandal": {"auc": 0.52}}}}))
+    assert "retrained reference AUC" in beside and "| 0.52 |" in beside
