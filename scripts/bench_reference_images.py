@@ -4,6 +4,8 @@
     python scripts/bench_reference_images.py                 # validation split: choose/confirm settings
     python scripts/bench_reference_images.py --test          # full test split: the reported tables
     python scripts/bench_reference_images.py --tune          # validation: the sink's target AUC
+    python scripts/bench_reference_images.py --test --sink-curve   # test: the curve without erase
+    python scripts/bench_reference_images.py --retrained DIR --forget sandal,sneaker   # the yardstick
     python scripts/bench_reference_images.py --write-refs DIR --n 2000 [--without sandal]   # PNGs for the CLI
 
 Reference images are drawn (seeded) from the Fashion-MNIST TRAIN split, from the part the tiny model
@@ -213,7 +215,7 @@ def table(data: Data, sets, split: str, n_refs: int = 2000, probes: bool = True)
     return lines, rows
 
 
-def curve(data: Data, sets, split: str) -> list[str]:
+def curve(data: Data, sets, split: str, erase: bool = True) -> list[str]:
     lines = ["| forget | references | without the class | AUC per class | worst bottom-100 | worst P@10 | "
              "worst R-precision | retain-only drop (pt) | 16-shot probe recall per class | targets |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -222,7 +224,7 @@ def curve(data: Data, sets, split: str) -> list[str]:
         before = measure(data, forget, eye, None, split)
         for n in REFERENCE_SIZES:
             for without in (False, True):
-                W, erasure, _ = variant(data, forget, data.references(n, forget if without else ()), True)
+                W, erasure, _ = variant(data, forget, data.references(n, forget if without else ()), erase)
                 r = measure(data, forget, W, erasure, split, before)
                 lines.append(f"| {', '.join(forget)} | {n} | {'yes' if without else 'no'} | "
                              f"{', '.join(f'{a:.2f}' for a in r['auc'])} | {r['bottom_100']:.2f} | {r['p_at_10']:.2f} | "
@@ -255,6 +257,21 @@ def tune(data: Data, sets) -> list[str]:
     return lines
 
 
+def retrained_probe(data: Data, folder: str, forget: list[str]) -> dict:
+    """The same 16-shot probes (pool, draws, test split) on a model retrained without ``forget``."""
+    loaded = load_model(f"local-dir:{folder}")
+    state = loaded.model.state_dict()
+    tensors = {k: state[k].detach().clone() for k in loaded.site.keys}
+    own = {}
+    for split in ("pool", "test"):
+        images, labels = data.splits[split]
+        pre, _ = encode_pre_projection(loaded, array_dataset(f"retrained-{split}", split, data.classnames, images,
+                                                             labels, split))
+        own[split] = (project(loaded.site, tensors, pre).double(), torch.as_tensor(np.asarray(labels)))
+    data._features = own  # the retrained model's features stand in for the original's
+    return probe_recall(data, forget, torch.eye(data.classifier.shape[1], dtype=torch.float64), None, "test")
+
+
 def write_refs(args) -> None:
     """PNGs of ``--n`` seeded train references (none of ``--without``) under ``DIR`` (flat, no labels)."""
     from PIL import Image
@@ -281,6 +298,9 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="report the full test split")
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--tune", action="store_true", help="validation: the sink's target AUC")
+    parser.add_argument("--sink-curve", action="store_true", help="only the reference-size curve, sink alone")
+    parser.add_argument("--retrained", metavar="DIR", help="16-shot probes of a model retrained without --forget")
+    parser.add_argument("--forget", default="sandal,sneaker", help="with --retrained: the classes it never saw")
     parser.add_argument("--write-refs", metavar="DIR", help="write reference PNGs and stop")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--without", default="", help="comma-separated classes to leave out of --write-refs")
@@ -289,6 +309,12 @@ def main() -> None:
         return write_refs(args)
     torch.manual_seed(0)
     data = Data(args.data_root, args.cache_dir, args.seed)
+    if args.retrained:
+        r = retrained_probe(data, args.retrained, args.forget.split(","))
+        print("| model | 16-shot probe recall per class | retain probe top-1 |\n|---|---|---|\n"
+              f"| {Path(args.retrained).name} | "
+              + ", ".join(f"{c} {v:.3f}" for c, v in r["recall"].items()) + f" | {r['retain']:.3f} |")
+        return
     if args.tune:
         body = "\n".join(tune(data, NAMED_SETS + [["pullover", "coat"], ["sandal", "sneaker", "ankle boot"],
                                                  ["t-shirt", "pullover", "shirt"]]))
@@ -297,6 +323,13 @@ def main() -> None:
             write_section("reference_images_tune", "python scripts/bench_reference_images.py --tune", body)
         return
     split = "test" if args.test else "validation"
+    if args.sink_curve:
+        body = "\n".join(curve(data, NAMED_SETS, split, erase=False))
+        print(body)
+        if not args.no_doc:
+            write_section(f"reference_images_sink_curve_{split}", "python scripts/bench_reference_images.py"
+                          + (" --test" if args.test else "") + " --sink-curve", body)
+        return
     lines, _ = table(data, NAMED_SETS + OTHER_SETS, split)
     body = "\n".join(lines)
     body += "\n\nReference-set size, with and without images of the forgotten classes (erase probe on):\n\n"
