@@ -236,6 +236,14 @@ _SPEC_FLAGS = {
     "domain_images": (Optional[str], typer.Option(None, "--domain-images", help="domain-edit: unlabelled images "
                                                   "of every domain: sketch=DIR,photo=DIR or one folder of "
                                                   "<domain>/ folders.")),
+    "reference_images": (Optional[str], typer.Option(None, "--reference-images", help="ccup: a folder of unlabelled "
+                                                     "images from where the model is deployed (any classes, searched "
+                                                     "recursively, a few hundred to a few thousand): the sink is "
+                                                     "calibrated on them to put each forgotten class at chance in "
+                                                     "search (reference-chance).")),
+    "erase": (Optional[str], typer.Option(None, "--erase", help="probe: also erase the forget classes linearly "
+                                          "(LEACE on the references' zero-shot pseudo-labels), folded into the same "
+                                          "final map; needs --reference-images. none (default).")),
     "alpha": (Optional[str], typer.Option(None, "--alpha", help="Strength in [0, 1] (default 1), or 'auto'.")),
     "max_forget_acc": (Optional[float], typer.Option(None, "--max-forget-acc",
                                                      help="--alpha auto: the forget top-1 to reach, e.g. 0.05.")),
@@ -249,7 +257,8 @@ _SPEC_FLAGS = {
                                            "(needs --domain-images), finetune (the gradient baseline) or "
                                            "ccup-proto (experimental).")),
     "sink": (Optional[str], typer.Option(None, "--sink", help="ccup: where forget prompts go: retain-mean-orthogonal "
-                                         "(default), zero (the paper), retain-mean, text-chance, neutral, "
+                                         "(default), zero (the paper), retain-mean, text-chance, reference-chance (default "
+                                         "with --reference-images), neutral, "
                                          "neutral-orthogonal, or a phrase.")),
     "fold": (Optional[str], typer.Option(None, "--fold", help="Where W goes: image, text, or auto (default: "
                                          "image where that tower ends in a linear map, else text).")),

@@ -135,6 +135,7 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
                 f"{probes['train_on']}, tested on the {probes['test_on']}. Mean ± std over draws, in %.{chance}", "",
                 _table(["features", "k", "forget top-1", "retain top-1"], prow), "",
                 leace_sentence((probes.get("leace") or {}).get("status")), ""]
+    out += references_section(report)
     out += reference_markdown(report)
     lineage = report.get("lineage")
     if lineage and len(lineage["steps"]) > 1:
@@ -153,6 +154,34 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
             f"{cost['probe_seconds']:.1f} s for probes"
             + (f", {cost['reference_seconds']:.1f} s for the reference" if cost.get("reference_seconds") else ""), ""]
     return "\n".join(out)
+
+
+def references_section(report: dict) -> list[str]:
+    """What the unlearning read from unlabelled reference images (``--reference-images``), if anything.
+
+    Hook: a ``report["reference_model"]`` with per-class search figures (``{class: {"auc": ...}}``) of a
+    model retrained without the forgotten classes adds a column beside the calibration's."""
+    refs = report.get("reference_images")
+    if not refs:
+        return []
+    out = [f"## Reference images used by the unlearning: {refs['count']}", "",
+           "Unlabelled images from the deployment distribution, pseudo-labelled by the original model's "
+           "zero-shot (folder names are not read). They set each class's sink strength (sink reference-chance)"
+           + (" and the linear erasure after the map (erase: probe)" if refs.get("erase") else "") + ".", ""]
+    per_class = ((refs.get("sink") or {}).get("per_class")) or {}
+    retrained = ((report.get("reference_model") or {}).get("per_class")) or {}
+    if per_class:
+        header = ["class", "sink γ", "pseudo-labelled references", "AUC on the references", "bottom share (base rate)"]
+        header += ["retrained reference AUC"] if retrained else []
+        rows = [[c, f"{f['gamma']:.3f}", f["pseudo_labelled"], _dec(f["auc"]),
+                 f"{_dec(f['bottom_share'])} ({_dec(f['base_rate'])})"]
+                + ([_dec((retrained.get(c) or {}).get("auc"))] if retrained else []) for c, f in per_class.items()]
+        out += [_table(header, rows), ""]
+    erase = refs.get("erase")
+    if erase:
+        out += [f"Erasure: {erase['method']}, rank {erase['rank']}, fitted on {erase['fitted_on']} references; it "
+                "is in the final map, so the probes above measure it.", ""]
+    return out
 
 
 def draw_audit_figures(report: dict, folder: Path) -> tuple[dict[str, str], list[str]]:
@@ -351,6 +380,10 @@ def audit_table(report: dict):
         table.add_row(f"forget aliases recognised before (top-1 ≥ {100 * ALIAS_RECOGNISED:.0f} %) / gone after "
                       f"(≤ {100 * ZERO_SHOT_GONE:.0f} %)", str(v["aliases_recognised_before"]),
                       str(v["aliases_gone_after"]))
+    refs = report.get("reference_images")
+    if refs:
+        table.add_row("reference images used by the unlearning", "", str(refs["count"]) +
+                      (" (sink + erase: probe)" if refs.get("erase") else " (sink)"))
     probes = report.get("probes")
     if probes:
         leace = {r["k"]: r for r in (probes.get("leace") or {}).get("rows") or []}

@@ -60,6 +60,67 @@ def fold(site: FoldSite, tensors: dict[str, torch.Tensor], W: torch.Tensor) -> d
     return out
 
 
+# The LayerNorm right before a parameter-kind site without a bias, by site path: an affine map's
+# offset is carried through it (``offset_carrier``). open_clip VisionTransformer ``ln_post``,
+# transformers CLIP ``vision_model.post_layernorm``.
+NORM_BEFORE = {"visual.proj": "visual.ln_post", "visual_projection": "vision_model.post_layernorm"}
+CARRIER_MIN = 1e-3  # |Σ β/γ| below this (per unit of width) carries the offset too noisily in float32
+
+
+class NoOffsetSite(ValueError):
+    """The site cannot take an affine map's offset (no bias, and no LayerNorm that carries it)."""
+
+
+def offset_carrier(model: nn.Module, site: FoldSite) -> torch.Tensor | None:
+    """``g [width]`` float64 with ``gᵀ x = 1`` for every feature ``x`` before the site, or None where the
+    site has a bias of its own (the offset goes there). A LayerNorm's output is ``γ ⊙ n + β`` with ``n``
+    summing to zero over the width, so ``g = (1/γ) / Σ(β/γ)`` reads a constant 1 from any input: an
+    offset ``c`` is then exactly the rank-one term ``c gᵀ`` in the final map, and no other tensor changes.
+    Raises ``NoOffsetSite`` where neither works."""
+    if site.bias_key is not None:
+        return None
+    norm_path = NORM_BEFORE.get(site.path)
+    norm = None
+    if norm_path is not None:
+        with contextlib.suppress(AttributeError):
+            norm = _get(model, norm_path)
+    if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
+        raise NoOffsetSite(f"the final map {site.path} has no bias and no LayerNorm before it to carry an affine "
+                           "offset")
+    gamma, beta = norm.weight.detach().double().cpu(), norm.bias.detach().double().cpu()
+    if bool((gamma.abs() < 1e-6 * gamma.abs().max()).any()):
+        raise NoOffsetSite(f"the LayerNorm {norm_path} before {site.path} has a zero weight, which cannot carry "
+                           "an affine offset")
+    total = float((beta / gamma).sum())
+    if abs(total) < CARRIER_MIN * len(gamma) ** 0.5:
+        raise NoOffsetSite(f"the LayerNorm {norm_path} before {site.path} has a bias too close to zero to carry "
+                           "an affine offset")
+    return (1.0 / gamma) / total
+
+
+def fold_affine(site: FoldSite, tensors: dict[str, torch.Tensor], W: torch.Tensor, offset: torch.Tensor,
+                carrier: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The fold-site tensors with the affine image-side map ``y -> W y + offset`` folded in.
+
+    ``W [d, d]``, ``offset [d]``; ``carrier``: ``offset_carrier`` of the site (None: the site's own bias
+    takes the offset). Image side only. Only the fold-site tensors change."""
+    if site.side != "image":
+        raise NoOffsetSite("an affine map acts on image features; this model folds on the text side")
+    out = fold(site, tensors, W)
+    c = offset.detach().double()
+    if carrier is None:
+        bias = out[site.bias_key]
+        out[site.bias_key] = (bias.double() + c.to(bias.device)).to(bias.dtype)
+        return out
+    weight = out[site.weight_key]
+    g = carrier.to(weight.device, torch.float64)
+    if site.kind == "parameter":  # x @ P: P [width, d] gains g cᵀ
+        out[site.weight_key] = (weight.double() + g[:, None] * c.to(weight.device)[None, :]).to(weight.dtype)
+    else:  # weight [d, width] gains c gᵀ
+        out[site.weight_key] = (weight.double() + c.to(weight.device)[:, None] * g[None, :]).to(weight.dtype)
+    return out
+
+
 def project(site: FoldSite, tensors: dict[str, torch.Tensor], pre_projection_features: torch.Tensor) -> torch.Tensor:
     """Apply the fold-site map given by ``tensors`` to ``pre_projection_features [n, width]``."""
     x = pre_projection_features.float()

@@ -1,4 +1,14 @@
-"""Reference images (``domain_images``): folders of unlabelled images, one per domain.
+"""Reference images: folders of unlabelled images, encoded once through the session's loader and cache.
+
+One concept, two inputs, one plumbing (``Plan.references``: group -> folder; the session encodes every
+group alike and hands them to the method through ``MethodContext.reference``):
+
+- ``reference_images``: ONE folder of images from where the model is deployed (group
+  ``DEPLOYMENT``), any classes, found recursively. ccup calibrates its sink on them and ``erase:
+  probe`` fits its erasure on them; labels come from the original model's zero-shot, never from
+  folder names. A folder with fewer than ``MIN_REFERENCE_IMAGES`` images, or with an image that
+  cannot be read, is refused at the door with every problem at once.
+- ``domain_images``: one folder per domain (method domain-edit), as below.
 
 ``method: domain-edit`` reads where each domain sits on the image side from a handful of
 images per domain, of any class. The spec gives them as a mapping ``{domain: folder}`` or as
@@ -18,6 +28,52 @@ from typing import Any
 from ..errors import SpecError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEPLOYMENT = "deployment"  # the group name of reference_images in Plan.references
+# fewer than this and a forget class (about a tenth of them) has too few pseudo-labelled images to
+# calibrate on; the bench's curve (scripts/bench_reference_images.py) starts at 100
+MIN_REFERENCE_IMAGES = 50
+UNREADABLE_SHOWN = 3
+
+
+def resolve_reference_images(value: str) -> dict[str, Path]:
+    """``{DEPLOYMENT: folder}`` for ``reference_images``, checked: a folder, enough images, every one
+    readable. A ``SpecError`` lists every problem, one line each."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise SpecError(f"reference_images: {value} is not a folder",
+                        "give a folder of unlabelled images from where the model is deployed")
+    files = image_files(folder)
+    if not files:
+        raise SpecError(f"reference_images: folder {value} holds no images (.png, .jpg, ...)",
+                        f"give a few hundred unlabelled images (at least {MIN_REFERENCE_IMAGES})")
+    problems = []
+    if len(files) < MIN_REFERENCE_IMAGES:
+        problems.append(f"reference_images: folder {value} holds {len(files)} images, too few to calibrate on; "
+                        f"give at least {MIN_REFERENCE_IMAGES} (a few hundred is better)")
+    bad = unreadable(files)
+    if bad:
+        shown = ", ".join(str(f.relative_to(folder)) for f in bad[:UNREADABLE_SHOWN])
+        more = f" and {len(bad) - UNREADABLE_SHOWN} more" if len(bad) > UNREADABLE_SHOWN else ""
+        problems.append(f"reference_images: {len(bad)} of {len(files)} images in {value} cannot be read "
+                        f"({shown}{more}); remove or replace them")
+    if problems:
+        raise SpecError(problems)
+    return {DEPLOYMENT: folder}
+
+
+def unreadable(files: Sequence[Path]) -> list[Path]:
+    """The files PIL cannot open and verify (header and, for PNG, checksums; no full decode)."""
+    # lazy: start-up time (PIL stays out of the door until references are given)
+    from PIL import Image
+
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception:  # noqa: BLE001 - any failure to read is the user's file, reported as such
+            bad.append(f)
+    return bad
 
 
 def parse_domain_images(value: Any) -> Any:
@@ -76,7 +132,10 @@ def reference_datasets(folders: dict[str, Path]) -> dict:
     # lazy: start-up time (numpy and PIL stay out of the door)
     from .dataset import files_dataset
 
-    return {d: files_dataset(folder, f"domain-images:{d}", ["unlabelled"], image_files(folder),
+    def name(group: str) -> str:
+        return "reference-images" if group == DEPLOYMENT else f"domain-images:{group}"
+
+    return {d: files_dataset(folder, name(d), ["unlabelled"], image_files(folder),
                              [0] * len(image_files(folder))) for d, folder in folders.items()}
 
 

@@ -10,6 +10,7 @@ Probes and LEACE are timed apart: they are the part that needs labelled images.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,6 +290,9 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
     report["templates"] = {"unlearning": planned.unlearn_templates_name, "second": planned.second_templates,
                            "second_name": planned.second_templates_name}
     report["aliases"] = planned.aliases
+    references = unlearning_references(planned.patched_file)
+    if references is not None:
+        report["reference_images"] = references
     report["zero_shot"] = zero_shot
     report["alias_rows"] = alias_rows
     report["confusion"] = confusion
@@ -309,6 +313,22 @@ def run_audit(req: AuditRequest, options: RunOptions) -> dict:
 
         write_audit_folder(Path(options.out), options.overwrite, report)
     return report
+
+
+def unlearning_references(patched_file: Path) -> dict | None:
+    """What the unlearning read from reference images (its report.json's ``reference_images``: count,
+    the calibrated sink per class, the erasure), or None when it read none or left no report."""
+    report_file = patched_file.parent / "report.json"
+    if not report_file.is_file():
+        return None
+    try:
+        refs = json.loads(report_file.read_text(encoding="utf-8")).get("reference_images")
+    except (OSError, ValueError):
+        return None
+    if not refs:
+        return None
+    return {"count": refs.get("count"), "file_list_sha256": refs.get("file_list_sha256"),
+            "sink": refs.get("sink"), "erase": refs.get("erase")}
 
 
 def _domain_grid(planned: Planned, before, after, classifier) -> dict:

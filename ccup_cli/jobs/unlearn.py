@@ -112,6 +112,41 @@ def _curve_point(row: dict, forget: list[str]) -> dict:
             "retain_only_top1": m["retain_only"]["top1"], "forget_search": search}
 
 
+def check_erase_site(session) -> None:
+    """``erase: probe`` needs an image-side site that can take an affine offset; say so in one line."""
+    # lazy: torch (start-up time)
+    from ..backends.fold import NoOffsetSite, offset_carrier
+    from ..errors import CheckpointError
+
+    if session.site.side != "image":
+        raise CheckpointError(f"erase: probe acts on image features, and this model folds on the text side "
+                              f"({session.site.path})", "drop --erase probe (the sink still calibrates)")
+    try:
+        offset_carrier(session.loaded.model, session.site)
+    except NoOffsetSite as err:
+        raise CheckpointError(f"erase: probe cannot be folded into this tower: {err}",
+                              "drop --erase probe (the sink still calibrates)") from None
+
+
+def reference_report(references, result) -> dict:
+    """report.json's ``reference_images``: what was read, how it was labelled, what it calibrated."""
+    # lazy: torch (start-up time)
+    from ..data.reference_images import DEPLOYMENT
+
+    record = dict(references.record[DEPLOYMENT])
+    out = {**record, "labels": "zero-shot pseudo-labels of the original model (folder names are not read)"}
+    calibration = references.notes.get("calibration")
+    if calibration is not None:
+        counts = calibration.pseudo_labels.bincount(minlength=len(calibration.classnames))
+        out["pseudo_labels"] = {c: int(n) for c, n in zip(calibration.classnames, counts.tolist()) if n}
+    if "sink" in references.notes:
+        out["sink"] = {"name": "reference-chance", "target_auc": calibration.target_auc,
+                       "per_class": references.notes["sink"]}
+    if result.erasure is not None:
+        out["erase"] = {**references.notes["erasure"], "fold_keys": list(result.site.keys)}
+    return out
+
+
 def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device: str) -> dict:
     """The steps, top to bottom: session, features, (strength), solve and fold, report, metrics, write."""
     # lazy: torch and the model stack load after the door has admitted the plan (start-up time)
@@ -127,7 +162,9 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
     features = session.features(plan)
     forget_emb, retain_emb, inputs = features.forget, features.retain, features.inputs
     params = method_params(get_method(spec.method), spec)
-    context = session.method_context(plan.references)
+    if spec.erase != "none":
+        check_erase_site(session)
+    context = session.method_context(plan.references, spec.erase)
 
     auto = None
     alpha = spec.alpha
@@ -151,7 +188,10 @@ def _run_closed_form(plan: Plan, options: RunOptions, timer: PhaseTimer, device:
         report["auto_alpha"] = auto
     if context.reference is not None:  # what the method read, and what it made of it
         references = context.reference()
-        report["domain_images"] = {"domains": references.record, "edit": references.notes}
+        if spec.reference_images is not None:
+            report["reference_images"] = reference_report(references, result)
+        else:
+            report["domain_images"] = {"domains": references.record, "edit": references.notes}
     report["text"] = {
         "forget_classes": len(spec.forget), "retain_classes": len(retain),
         "forget_templates": len(plan.templates), "retain_templates": len(plan.retain_templates),

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends.fold import FoldSite, fold
+from ..backends.fold import FoldSite, fold, fold_affine, offset_carrier
 from ..presets import defaults
 from ..text.embeddings import TextEmbeddings, close_retain_classes
+from .erasure import Erasure
 from .projector import Projector
 from .table import MethodContext, build_projector, get_method
 
@@ -34,6 +35,7 @@ class UnlearnResult:
     retain: TextEmbeddings
     close_retain: list[dict] = field(default_factory=list)  # retain classes near a forget class
     embedding_mode: dict = field(default_factory=dict)
+    erasure: Erasure | None = None  # erase: probe, composed after W (the fold holds M W and c)
 
     @property
     def W(self) -> torch.Tensor:
@@ -79,11 +81,19 @@ def apply_unlearning(
     if context.device is None:
         context = replace(context, device=forget.per_template.device)
     projector = build_projector(method, forget, retain, alpha, params, context)
-    folded = fold(site, original_tensors, projector.W)
+    erasure = None
+    if context.erase == "probe":
+        # lazy: start-up time (concept-erasure loads only when asked for)
+        from .references import erasure_after
+
+        erasure = erasure_after(projector.W, forget, retain, context)
+        folded = fold_affine(site, original_tensors, erasure.M @ projector.W, erasure.c, offset_carrier(model, site))
+    else:
+        folded = fold(site, original_tensors, projector.W)
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
         state = target.state_dict()
         target.load_state_dict({k: v.to(state[k].dtype) for k, v in folded.items()}, strict=False)
     close = close_retain_classes(forget, retain, retain_warn_cosine)
     return UnlearnResult(projector, site, original_tensors, folded, target, forget, retain, close,
-                         get_method(method).embedding_mode())
+                         get_method(method).embedding_mode(), erasure)

@@ -15,6 +15,10 @@ each forget prompt a harmless target instead:
   (bisection on text only), times TEXT_CHANCE_FACTOR. It aims a forgotten class's images at chance
   under its own query instead of below it (issue 21); text is a rough stand-in for where images sit,
   so it lands some classes at chance and misses others, at a retain cost (scripts/tune_chance_sink.py).
+- ``reference-chance``: retain-mean-orthogonal plus, per forget class, the share of its own direction that
+  puts the class at chance on unlabelled reference images (``reference_chance_gammas``): its AUC under
+  its own query 0.5 among the references, pseudo-labelled by the original model's zero-shot (issue 29).
+  It needs reference images (``reference_images``); the default when they are given to ``ccup``.
 - ``neutral``: each forget prompt's own template filled with NEUTRAL_WORD (one target per prompt).
 - ``neutral-orthogonal``: those neutral prompts less their forget-direction components.
 - any other text: a phrase filled into each forget prompt's template, like ``neutral``
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import SpecError
@@ -36,7 +41,9 @@ from ..text.templates import fill
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made, not at import
     import torch
 
-SINK_NAMES = ("zero", "retain-mean", "retain-mean-orthogonal", "text-chance", "neutral", "neutral-orthogonal")
+SINK_NAMES = ("zero", "retain-mean", "retain-mean-orthogonal", "text-chance", "reference-chance", "neutral",
+              "neutral-orthogonal")
+REFERENCE_SINK = "reference-chance"  # the sink ccup uses when reference images are given and no sink is
 DEFAULT_SINK = defaults.SINK
 NEUTRAL_WORD = "object"
 # text-chance: the text-calibrated share of each class's own direction, times this; chosen on the
@@ -121,6 +128,142 @@ def text_chance_gammas(forget_embeddings: torch.Tensor, retain_embeddings: torch
     return (low + high) / 2
 
 
+MIN_REFERENCE_POSITIVES = 5  # pseudo-labelled references a forget class needs for its own calibration
+REFERENCE_GAMMA_RANGE = (-0.5, 1.5)
+# the AUC the reference-chance sink aims each forget class at; chosen on the validation split
+# (scripts/bench_reference_images.py)
+REFERENCE_TARGET_AUC = 0.45
+# after the bisection, a class whose references still win zero-shot more often than this gives up γ in
+# steps of REFERENCE_GUARD_STEP (at most REFERENCE_GUARD_STEPS): chance in search must not undo forgetting
+REFERENCE_MAX_FORGET_TOP1 = 0.005
+REFERENCE_GUARD_STEP, REFERENCE_GUARD_STEPS = 0.01, 50
+
+
+@dataclass
+class ReferenceCalibration:
+    """What the ``reference-chance`` sink calibrates on: unlabelled reference images, already encoded.
+
+    ``features [n, d]``: the ORIGINAL model's image features of the references (after its final map);
+    ``pseudo_labels [n]``: the original model's zero-shot class among ``classnames``; ``queries [k, d]``:
+    the normalised search query (classifier vector) of each forget class, in forget-class order;
+    ``forget_ids``: each forget class's index in ``classnames``; ``after``: what follows the map before
+    search (``erase: probe`` refits its erasure on the patched features; None: nothing).
+    """
+
+    features: torch.Tensor
+    pseudo_labels: torch.Tensor
+    queries: torch.Tensor
+    forget_ids: list[int]
+    classnames: list[str]
+    after: Callable[[torch.Tensor], torch.Tensor] | None = None
+    chosen: dict = field(default_factory=dict)  # what the calibration chose ("gamma": [k])
+    target_auc: float = REFERENCE_TARGET_AUC  # the AUC each forget class is calibrated to
+    classifier: torch.Tensor | None = None  # [C, d] every class's query: the guard on forget top-1
+
+    def own_top1(self, W: torch.Tensor) -> torch.Tensor:
+        """``[k]``: per forget class, the share of its pseudo-labelled references that the map ``W`` (and
+        ``after``) still classifies as it (0 where it has none): zero-shot top-1 on the references."""
+        import torch
+        import torch.nn.functional as F
+
+        feats = self.features.double() @ W.T.to(self.features.device, torch.float64)
+        if self.after is not None:
+            feats = self.after(feats)
+        pred = (F.normalize(feats, dim=-1) @ self.classifier.double().T.to(feats.device)).argmax(dim=1)
+        out = []
+        for c in self.forget_ids:
+            mine = self.pseudo_labels.eq(c)
+            out.append(pred[mine].eq(c).double().mean() if bool(mine.any()) else torch.zeros((), dtype=torch.float64))
+        return torch.stack(out)
+
+    def positives(self) -> torch.Tensor:
+        """``[k]`` pseudo-labelled references per forget class."""
+        import torch
+
+        return torch.stack([self.pseudo_labels.eq(c).sum() for c in self.forget_ids])
+
+    def relevant(self) -> torch.Tensor:
+        """``[k, n]`` bool: reference j is pseudo-labelled forget class i; a class with too few
+        positives borrows the references the original model scores highest for it (its
+        ``MIN_REFERENCE_POSITIVES`` nearest), so a reference set without the class still calibrates."""
+        import torch
+        import torch.nn.functional as F
+
+        rel = self.pseudo_labels[None, :].eq(torch.as_tensor(self.forget_ids, device=self.pseudo_labels.device)[:, None])
+        scores = F.normalize(self.features.double(), dim=-1) @ self.queries.double().T.to(self.features.device)
+        for i in range(len(self.forget_ids)):
+            if int(rel[i].sum()) < MIN_REFERENCE_POSITIVES:
+                rel[i] = False
+                rel[i, scores[:, i].topk(min(MIN_REFERENCE_POSITIVES, len(scores) - 1)).indices] = True
+        return rel
+
+    def read(self, W: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per forget class, on the references patched by ``W``: ``auc`` under its own query and
+        ``bottom_share`` (its share of the references ranked last, as many as it has; chance: its base
+        rate ``base_rate``)."""
+        import torch
+        import torch.nn.functional as F
+
+        feats = self.features.double() @ W.T.to(self.features.device, torch.float64)
+        if self.after is not None:
+            feats = self.after(feats)
+        scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)  # [n, k]
+        rel = self.relevant()
+        n_rel = rel.sum(dim=1)
+        auc = ranking_auc(scores.T, rel)
+        order = scores.T.argsort(dim=1)  # ascending: the last-ranked first
+        bottom = torch.stack([rel[i, order[i, : int(n_rel[i])]].double().mean() for i in range(len(rel))])
+        return {"auc": auc, "bottom_share": bottom, "base_rate": n_rel.double() / rel.shape[1]}
+
+
+def ranking_auc(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """``[q]`` float64: the chance a relevant item outranks another (ties half), per row of ``scores [q, n]``."""
+    import torch
+
+    ranks = scores.double().argsort(dim=1).argsort(dim=1).double() + 1  # 1 = lowest
+    # ties share their mean rank: average the ranks over equal scores
+    for i in range(len(scores)):
+        values, inverse = torch.unique(scores[i], return_inverse=True)
+        if len(values) < scores.shape[1]:
+            ranks[i] = torch.zeros(len(values), dtype=torch.float64).scatter_reduce(
+                0, inverse, ranks[i], reduce="mean", include_self=False)[inverse]
+    n_rel = relevant.double().sum(dim=1)
+    n_other = relevant.shape[1] - n_rel
+    return ((ranks * relevant.double()).sum(dim=1) - n_rel * (n_rel + 1) / 2) / (n_rel * n_other).clamp(min=1)
+
+
+def reference_chance_gammas(forget_embeddings: torch.Tensor, n_templates: int, base: torch.Tensor,
+                            solve: Callable[[torch.Tensor], torch.Tensor], references: ReferenceCalibration,
+                            steps: int = 16) -> torch.Tensor:
+    """``[n_classes]`` float64: per forget class, the γ at which the map for targets ``base + γ·d_c``
+    puts the class at chance on the references: AUC 0.5 under its own query (``ReferenceCalibration.read``).
+
+    Bisection on ``REFERENCE_GAMMA_RANGE``, all classes at once (each class's γ moves its own AUC most).
+    """
+    import torch
+
+    directions = forget_class_directions(forget_embeddings, n_templates)
+    k = len(directions)
+    low = torch.full((k,), REFERENCE_GAMMA_RANGE[0], dtype=torch.float64, device=directions.device)
+    high = torch.full((k,), REFERENCE_GAMMA_RANGE[1], dtype=torch.float64, device=directions.device)
+    for _ in range(steps):
+        gamma = (low + high) / 2
+        W = solve((base + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0))
+        auc = references.read(W)["auc"].to(gamma.device)
+        aim = references.target_auc
+        high, low = torch.where(auc > aim, gamma, high), torch.where(auc <= aim, gamma, low)
+    gamma = (low + high) / 2
+    if references.classifier is not None:
+        for _ in range(REFERENCE_GUARD_STEPS):
+            W = solve((base + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0))
+            over = references.own_top1(W).to(gamma.device) > REFERENCE_MAX_FORGET_TOP1
+            if not bool(over.any()):
+                break
+            gamma = gamma - REFERENCE_GUARD_STEP * over.double()
+    references.chosen["gamma"] = gamma
+    return gamma
+
+
 def resolve_sink(
     sink: str,
     forget_embeddings: torch.Tensor,
@@ -128,13 +271,15 @@ def resolve_sink(
     forget_templates: Sequence[str],
     encode: Callable[[list[str]], torch.Tensor] | None,
     solve: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    references: ReferenceCalibration | None = None,
 ) -> torch.Tensor | None:
     """The sink targets ``T_s [k_f, d]`` (float64, rows match ``forget_embeddings``), or None for zero.
 
     ``forget_embeddings [k_f, d]``: class-major forget prompt embeddings over
     ``forget_templates``; ``retain_embeddings [k_r, d]``: retain prompt embeddings; ``encode``
     returns text features ``[n, d]`` for a list of prompts (normalised here); ``solve`` (for
-    ``text-chance``) returns the method's map ``W [d, d]`` for given targets.
+    ``text-chance`` and ``reference-chance``) returns the method's map ``W [d, d]`` for given targets;
+    ``references`` (for ``reference-chance``) the encoded, pseudo-labelled reference images.
     """
     import torch.nn.functional as F
 
@@ -146,12 +291,12 @@ def resolve_sink(
     k_f = forget_embeddings.shape[0]
     n_templates = len(forget_templates)
     directions = forget_class_directions(forget_embeddings, n_templates)
-    if sink in ("retain-mean", "retain-mean-orthogonal", "text-chance"):
+    if sink in ("retain-mean", "retain-mean-orthogonal", "text-chance", "reference-chance"):
         if retain_embeddings is None or len(retain_embeddings) == 0:
             raise SpecError(f"sink: {sink} needs retain classes, and there are none",
                             "give retain classes or another sink")
         mean = F.normalize(retain_embeddings.detach().double(), dim=-1).mean(dim=0, keepdim=True)
-        if sink in ("retain-mean-orthogonal", "text-chance"):
+        if sink in ("retain-mean-orthogonal", "text-chance", "reference-chance"):
             mean = _without(mean, directions)
         mean = mean.to(forget_embeddings.device)
         if sink == "text-chance":
@@ -159,6 +304,12 @@ def resolve_sink(
                 raise ValueError("sink 'text-chance' needs the method's solve to calibrate on text")
             gamma = TEXT_CHANCE_FACTOR * text_chance_gammas(forget_embeddings, retain_embeddings, n_templates, mean,
                                                             solve)
+            return (mean + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0)
+        if sink == "reference-chance":
+            if solve is None or references is None:
+                raise SpecError("sink: reference-chance calibrates on unlabelled reference images, and none were given",
+                                "give --reference-images DIR (reference_images: DIR), or another sink")
+            gamma = reference_chance_gammas(forget_embeddings, n_templates, mean, solve, references)
             return (mean + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0)
         return mean.expand(k_f, -1).clone()
     if encode is None:

@@ -81,7 +81,8 @@ class MethodContext:
     device: Any = None  # where the float64 solve runs; None: the embeddings' device
     encode: Encode | None = None  # text features of free phrases (a sink phrase)
     synthesize: Synthesize | None = None  # image-side prototypes from text targets (ccup-proto)
-    reference: Reference | None = None  # reference-image features per domain (domain methods)
+    reference: Reference | None = None  # reference-image features per group (domain-edit; reference_images)
+    erase: str = "none"  # what follows the map: "probe" (erasure.py, fitted on the references) or "none"
 
 
 def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any],
@@ -95,6 +96,15 @@ def _ccup(forget: TextEmbeddings, retain: TextEmbeddings, params: dict[str, Any]
         return ccup_map(forget.per_template, retain_rows, params["lambda_retain"], params["lambda_identity"],
                         context.device, sink_embeddings=targets)
 
+    if params["sink"] == "reference-chance":
+        # lazy: start-up time (the table imports without torch)
+        from .references import reference_calibration, solve_with_references
+
+        references, calibration = reference_calibration(forget, retain, context)
+        W, _, facts = solve_with_references(solve, forget.per_template, retain_rows, forget.templates, calibration,
+                                            context.erase == "probe", context.encode)
+        references.notes["sink"] = facts
+        return W
     return solve(resolve_sink(params["sink"], forget.per_template, retain_rows, forget.templates, context.encode,
                               solve))
 

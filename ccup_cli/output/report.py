@@ -206,6 +206,15 @@ def summary_table(report: dict):
         if proj.get("params", {}).get("sink"):
             table.add_row("sink", proj["params"]["sink"])
         table.add_row("rank of I − W", str(proj["rank"]))
+        refs = report.get("reference_images")
+        if refs:
+            table.add_row("reference images", f"{refs['count']} (pseudo-labelled by the original model)")
+            for name, fact in refs.get("sink", {}).get("per_class", {}).items():
+                table.add_row(f"  {name}", f"γ {fact['gamma']:.3f}: reference AUC {fact['auc']:.2f}, bottom share "
+                              f"{fact['bottom_share']:.2f} (base rate {fact['base_rate']:.2f})")
+            if refs.get("erase"):
+                table.add_row("erase", f"probe: LEACE, rank {refs['erase']['rank']}, fitted on "
+                              f"{refs['erase']['fitted_on']} references")
     side = proj.get("fold_side", "image")
     table.add_row("fold site", proj["fold_site"] if side == "image" else f"{proj['fold_site']} (text side)")
     if report.get("outputs"):

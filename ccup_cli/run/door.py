@@ -21,7 +21,7 @@ from ..data.catalog import (
     check_dataset_name,
     preset_classnames,
 )
-from ..data.reference_images import resolve_domain_images
+from ..data.reference_images import resolve_domain_images, resolve_reference_images
 from ..errors import Problems, SpecError
 from ..methods.prompt_sides import admit_sides
 from ..methods.table import get_method
@@ -75,7 +75,9 @@ class Plan:
     train: EvalDataset | None = None  # finetune's labelled images
     sides: tuple | None = None  # prompt_sides.PromptSide (forget, retain) when domains or free prompts are used
     domains: dict[str, list[str]] | None = None  # domain -> templates
-    references: dict[str, Path] | None = None  # domain -> folder of unlabelled reference images (domain-edit)
+    # group -> folder of unlabelled reference images: each domain (domain-edit), or reference_images
+    # as the one group data.reference_images.DEPLOYMENT (ccup's calibrated sink, erase: probe)
+    references: dict[str, Path] | None = None
 
 
 def pretrained_problems(model: str | None, pretrained: str | None) -> list[str]:
@@ -155,8 +157,14 @@ def concept_retain_problems(spec: UnlearnSpec) -> None:
 
 
 def reference_folders(spec: UnlearnSpec, domain_table: dict[str, list[str]] | None) -> dict[str, Path] | None:
-    """The checked ``domain_images`` folders of a method that reads them (None for the others)."""
+    """The checked reference folders: ``domain_images`` of a method that reads them, or
+    ``reference_images`` (None for neither)."""
     needs = get_method(spec.method).needs_references
+    if spec.reference_images is not None:
+        if needs:
+            raise SpecError(f"reference_images: method {spec.method} reads per-domain images (domain_images), "
+                            "not reference_images", "drop --reference-images, or use --method ccup")
+        return resolve_reference_images(spec.reference_images)
     if spec.domain_images is not None and not needs:
         raise SpecError(f"domain_images: method {spec.method} reads no reference images",
                         "add --method domain-edit, or drop domain_images")

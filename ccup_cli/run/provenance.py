@@ -101,7 +101,7 @@ def start_report(command: str, argv: list[str] | None, loaded=None, spec=None, d
         "argv": portable_argv(list(argv if argv is not None else sys.argv)),
     }
     if spec is not None:
-        report["spec"] = spec.model_dump(mode="json")
+        report["spec"] = spec.record()
         report["spec_sha256"] = spec.sha256()
     if loaded is not None:
         checkpoint = portable_path(loaded.checkpoint_path)

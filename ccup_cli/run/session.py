@@ -126,11 +126,12 @@ class Session:
                               per_target=params["prototypes_per_group"], steps=params["prototype_steps"],
                               device=self.device)
 
-    def method_context(self, references: dict | None = None) -> MethodContext:
+    def method_context(self, references: dict | None = None, erase: str = "none") -> MethodContext:
         """What a method may ask of this model (``methods.table.MethodContext``), one object.
 
-        ``references`` (``{domain: folder}``, the plan's checked ``domain_images``) becomes the
-        reference hook: the images are encoded on its first call, once."""
+        ``references`` (``{group: folder}``, the plan's checked ``domain_images`` or ``reference_images``)
+        becomes the reference hook: the images are encoded on its first call, once. ``erase``: the step
+        after the map (``erase: probe``)."""
         hook = None
         if references:
             encoded: list = []
@@ -141,7 +142,7 @@ class Session:
                 return encoded[0]
 
         return MethodContext(device=self.device, encode=self.encode_text, synthesize=self.synthesize_prototypes,
-                             reference=hook)
+                             reference=hook, erase=erase)
 
     def features(self, plan: Plan) -> Features:
         """The plan turned into features, once: both text sides and, with a dataset, the image features
@@ -164,7 +165,7 @@ class Session:
         return Features(forget, retain, list(retain_names), forget_names, inputs, choices)
 
     def reference_features(self, folders: dict) -> ReferenceFeatures:
-        """``methods.table.ReferenceFeatures`` of ``{domain: folder}``: each domain's unlabelled images,
+        """``methods.table.ReferenceFeatures`` of ``{group: folder}``: each group's unlabelled images,
         encoded through the same loader and feature cache as evaluation images, then projected by the
         original final map."""
         datasets = reference_datasets(folders)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..data.reference_images import parse_domain_images
 from ..errors import SpecError
-from ..methods.sinks import sink_problems
+from ..methods.sinks import REFERENCE_SINK, sink_problems
 from ..methods.table import METHODS, method_names, split_variant
 from ..presets import defaults
 from ..runtime.yaml_input import NotReadable, read_yaml
@@ -59,6 +60,13 @@ class UnlearnSpec(BaseModel):
     domain_images: dict[str, str] | str | None = Field(None, description="domain-edit: unlabelled reference images "
                                                        "of every domain, {domain: folder} or one folder of "
                                                        "<domain>/ folders; any class, none of the forgotten one needed")
+    reference_images: str | None = Field(None, description="unlabelled images from where the model is deployed "
+                                          "(a folder, searched recursively; any classes, a few hundred to a few "
+                                          "thousand): ccup calibrates its sink to chance on them (sink "
+                                          "reference-chance) and erase: probe fits its erasure on them")
+    erase: Literal["none", "probe"] = Field("none", description="probe: after the map, a label-free linear erasure "
+                                            "of the forget classes (LEACE on the references' zero-shot pseudo-labels),"
+                                            " folded into the same final map; needs reference_images")
     alpha: float | Literal["auto"] = Field(1.0, description="strength in [0, 1]; 0 is the original model; 'auto' "
                                                            "picks the smallest meeting every max_forget_* target")
     max_forget_acc: float | None = Field(None, ge=0, le=1, description="target forget top-1 for alpha: auto")
@@ -76,7 +84,8 @@ class UnlearnSpec(BaseModel):
     lambda_retain: float = Field(defaults.LAMBDA_RETAIN, ge=0)
     lambda_identity: float = Field(defaults.LAMBDA_IDENTITY, ge=0)
     sink: str = Field(defaults.SINK, description="ccup: where forget prompts go: zero (the paper), retain-mean, "
-                                                  "retain-mean-orthogonal, text-chance, neutral, neutral-orthogonal, or a phrase")
+                                                  "retain-mean-orthogonal, text-chance, reference-chance (default with "
+                                                  "reference_images), neutral, neutral-orthogonal, or a phrase")
     prototype_steps: int = Field(defaults.PROTOTYPE_STEPS, gt=0, le=10_000,
                                  description="ccup-proto: optimisation steps per synthetic image prototype")
     prototypes_per_group: int = Field(defaults.PROTOTYPES_PER_GROUP, gt=0, le=64,
@@ -147,14 +156,25 @@ class UnlearnSpec(BaseModel):
             return None
         return [str(v).strip() for v in value]
 
+    def record(self) -> dict:
+        """The spec as JSON values; fields added since 0.3 appear only when set, so a spec that does not
+        use them records (and hashes) exactly as before."""
+        fields = UnlearnSpec.model_fields
+        unset = {f for f in ADDED_FIELDS if getattr(self, f) == fields[f].get_default(call_default_factory=True)}
+        return self.model_dump(mode="json", exclude=unset)
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.record(), sort_keys=False)
+
+
+ADDED_FIELDS = ("reference_images", "erase", "forget_concepts", "concept_classes", "concept_threshold",
+                "keep_near_retain", "near_retain_threshold")
 
 
 SPEC_FIELDS = tuple(UnlearnSpec.model_fields)
@@ -200,6 +220,9 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     """
     merged = dict(file_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
+    if merged.get("reference_images") is not None and "sink" not in merged and \
+            merged.get("method", "ccup") == "ccup":
+        merged["sink"] = REFERENCE_SINK  # references given, no sink named: calibrate on them
     for key in ("forget", "retain", "forget_domains", "forget_concepts"):
         if key in merged:
             merged[key] = split_csv(merged[key])
@@ -225,6 +248,8 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     if spec is not None and spec.method == "finetune" and spec.fold == "text":
         problems.append("fold: text does not apply to method finetune, which trains the image tower; "
                         "use fold: auto or image")
+    if spec is not None:
+        problems += reference_problems(spec)
     if spec is not None and spec.alpha == "auto" and (spec.max_forget_acc, spec.max_forget_retrieval,
                                                        spec.max_forget_auc_gap) == (None, None, None):
         problems.append("alpha: 'auto' needs a target; pass --max-forget-acc (e.g. 0.05), --max-forget-retrieval "
@@ -232,6 +257,31 @@ def build_spec(file_values: dict[str, Any], overrides: dict[str, Any]) -> Unlear
     if problems or spec is None:
         raise SpecError(problems)
     return spec
+
+
+def reference_problems(spec: UnlearnSpec) -> list[str]:
+    """What needs reference images and has none, and what cannot use them."""
+    problems = []
+    if spec.sink == REFERENCE_SINK and spec.reference_images is None:
+        problems.append("sink: reference-chance calibrates on unlabelled reference images; pass --reference-images DIR")
+    if spec.erase != "none" and spec.reference_images is None:
+        problems.append(f"erase: {spec.erase} is fitted on unlabelled reference images; pass --reference-images DIR")
+    if spec.erase != "none" and not METHODS[spec.method].closed_form:
+        problems.append(f"erase: {spec.erase} follows a closed-form map; method {spec.method} has none")
+    if spec.reference_images is not None and spec.method != "ccup" and spec.erase == "none":
+        problems.append(f"reference_images: method {spec.method} does not read them (ccup calibrates its sink on "
+                        "them); add --erase probe, use --method ccup, or drop --reference-images")
+    if spec.erase != "none" and spec.alpha == "auto":
+        problems.append(f"erase: {spec.erase} with alpha: auto is not supported (the strength search does not "
+                        "refit the erasure); give a fixed --alpha")
+    if spec.erase != "none" and METHODS[spec.method].needs_references:
+        problems.append(f"erase: {spec.erase} does not follow method {spec.method}; use ccup or nullspace")
+    if spec.erase != "none" and importlib.util.find_spec("concept_erasure") is None:
+        problems.append(f"erase: {spec.erase} needs the concept-erasure package; pip install 'ccup[audit]'")
+    if spec.erase != "none" and spec.fold == "text":
+        problems.append(f"erase: {spec.erase} erases from image features, which fold: text leaves alone; use fold: "
+                        "auto or image")
+    return problems
 
 
 def _names(value: Any) -> list[str]:

@@ -1,0 +1,249 @@
+"""Reference images for ccup: the reference-chance sink and erase: probe (issue 29)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from ccup_cli.backends.fold import FoldSite, NoOffsetSite, fold_affine, identity_map, offset_carrier, project
+from ccup_cli.cli import app
+from ccup_cli.data.reference_images import MIN_REFERENCE_IMAGES, resolve_reference_images
+from ccup_cli.errors import SpecError
+from ccup_cli.methods.erasure import fit_erasure
+from ccup_cli.methods.references import calibration_for
+from ccup_cli.methods.sinks import reference_chance_gammas
+from ccup_cli.spec.schema import build_spec
+
+runner = CliRunner()
+REFS = Path(__file__).resolve().parents[1] / "assets" / "fashion-mnist-train-refs.npz"  # 150 *train* images
+
+
+def _unlearn(*args):
+    return runner.invoke(app, ["unlearn", "-q", "--workers", "0", *[str(a) for a in args]])
+
+
+def _write_refs(folder: Path, n: int = 150, nested: bool = True) -> Path:
+    """The shipped Fashion-MNIST train images as PNGs, half of them one folder down (found recursively)."""
+    from PIL import Image
+
+    with np.load(REFS) as z:
+        images = z["images"][:n]
+    for i, im in enumerate(images):
+        where = folder / "batch-b" if nested and i % 2 else folder
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(where / f"{i:03d}.png")
+    return folder
+
+
+# --- the spec: nothing changes without references ------------------------------------------------
+
+def test_a_spec_without_references_records_and_hashes_as_before():
+    spec = build_spec({}, {"forget": "sandal,sneaker"})
+    assert "reference_images" not in spec.record() and "erase" not in spec.record()
+    assert "reference_images" not in spec.to_yaml() and spec.sink == "retain-mean-orthogonal"
+    # the sha256 main's 0.3 spec had for exactly this spec (written into model.safetensors' metadata)
+    assert spec.sha256() == "72914a7c262e97dff6764852453c6f9ebb9f1a3e354904b7539aa7b4c051ef5e"
+    with_refs = build_spec({}, {"forget": "sandal", "reference_images": "refs"})
+    assert with_refs.sink == "reference-chance" and with_refs.record()["reference_images"] == "refs"
+    named = build_spec({}, {"forget": "sandal", "reference_images": "refs", "sink": "zero"})
+    assert named.sink == "zero"  # a sink the user names is kept
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"erase": "probe"}, "erase: probe is fitted on unlabelled reference images; pass --reference-images DIR"),
+    ({"sink": "reference-chance"}, "sink: reference-chance calibrates on unlabelled reference images"),
+    ({"reference_images": "r", "erase": "probe", "alpha": "auto", "max_forget_acc": 0.1},
+     "erase: probe with alpha: auto is not supported"),
+    ({"reference_images": "r", "erase": "probe", "fold": "text"}, "erase: probe erases from image features"),
+    ({"reference_images": "r", "method": "nullspace"}, "reference_images: method nullspace does not read them"),
+    ({"erase": "leace"}, "erase: Input should be 'none' or 'probe'"),
+])
+def test_what_needs_references_says_so(overrides, message):
+    with pytest.raises(SpecError) as err:
+        build_spec({}, {"forget": "sandal", **overrides})
+    assert message in err.value.one_line()
+
+
+# --- bad reference folders: one line, exit 2, nothing written ------------------------------------
+
+def test_reference_folders_are_checked(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="holds no images"):
+        resolve_reference_images(str(tmp_path / "empty"))
+    with pytest.raises(SpecError, match="is not a folder"):
+        resolve_reference_images(str(tmp_path / "missing"))
+    few = _write_refs(tmp_path / "few", n=MIN_REFERENCE_IMAGES - 1, nested=False)
+    with pytest.raises(SpecError, match=f"holds {MIN_REFERENCE_IMAGES - 1} images, too few"):
+        resolve_reference_images(str(few))
+    good = _write_refs(tmp_path / "good", n=60)
+    assert resolve_reference_images(str(good)) == {"deployment": good}
+    (good / "batch-b" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(SpecError) as err:
+        resolve_reference_images(str(good))
+    assert "1 of 61 images" in err.value.one_line() and "batch-b/broken.png" in err.value.one_line()
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("case", ["empty", "few", "unreadable"])
+def test_bad_reference_images_exit_2_in_one_line_and_write_nothing(tmp_path, case):
+    refs = tmp_path / "refs"
+    if case == "empty":
+        refs.mkdir()
+    else:
+        _write_refs(refs, n=10 if case == "few" else 60)
+    if case == "unreadable":
+        (refs / "x.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = _unlearn("--forget", "sandal", "--reference-images", refs, "--erase", "probe", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "reference_images:" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --- the calibration and the erasure on a toy -----------------------------------------------------
+
+def test_the_sink_bisection_lands_the_class_at_the_target_auc_on_the_references():
+    """A toy where the map's own-direction share moves class 0's scores along its query."""
+    torch.manual_seed(0)
+    d, n = 6, 400
+    labels = torch.randint(0, 3, (n,))
+    eye = torch.eye(d, dtype=torch.float64)
+    feats = eye[labels] + 0.4 * torch.randn(n, d, dtype=torch.float64)
+    classifier = eye[:3].clone()
+    classifier[0, 1] = 1.0  # class 0's query also reads e_1, so its AUC moves smoothly with γ
+    calibration = calibration_for(feats, labels, classifier, [0], ["a", "b", "c"])
+    calibration.classifier, calibration.target_auc = None, 0.5  # no top-1 guard in this toy
+
+    def solve(targets):  # W sends e_0 to targets[0]: the class's own share is γ
+        W = eye.clone()
+        W[:, 0] = targets[0]
+        return W
+
+    base = torch.zeros(1, d, dtype=torch.float64)
+    base[0, 1] = 0.5
+    gamma = reference_chance_gammas(eye[:1], 1, base, solve, calibration)
+    auc = calibration.read(solve((base + gamma[:, None] * eye[:1])))["auc"]
+    assert float(auc[0]) == pytest.approx(0.5, abs=0.02)
+    calibration.target_auc = 0.35
+    lower = reference_chance_gammas(eye[:1], 1, base, solve, calibration)
+    assert float(lower[0]) < float(gamma[0])
+
+
+def test_the_erasure_leaves_no_linear_trace_of_the_pseudo_labels():
+    torch.manual_seed(1)
+    n, d = 600, 8
+    labels = torch.randint(0, 4, (n,))
+    feats = torch.randn(n, d, dtype=torch.float64) + 3 * torch.eye(d, dtype=torch.float64)[labels]
+    erasure = fit_erasure(feats, labels, [1], ["b"])
+    erased = erasure(feats)
+    mine = labels.eq(1)
+    # LEACE: equal class-conditional means of the indicator, so no linear probe beats a constant
+    assert torch.allclose(erased[mine].mean(0), erased[~mine].mean(0), atol=1e-8)
+    assert erasure.rank == 1 and erasure.positives == {"b": int(mine.sum())}
+    assert torch.allclose(erased, feats @ erasure.M.T + erasure.c)
+
+
+# --- the fold of the offset ------------------------------------------------------------------------
+
+def test_a_layernorm_carries_an_exact_offset_through_the_final_map():
+    norm = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.4)
+    model = torch.nn.Module()
+    model.visual = torch.nn.Module()
+    model.visual.ln_post = norm
+    model.visual.proj = torch.nn.Parameter(torch.randn(16, 4))
+    site = FoldSite("visual.proj", "parameter", "visual.proj", None, 16, 4)
+    g = offset_carrier(model, site)
+    x = norm(torch.randn(50, 16)).double()
+    assert torch.allclose(x @ g, torch.ones(50, dtype=torch.float64), atol=1e-5)
+    W, c = torch.randn(4, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    tensors = {"visual.proj": model.visual.proj.detach().double()}
+    folded = fold_affine(site, tensors, W, c, g)
+    assert list(folded) == ["visual.proj"]
+    expected = project(site, tensors, x).double() @ W.T + c
+    assert torch.allclose(project(site, folded, x).double(), expected, atol=1e-4)
+    # a Linear site with a bias takes the offset there
+    lin = FoldSite("head", "linear", "head.weight", "head.bias", 16, 4)
+    lt = {"head.weight": torch.randn(4, 16, dtype=torch.float64), "head.bias": torch.randn(4, dtype=torch.float64)}
+    out = fold_affine(lin, lt, W, c, None)
+    assert torch.allclose(project(lin, out, x).double(), project(lin, lt, x).double() @ W.T + c, atol=1e-6)
+    with torch.no_grad():
+        norm.bias.zero_()  # Σβ/γ = 0: nothing to carry a constant
+    with pytest.raises(NoOffsetSite, match="bias too close to zero"):
+        offset_carrier(model, site)
+    with pytest.raises(NoOffsetSite, match="no bias and no LayerNorm"):
+        offset_carrier(model, FoldSite("visual.head", "parameter", "visual.head", None, 16, 4))
+
+
+@pytest.mark.embedded
+def test_erase_probe_folds_into_the_final_map_alone_and_plain_open_clip_reloads_it(tmp_path):
+    import open_clip
+
+    from ccup_cli.backends.open_clip import load_model
+
+    refs = _write_refs(tmp_path / "refs")
+    out = tmp_path / "out"
+    result = _unlearn("--forget", "sandal,sneaker", "--reference-images", refs, "--erase", "probe", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    ri = report["reference_images"]
+    assert ri["count"] == 150 and report["projector"]["params"]["sink"] == "reference-chance"
+    assert set(ri["sink"]["per_class"]) == {"sandal", "sneaker"} and ri["erase"]["rank"] == 2
+    assert sum(ri["pseudo_labels"].values()) == 150
+    original = load_model()
+    before = {k: v for k, v in original.model.state_dict().items()}
+    after = load_file(str(out / "model.safetensors"))
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed == ["visual.proj"]  # the offset rides on the LayerNorm's mean-free output: no other tensor
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    model.eval()
+    with np.load(REFS) as z:
+        images = z["images"][:8]
+    from PIL import Image
+
+    px = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+    site = original.site
+    with torch.no_grad(), identity_map(original.model, site):
+        pooled = original.model.encode_image(px).double()  # the features before the final map
+    with torch.no_grad():
+        got = model.encode_image(px).double()
+        y = original.model.encode_image(px).double()
+    # plain open_clip computes the written map on the LayerNorm's output, and that output reads the
+    # constant 1 the offset rides on
+    assert torch.allclose(pooled @ after["visual.proj"].double(), got, atol=1e-4)
+    assert torch.allclose(pooled @ offset_carrier(original.model, site), torch.ones(8, dtype=torch.float64), atol=1e-4)
+    assert F.cosine_similarity(got, y).min() < 0.999  # the map did change the features
+
+
+@pytest.mark.embedded
+def test_a_tower_whose_layernorm_cannot_carry_the_offset_says_so(tmp_path, tiny_vit_file):
+    refs = _write_refs(tmp_path / "refs")
+    result = _unlearn("--model", "ccup-test-vit", "--pretrained", tiny_vit_file, "--forget", "cat",
+                      "--retain", "dog,bird", "--reference-images", refs, "--erase", "probe", "--out", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert "erase: probe cannot be folded into this tower" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_audit_page_says_how_many_references_the_unlearning_read_and_what_they_set():
+    from ccup_cli.audit.page import references_section
+
+    assert references_section({}) == []
+    refs = {"count": 500, "sink": {"per_class": {"sandal": {"gamma": 0.21, "pseudo_labelled": 51, "auc": 0.45,
+                                                            "bottom_share": 0.04, "base_rate": 0.1}}},
+            "erase": {"method": "LEACE", "rank": 1, "fitted_on": 500}}
+    page = "\n".join(references_section({"reference_images": refs}))
+    assert "## Reference images used by the unlearning: 500" in page
+    assert "| sandal | 0.210 | 51 | 0.45 | 0.04 (0.10) |" in page and "rank 1, fitted on 500 references" in page
+    beside = "\n".join(references_section({"reference_images": refs,
+                                           "reference_model": {"per_class": {"sandal": {"auc": 0.52}}}}))
+    assert "retrained reference AUC" in beside and "| 0.52 |" in beside
