@@ -159,8 +159,8 @@ def audit_markdown(report: dict, figures: dict[str, str]) -> str:
 def references_section(report: dict) -> list[str]:
     """What the unlearning read from unlabelled reference images (``--reference-images``), if anything.
 
-    Hook: a ``report["reference_model"]`` with per-class search figures (``{class: {"auc": ...}}``) of a
-    model retrained without the forgotten classes adds a column beside the calibration's."""
+    With ``ccup audit --reference``, the retrained model's search AUC under each class's own name (its
+    ``search_auc`` rows) stands in a column beside the calibration's."""
     refs = report.get("reference_images")
     if not refs:
         return []
@@ -169,13 +169,14 @@ def references_section(report: dict) -> list[str]:
            "zero-shot (folder names are not read). They set each class's sink strength (sink reference-chance)"
            + (" and the linear erasure after the map (erase: probe)" if refs.get("erase") else "") + ".", ""]
     per_class = ((refs.get("sink") or {}).get("per_class")) or {}
-    retrained = ((report.get("reference_model") or {}).get("per_class")) or {}
+    retrained = {r["subject"]: r["reference"] for r in (report.get("reference") or {}).get("rows", [])
+                 if r["key"] == "search_auc"}
     if per_class:
         header = ["class", "sink γ", "pseudo-labelled references", "AUC on the references", "bottom share (base rate)"]
         header += ["retrained reference AUC"] if retrained else []
         rows = [[c, f"{f['gamma']:.3f}", f["pseudo_labelled"], _dec(f["auc"]),
                  f"{_dec(f['bottom_share'])} ({_dec(f['base_rate'])})"]
-                + ([_dec((retrained.get(c) or {}).get("auc"))] if retrained else []) for c, f in per_class.items()]
+                + ([_dec(retrained.get(c))] if retrained else []) for c, f in per_class.items()]
         out += [_table(header, rows), ""]
     erase = refs.get("erase")
     if erase:

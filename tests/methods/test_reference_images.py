@@ -245,5 +245,7 @@ def test_the_audit_page_says_how_many_references_the_unlearning_read_and_what_th
     assert "## Reference images used by the unlearning: 500" in page
     assert "| sandal | 0.210 | 51 | 0.45 | 0.04 (0.10) |" in page and "rank 1, fitted on 500 references" in page
     beside = "\n".join(references_section({"reference_images": refs,
-                                           "reference_model": {"per_class": {"sandal": {"auc": 0.52}}}}))
+                                           "reference": {"rows": [
+                                               {"key": "search_auc", "subject": "sandal", "reference": 0.52},
+                                               {"key": "search_p_at_10", "subject": "sandal", "reference": 0.9}]}}))
     assert "retrained reference AUC" in beside and "| 0.52 |" in beside
