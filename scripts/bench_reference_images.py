@@ -12,7 +12,7 @@ Reference images are drawn (seeded) from the Fashion-MNIST TRAIN split, from the
 trained on, never from the validation part or the test split; their labels are never read except to
 build the reference sets that hold no image of a forgotten class. Pseudo-labels are the original model's
 zero-shot. Every figure comes from the same library functions ``ccup unlearn --reference-images`` runs:
-``sinks.reference_chance_gammas`` (the sink), ``erasure.fit_erasure`` (the erasure), composed as
+``sinks.reference_chance_targets`` (the sink), ``erasure.fit_erasure`` (the erasure), composed as
 ``methods.references.solve_with_references``. Features are encoded once per split and cached.
 """
 

@@ -172,12 +172,19 @@ def references_section(report: dict) -> list[str]:
     retrained = {r["subject"]: r["reference"] for r in (report.get("reference") or {}).get("rows", [])
                  if r["key"] == "search_auc"}
     if per_class:
-        header = ["class", "sink γ", "pseudo-labelled references", "AUC on the references", "bottom share (base rate)"]
+        header = ["class", "sink γ (length)", "pseudo-labelled references", "calibrated on",
+                  "AUC on the references", "bottom share (base rate)"]
         header += ["retrained reference AUC"] if retrained else []
-        rows = [[c, f"{f['gamma']:.3f}", f["pseudo_labelled"], _dec(f["auc"]),
-                 f"{_dec(f['bottom_share'])} ({_dec(f['base_rate'])})"]
+        rows = [[c, f"{f['gamma']:.3f} ({f.get('scale') or 1.0:.1f})", f["pseudo_labelled"],
+                 f"{f.get('calibrated_on')} stand-ins (estimated)" if f.get("estimated") else "its references",
+                 _dec(f["auc"]), f"{_dec(f['bottom_share'])} ({_dec(f['base_rate'])})"]
                 + ([_dec(retrained.get(c))] if retrained else []) for c, f in per_class.items()]
         out += [_table(header, rows), ""]
+        if any(f.get("estimated") for f in per_class.values()):
+            out += ["A class marked *estimated* is too rare among the references to calibrate on its own images: "
+                    "it was calibrated on stand-ins (references of its nearest class moved to where the text "
+                    "places it), which is an estimate; measured, such classes land anywhere between the bottom "
+                    "and chance (docs/reference-images.md).", ""]
     erase = refs.get("erase")
     if erase:
         out += [f"Erasure: {erase['method']}, rank {erase['rank']}, fitted on {erase['fitted_on']} references; it "

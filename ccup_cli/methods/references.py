@@ -4,7 +4,7 @@ The references are the ORIGINAL model's image features of a few hundred to a few
 images from the deployment distribution (``data.reference_images``), pseudo-labelled by the original
 model's own zero-shot over the forget and retain classes. Two uses, each chosen on the references alone:
 
-- the ``reference-chance`` sink (``sinks.reference_chance_gammas``): per forget class, the share γ of its
+- the ``reference-chance`` sink (``sinks.reference_chance_targets``): per forget class, the share γ of its
   own direction in its sink target that puts it at chance under its own query on the references;
 - ``erase: probe`` (``erasure.fit_erasure``): LEACE on the patched reference features against each forget
   class's pseudo-label, composed after the map. With both, the sink is calibrated *through* the
@@ -24,7 +24,6 @@ from ..text.encode import class_embeddings
 from ..text.templates import build_prompts
 from .erasure import Erasure, fit_erasure, recentred
 from .sinks import (
-    MIN_REFERENCE_POSITIVES,
     REFERENCE_SINK,
     REFERENCE_TARGET_AUC,
     ReferenceCalibration,
@@ -102,8 +101,9 @@ def solve_with_references(solve: Callable[[torch.Tensor], torch.Tensor], forget_
     """The calibrated map ``W [d, d]``, the erasure fitted after it (None without ``erase``), and what the
     references read: per forget class its γ, AUC and bottom share on the references (and base rate)."""
     fit = erasure_for(calibration)
-    if erase:
-        calibration.after = lambda feats: fit(feats)(feats)
+    if erase:  # refitted on the real references only; the absent classes' stand-ins are read through it
+        n = len(calibration.features)
+        calibration.after = lambda feats: fit(feats[:n])(feats)
     targets = resolve_sink(REFERENCE_SINK, forget_embeddings, retain_embeddings, forget_templates, encode, solve,
                            calibration)
     W = solve(targets)
@@ -115,13 +115,18 @@ def reference_facts(calibration: ReferenceCalibration, W: torch.Tensor) -> dict:
     """Per forget class, what the references read at ``W`` (through ``calibration.after``)."""
     read = calibration.read(W)
     positives = calibration.positives()
-    gammas = calibration.chosen.get("gamma")
+    gammas, scales = calibration.chosen.get("gamma"), calibration.chosen.get("scale")
+    present = calibration.present()
+    calibrated_on = calibration.relevant().sum(dim=1)
     out = {}
     for i, c in enumerate(calibration.forget_ids):
         name = calibration.classnames[c]
         out[name] = {"gamma": None if gammas is None else round(float(gammas[i]), 6),
+                     "scale": None if scales is None else round(float(scales[i]), 6),
                      "pseudo_labelled": int(positives[i]), "auc": round(float(read["auc"][i]), 4),
                      "bottom_share": round(float(read["bottom_share"][i]), 4),
                      "base_rate": round(float(read["base_rate"][i]), 4),
-                     "borrowed_nearest": bool(int(positives[i]) < MIN_REFERENCE_POSITIVES)}
+                     # too few of the references are this class: it was calibrated on stand-ins (other
+                     # classes' references moved to where the text places it), an estimate
+                     "estimated": not bool(present[i]), "calibrated_on": int(calibrated_on[i])}
     return out

@@ -16,7 +16,7 @@ each forget prompt a harmless target instead:
   under its own query instead of below it (issue 21); text is a rough stand-in for where images sit,
   so it lands some classes at chance and misses others, at a retain cost (scripts/tune_chance_sink.py).
 - ``reference-chance``: retain-mean-orthogonal plus, per forget class, the share of its own direction that
-  puts the class at chance on unlabelled reference images (``reference_chance_gammas``): its AUC under
+  puts the class at chance on unlabelled reference images (``reference_chance_targets``): its AUC under
   its own query 0.5 among the references, pseudo-labelled by the original model's zero-shot (issue 29).
   It needs reference images (``reference_images``); the default when they are given to ``ccup``.
 - ``neutral``: each forget prompt's own template filled with NEUTRAL_WORD (one target per prompt).
@@ -129,14 +129,30 @@ def text_chance_gammas(forget_embeddings: torch.Tensor, retain_embeddings: torch
 
 
 MIN_REFERENCE_POSITIVES = 5  # pseudo-labelled references a forget class needs for its own calibration
-REFERENCE_GAMMA_RANGE = (-0.5, 1.5)
+# a forget class counts as present in the references when at least this share of an even split (n / C)
+# of them is pseudo-labelled as it (and MIN_REFERENCE_POSITIVES); otherwise the zero-shot's "positives"
+# are other classes' images it confuses (measured: 0-26 of 2,000 references that hold none, against
+# 178-225 that hold it), and the class is calibrated on images estimated from the text instead
+REFERENCE_PRESENT_SHARE = 0.3
+REFERENCE_GAMMA_RANGE = (-3.0, 3.0)
+# the ridge of the per-class direction (``ReferenceCalibration.directions``), as a share of the features'
+# mean variance; chosen on the validation split among 0.1, 0.03 and 0.01 (scripts/bench_reference_images.py)
+REFERENCE_RIDGE = 0.01
 # the AUC the reference-chance sink aims each forget class at; chosen on the validation split
 # (scripts/bench_reference_images.py)
 REFERENCE_TARGET_AUC = 0.45
-# after the bisection, a class whose references still win zero-shot more often than this gives up γ in
-# steps of REFERENCE_GUARD_STEP (at most REFERENCE_GUARD_STEPS): chance in search must not undo forgetting
+# the AUC aimed at for a class the references hardly hold: its stand-ins only estimate where its images
+# sit, and erring low keeps it out of zero-shot; chosen on the validation split among 0.45, 0.35, 0.3 and
+# 0.25: the highest at which no set of ten let more than 1 % of the forget images back into zero-shot
+REFERENCE_ABSENT_TARGET_AUC = 0.3
+# after the bisection, a class whose references still win zero-shot more often than this has its whole
+# target scaled down in steps of REFERENCE_GUARD_STEP (at most REFERENCE_GUARD_STEPS), and γ is found
+# again: the target's length moves the class's zero-shot logits but hardly its search ranking, and
+# chance in search must not undo forgetting
 REFERENCE_MAX_FORGET_TOP1 = 0.005
-REFERENCE_GUARD_STEP, REFERENCE_GUARD_STEPS = 0.01, 50
+REFERENCE_GUARD_STEP, REFERENCE_GUARD_STEPS = 0.1, 9
+# the ridge of the text analogy that places a class absent from the references (``estimated_mean``)
+ANALOGY_RIDGE = 0.1
 
 
 @dataclass
@@ -148,6 +164,10 @@ class ReferenceCalibration:
     the normalised search query (classifier vector) of each forget class, in forget-class order;
     ``forget_ids``: each forget class's index in ``classnames``; ``after``: what follows the map before
     search (``erase: probe`` refits its erasure on the patched features; None: nothing).
+
+    A forget class the references hardly hold (``present``) is calibrated on stand-in images: the
+    references of the present class nearest to it, moved to where the text says its images sit
+    (``estimated_mean``). ``pool()`` is the references plus those stand-ins.
     """
 
     features: torch.Tensor
@@ -156,25 +176,23 @@ class ReferenceCalibration:
     forget_ids: list[int]
     classnames: list[str]
     after: Callable[[torch.Tensor], torch.Tensor] | None = None
-    chosen: dict = field(default_factory=dict)  # what the calibration chose ("gamma": [k])
+    chosen: dict = field(default_factory=dict)  # what the calibration chose ("gamma", "scale": [k])
     target_auc: float = REFERENCE_TARGET_AUC  # the AUC each forget class is calibrated to
     classifier: torch.Tensor | None = None  # [C, d] every class's query: the guard on forget top-1
+    _pool: tuple | None = field(default=None, repr=False)
 
     def own_top1(self, W: torch.Tensor) -> torch.Tensor:
-        """``[k]``: per forget class, the share of its pseudo-labelled references that the map ``W`` (and
-        ``after``) still classifies as it (0 where it has none): zero-shot top-1 on the references."""
+        """``[k]``: per forget class, the share of its calibration images (``pool``) that the map ``W``
+        (and ``after``) still classifies as it: zero-shot top-1 on the references."""
         import torch
         import torch.nn.functional as F
 
-        feats = self.features.double() @ W.T.to(self.features.device, torch.float64)
+        feats, rel = self.pool()
+        feats = feats @ W.T.to(feats.device, torch.float64)
         if self.after is not None:
             feats = self.after(feats)
         pred = (F.normalize(feats, dim=-1) @ self.classifier.double().T.to(feats.device)).argmax(dim=1)
-        out = []
-        for c in self.forget_ids:
-            mine = self.pseudo_labels.eq(c)
-            out.append(pred[mine].eq(c).double().mean() if bool(mine.any()) else torch.zeros((), dtype=torch.float64))
-        return torch.stack(out)
+        return torch.stack([pred[rel[i]].eq(c).double().mean() for i, c in enumerate(self.forget_ids)])
 
     def positives(self) -> torch.Tensor:
         """``[k]`` pseudo-labelled references per forget class."""
@@ -182,20 +200,120 @@ class ReferenceCalibration:
 
         return torch.stack([self.pseudo_labels.eq(c).sum() for c in self.forget_ids])
 
-    def relevant(self) -> torch.Tensor:
-        """``[k, n]`` bool: reference j is pseudo-labelled forget class i; a class with too few
-        positives borrows the references the original model scores highest for it (its
-        ``MIN_REFERENCE_POSITIVES`` nearest), so a reference set without the class still calibrates."""
+    def present(self) -> torch.Tensor:
+        """``[k]`` bool: the forget class holds enough of the references to calibrate on its own
+        (``REFERENCE_PRESENT_SHARE`` of an even split, and ``MIN_REFERENCE_POSITIVES``). Without a
+        classifier of every class (no text to estimate from), every class counts as present."""
+        import torch
+
+        positives = self.positives()
+        if self.classifier is None:
+            return torch.ones(len(positives), dtype=torch.bool)
+        share = REFERENCE_PRESENT_SHARE * len(self.pseudo_labels) / len(self.classifier)
+        return (positives >= MIN_REFERENCE_POSITIVES) & (positives.double() >= share)
+
+    def estimated_mean(self, i: int) -> torch.Tensor:
+        """``[d]``: where forget class ``i``'s normalised image features should sit, from the text alone.
+
+        The class's query is written as a ridge combination of the present classes' queries (about their
+        mean); the same combination of those classes' image means, plus the part of the query they do
+        not explain scaled as text offsets map to image offsets on the present classes, places it."""
         import torch
         import torch.nn.functional as F
 
+        x = F.normalize(self.features.double(), dim=-1)
+        text = F.normalize(self.classifier.double(), dim=-1).to(x.device)
+        ids = [j for j in self._present_classes() if j != self.forget_ids[i]]
+        means = torch.stack([x[self.pseudo_labels.eq(j)].mean(0) for j in ids])  # [p, d]
+        t_bar, m_bar = text[ids].mean(0), means.mean(0)
+        T, M = text[ids] - t_bar, means - m_bar  # [p, d]
+        t = text[self.forget_ids[i]] - t_bar
+        gram = T @ T.T
+        w = torch.linalg.solve(gram + ANALOGY_RIDGE * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype,
+                                                                                             device=x.device), T @ t)
+        scale = (M * T).sum() / (T * T).sum().clamp(min=1e-12)
+        return m_bar + w @ M + scale * (t - w @ T)
+
+    def _present_classes(self) -> list[int]:
+        counts = self.pseudo_labels.bincount(minlength=len(self.classnames))
+        share = REFERENCE_PRESENT_SHARE * len(self.pseudo_labels) / len(self.classnames)
+        return [j for j in range(len(self.classnames)) if counts[j] >= max(MIN_REFERENCE_POSITIVES, share)]
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features [n + m, d], relevant [k, n + m] bool)``: the references, then the stand-ins of
+        each absent forget class; a present class is relevant on its pseudo-labelled references, an
+        absent one on its stand-ins alone (its pseudo-labelled references are other classes' images).
+
+        A stand-in is a reference of the present class whose image mean is nearest the estimate,
+        moved by the difference of the means (on the unit sphere) and kept at its own length."""
+        import torch
+        import torch.nn.functional as F
+
+        if self._pool is not None:
+            return self._pool
+        feats = self.features.double()
         rel = self.pseudo_labels[None, :].eq(torch.as_tensor(self.forget_ids, device=self.pseudo_labels.device)[:, None])
-        scores = F.normalize(self.features.double(), dim=-1) @ self.queries.double().T.to(self.features.device)
+        present = self.present()
+        extra, extra_rel = [], []
+        present_classes = self._present_classes() if not bool(present.all()) else []
+        if len(present_classes) < 2:  # nothing to estimate from: borrow the nearest references
+            scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)
+            for i in range(len(self.forget_ids)):
+                if int(rel[i].sum()) < MIN_REFERENCE_POSITIVES:
+                    rel[i] = False
+                    rel[i, scores[:, i].topk(min(MIN_REFERENCE_POSITIVES, len(scores) - 1)).indices] = True
+            self._pool = (feats, rel)
+            return self._pool
+        x = F.normalize(feats, dim=-1)
+        for i in torch.nonzero(~present).flatten().tolist():
+            target = self.estimated_mean(i)
+            candidates = [j for j in present_classes if j not in self.forget_ids or present[self.forget_ids.index(j)]]
+            means = torch.stack([x[self.pseudo_labels.eq(j)].mean(0) for j in candidates])
+            nearest = candidates[int((means - target).norm(dim=1).argmin())]
+            mine = self.pseudo_labels.eq(nearest)
+            moved = x[mine] - x[mine].mean(0) + target
+            extra.append(moved * feats[mine].norm(dim=1, keepdim=True))
+            flags = torch.zeros(len(self.forget_ids), len(moved), dtype=torch.bool, device=rel.device)
+            flags[i] = True
+            extra_rel.append(flags)
+            rel[i] = False
+        self._pool = (torch.cat([feats, *extra]), torch.cat([rel, *extra_rel], dim=1))
+        return self._pool
+
+    def relevant(self) -> torch.Tensor:
+        """``[k, n + m]`` bool: which of ``pool()``'s images stand for each forget class."""
+        return self.pool()[1]
+
+    def directions(self) -> torch.Tensor:
+        """``[k, d]`` float64: per forget class, the direction along which its calibration images
+        separate from the rest most for their spread: the mean difference, whitened by the references'
+        within-pseudo-class covariance (ridge ``REFERENCE_RIDGE``), on the unit sphere.
+
+        Moving a class along its own *text* direction moves its mean and spreads its top tail above
+        everyone (P@10 0.2-0.3 at AUC 0.45); along this one the class moves as a narrow band."""
+        import torch
+        import torch.nn.functional as F
+
+        feats, rel = self.pool()
+        x = F.normalize(feats, dim=-1)
+        real = F.normalize(self.features.double(), dim=-1)
+        d = real.shape[1]
+        within = torch.zeros(d, d, dtype=torch.float64, device=real.device)
+        for c in self.pseudo_labels.unique():
+            part = real[self.pseudo_labels.eq(c)]
+            part = part - part.mean(0)
+            within += part.T @ part
+        within /= len(real)
+        within += REFERENCE_RIDGE * within.trace() / d * torch.eye(d, dtype=torch.float64, device=real.device)
+        out = []
+        present = self.present()
         for i in range(len(self.forget_ids)):
-            if int(rel[i].sum()) < MIN_REFERENCE_POSITIVES:
-                rel[i] = False
-                rel[i, scores[:, i].topk(min(MIN_REFERENCE_POSITIVES, len(scores) - 1)).indices] = True
-        return rel
+            if not bool(present[i]):
+                out.append(F.normalize(self.queries[i].double().to(real.device), dim=0))
+                continue
+            delta = x[rel[i]].mean(0) - x[~rel[i]].mean(0)
+            out.append(F.normalize(torch.linalg.solve(within, delta), dim=0))
+        return torch.stack(out)
 
     def read(self, W: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per forget class, on the references patched by ``W``: ``auc`` under its own query and
@@ -204,11 +322,11 @@ class ReferenceCalibration:
         import torch
         import torch.nn.functional as F
 
-        feats = self.features.double() @ W.T.to(self.features.device, torch.float64)
+        feats, rel = self.pool()
+        feats = feats @ W.T.to(feats.device, torch.float64)
         if self.after is not None:
             feats = self.after(feats)
         scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)  # [n, k]
-        rel = self.relevant()
         n_rel = rel.sum(dim=1)
         auc = ranking_auc(scores.T, rel)
         order = scores.T.argsort(dim=1)  # ascending: the last-ranked first
@@ -232,36 +350,50 @@ def ranking_auc(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     return ((ranks * relevant.double()).sum(dim=1) - n_rel * (n_rel + 1) / 2) / (n_rel * n_other).clamp(min=1)
 
 
-def reference_chance_gammas(forget_embeddings: torch.Tensor, n_templates: int, base: torch.Tensor,
+def reference_chance_targets(forget_embeddings: torch.Tensor, n_templates: int, base: torch.Tensor,
                             solve: Callable[[torch.Tensor], torch.Tensor], references: ReferenceCalibration,
-                            steps: int = 16) -> torch.Tensor:
-    """``[n_classes]`` float64: per forget class, the γ at which the map for targets ``base + γ·d_c``
-    puts the class at chance on the references: AUC 0.5 under its own query (``ReferenceCalibration.read``).
+                            steps: int = 16, directions: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_classes, d]`` float64: per forget class, the sink target ``ρ_c (base + γ_c u_c)`` that puts the
+    class at the target AUC under its own query on the references (``ReferenceCalibration.read``).
 
-    Bisection on ``REFERENCE_GAMMA_RANGE``, all classes at once (each class's γ moves its own AUC most).
+    ``u_c``: ``directions`` (default: the references' own, ``ReferenceCalibration.directions``). γ by
+    bisection on ``REFERENCE_GAMMA_RANGE``, all classes at once (each class's γ moves its own AUC
+    most). ρ starts at 1; a class whose references still win zero-shot (the guard) is shortened and
+    its γ found again. The choice is kept in ``references.chosen`` ("gamma", "scale").
     """
     import torch
 
-    directions = forget_class_directions(forget_embeddings, n_templates)
+    if directions is None:
+        directions = references.directions()
+    directions = directions.to(base.device, torch.float64)
     k = len(directions)
-    low = torch.full((k,), REFERENCE_GAMMA_RANGE[0], dtype=torch.float64, device=directions.device)
-    high = torch.full((k,), REFERENCE_GAMMA_RANGE[1], dtype=torch.float64, device=directions.device)
-    for _ in range(steps):
-        gamma = (low + high) / 2
-        W = solve((base + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0))
-        auc = references.read(W)["auc"].to(gamma.device)
-        aim = references.target_auc
-        high, low = torch.where(auc > aim, gamma, high), torch.where(auc <= aim, gamma, low)
-    gamma = (low + high) / 2
+    scale = torch.ones(k, dtype=torch.float64, device=directions.device)
+    aims = torch.where(references.present().to(directions.device), references.target_auc,
+                       min(references.target_auc, REFERENCE_ABSENT_TARGET_AUC)).double()
+
+    def targets(gamma):
+        return scale[:, None] * (base + gamma[:, None] * directions)
+
+    def bisect():
+        low = torch.full((k,), REFERENCE_GAMMA_RANGE[0], dtype=torch.float64, device=directions.device)
+        high = torch.full((k,), REFERENCE_GAMMA_RANGE[1], dtype=torch.float64, device=directions.device)
+        for _ in range(steps):
+            gamma = (low + high) / 2
+            auc = references.read(solve(targets(gamma).repeat_interleave(n_templates, dim=0)))["auc"].to(gamma.device)
+            high, low = torch.where(auc > aims, gamma, high), torch.where(auc <= aims, gamma, low)
+        return (low + high) / 2
+
+    gamma = bisect()
     if references.classifier is not None:
         for _ in range(REFERENCE_GUARD_STEPS):
-            W = solve((base + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0))
+            W = solve(targets(gamma).repeat_interleave(n_templates, dim=0))
             over = references.own_top1(W).to(gamma.device) > REFERENCE_MAX_FORGET_TOP1
             if not bool(over.any()):
                 break
-            gamma = gamma - REFERENCE_GUARD_STEP * over.double()
-    references.chosen["gamma"] = gamma
-    return gamma
+            scale = scale - REFERENCE_GUARD_STEP * over.double()
+            gamma = bisect()
+    references.chosen["gamma"], references.chosen["scale"] = gamma, scale
+    return targets(gamma)
 
 
 def resolve_sink(
@@ -309,8 +441,8 @@ def resolve_sink(
             if solve is None or references is None:
                 raise SpecError("sink: reference-chance calibrates on unlabelled reference images, and none were given",
                                 "give --reference-images DIR (reference_images: DIR), or another sink")
-            gamma = reference_chance_gammas(forget_embeddings, n_templates, mean, solve, references)
-            return (mean + gamma[:, None] * directions).repeat_interleave(n_templates, dim=0)
+            chosen = reference_chance_targets(forget_embeddings, n_templates, mean, solve, references)
+            return chosen.repeat_interleave(n_templates, dim=0)
         return mean.expand(k_f, -1).clone()
     if encode is None:
         raise ValueError(f"sink {sink!r} needs a text encoder to fill its phrase into the templates")

@@ -210,8 +210,12 @@ def summary_table(report: dict):
         if refs:
             table.add_row("reference images", f"{refs['count']} (pseudo-labelled by the original model)")
             for name, fact in refs.get("sink", {}).get("per_class", {}).items():
-                table.add_row(f"  {name}", f"γ {fact['gamma']:.3f}: reference AUC {fact['auc']:.2f}, bottom share "
-                              f"{fact['bottom_share']:.2f} (base rate {fact['base_rate']:.2f})")
+                scale = fact.get("scale")
+                length = "" if scale in (None, 1.0) else f", length {scale:.1f}"
+                estimated = (f"; too few are {name}: estimated on {fact.get('calibrated_on')} stand-ins"
+                             if fact.get("estimated") else "")
+                table.add_row(f"  {name}", f"γ {fact['gamma']:.3f}{length}: reference AUC {fact['auc']:.2f}, bottom "
+                              f"share {fact['bottom_share']:.2f} (base rate {fact['base_rate']:.2f}){estimated}")
             if refs.get("erase"):
                 table.add_row("erase", f"probe: LEACE, rank {refs['erase']['rank']}, fitted on "
                               f"{refs['erase']['fitted_on']} references")

@@ -18,7 +18,7 @@ from ccup_cli.data.reference_images import MIN_REFERENCE_IMAGES, resolve_referen
 from ccup_cli.errors import SpecError
 from ccup_cli.methods.erasure import fit_erasure
 from ccup_cli.methods.references import calibration_for
-from ccup_cli.methods.sinks import reference_chance_gammas
+from ccup_cli.methods.sinks import reference_chance_targets
 from ccup_cli.spec.schema import build_spec
 
 runner = CliRunner()
@@ -128,12 +128,90 @@ def test_the_sink_bisection_lands_the_class_at_the_target_auc_on_the_references(
 
     base = torch.zeros(1, d, dtype=torch.float64)
     base[0, 1] = 0.5
-    gamma = reference_chance_gammas(eye[:1], 1, base, solve, calibration)
-    auc = calibration.read(solve((base + gamma[:, None] * eye[:1])))["auc"]
-    assert float(auc[0]) == pytest.approx(0.5, abs=0.02)
+    targets = reference_chance_targets(eye[:1], 1, base, solve, calibration, directions=eye[:1])
+    assert float(calibration.read(solve(targets))["auc"][0]) == pytest.approx(0.5, abs=0.02)
+    gamma = float(calibration.chosen["gamma"][0])
+    assert torch.allclose(targets, base + gamma * eye[:1])
     calibration.target_auc = 0.35
-    lower = reference_chance_gammas(eye[:1], 1, base, solve, calibration)
-    assert float(lower[0]) < float(gamma[0])
+    reference_chance_targets(eye[:1], 1, base, solve, calibration, directions=eye[:1])
+    assert float(calibration.chosen["gamma"][0]) < gamma
+
+
+def _spread_toy(n=3000, seed=0):
+    """Class 0 stands out by 1.0 along e_0 with a wide spread, and by 0.3 along e_1 with a narrow one;
+    classes 1-3 differ from each other on e_2 and e_3; everyone reads 3 on e_4."""
+    torch.manual_seed(seed)
+    d = 5
+    eye = torch.eye(d, dtype=torch.float64)
+    labels = torch.randint(0, 4, (n,))
+    centres = torch.stack([eye[0] + 0.3 * eye[1], eye[2], -eye[2], eye[3]]) + 3 * eye[4]
+    spread = torch.tensor([0.3, 0.02, 0.3, 0.3, 0.3], dtype=torch.float64)
+    feats = centres[labels] + spread * torch.randn(n, d, dtype=torch.float64)
+    mine = labels.eq(0)
+    feats[mine, 0] += 0.9 * torch.randn(int(mine.sum()), dtype=torch.float64)
+    return feats, labels, eye
+
+
+def test_the_references_own_direction_separates_the_class_most_for_its_spread():
+    """The sink moves a class along the direction where its mean stands out most against the
+    references' within-class spread (a Fisher ratio), not along its wide own query, so it moves as a
+    band instead of dragging a top tail along."""
+    feats, labels, eye = _spread_toy()
+    calibration = calibration_for(feats, labels, eye[:4], [0], ["a", "b", "c", "d"])
+    x = F.normalize(feats, dim=-1)
+    delta = x[labels.eq(0)].mean(0) - x[labels.ne(0)].mean(0)
+    within = sum(torch.cov((x[labels.eq(c)]).T, correction=0) * float(labels.eq(c).double().mean()) for c in range(4))
+
+    def fisher(u):
+        return float((delta @ u) ** 2 / (u @ within @ u))
+
+    u = calibration.directions()[0]
+    assert float(u.norm()) == pytest.approx(1.0)
+    assert fisher(u) > 1.5 * fisher(F.normalize(delta, dim=0)) and fisher(u) > 1.5 * fisher(eye[0])
+
+
+def test_a_class_the_references_lack_is_calibrated_on_stand_ins_placed_by_the_text():
+    """Image means sit on the text queries; the references hold no image of class 0."""
+    torch.manual_seed(2)
+    d, n = 8, 800
+    eye = torch.eye(d, dtype=torch.float64)
+    text = F.normalize(eye[:5] + 0.3, dim=-1)
+    labels = torch.randint(1, 5, (n,))
+    feats = text[labels] + 0.05 * torch.randn(n, d, dtype=torch.float64)
+    calibration = calibration_for(feats, labels, text, [0], list("abcde"))
+    assert not bool(calibration.present()[0]) and int(calibration.positives()[0]) == 0
+    estimate = calibration.estimated_mean(0)
+    assert float(F.cosine_similarity(estimate, text[0], dim=0)) > 0.95
+    pool, rel = calibration.pool()
+    assert len(pool) > n and int(rel[0, :n].sum()) == 0 and int(rel[0, n:].sum()) == len(pool) - n
+    moved = F.normalize(pool[n:], dim=-1).mean(0)
+    assert float(F.cosine_similarity(moved, text[0], dim=0)) > 0.95
+    # with the class among the references, it calibrates on its own pseudo-labelled images
+    labels_with = torch.cat([labels, torch.zeros(200, dtype=torch.long)])
+    feats_with = torch.cat([feats, text[0] + 0.05 * torch.randn(200, d, dtype=torch.float64)])
+    with_class = calibration_for(feats_with, labels_with, text, [0], list("abcde"))
+    assert bool(with_class.present()[0]) and len(with_class.pool()[0]) == len(feats_with)
+
+
+def test_the_guard_shortens_a_target_that_would_win_zero_shot():
+    """At chance in search, class 0's images would still win zero-shot; a shorter target does not."""
+    torch.manual_seed(3)
+    d, n = 4, 900
+    eye = torch.eye(d, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,))
+    feats = eye[labels] + 0.1 * torch.randn(n, d, dtype=torch.float64) + 0.5 * eye[3]
+    feats[labels.eq(0)] += 0.6 * eye[1]  # class 0 looks a little like class 1, its zero-shot rival
+    calibration = calibration_for(feats, labels, eye[:3], [0], ["a", "b", "c"])
+
+    def solve(targets):  # the query e_0 is sent to the target
+        W = eye.clone()
+        W[0] = targets[0]
+        return W
+
+    base = 1.5 * eye[3:4]  # every image reads e_3: a long target scores everyone high
+    targets = reference_chance_targets(eye[:1], 1, base, solve, calibration, directions=eye[:1])
+    assert float(calibration.chosen["scale"][0]) < 1.0
+    assert float(calibration.own_top1(solve(targets))[0]) <= 0.005
 
 
 def test_the_erasure_leaves_no_linear_trace_of_the_pseudo_labels():
@@ -238,12 +316,17 @@ def test_the_audit_page_says_how_many_references_the_unlearning_read_and_what_th
     from ccup_cli.audit.page import references_section
 
     assert references_section({}) == []
-    refs = {"count": 500, "sink": {"per_class": {"sandal": {"gamma": 0.21, "pseudo_labelled": 51, "auc": 0.45,
-                                                            "bottom_share": 0.04, "base_rate": 0.1}}},
+    refs = {"count": 500, "sink": {"per_class": {"sandal": {"gamma": 0.21, "scale": 1.0, "pseudo_labelled": 51,
+                                                            "auc": 0.45, "bottom_share": 0.04, "base_rate": 0.1,
+                                                            "estimated": False, "calibrated_on": 51}}},
             "erase": {"method": "LEACE", "rank": 1, "fitted_on": 500}}
     page = "\n".join(references_section({"reference_images": refs}))
     assert "## Reference images used by the unlearning: 500" in page
-    assert "| sandal | 0.210 | 51 | 0.45 | 0.04 (0.10) |" in page and "rank 1, fitted on 500 references" in page
+    assert "| sandal | 0.210 (1.0) | 51 | its references | 0.45 | 0.04 (0.10) |" in page
+    assert "rank 1, fitted on 500 references" in page and "estimated" not in page
+    refs["sink"]["per_class"]["sandal"].update(estimated=True, calibrated_on=180, pseudo_labelled=2, scale=0.8)
+    rare = "\n".join(references_section({"reference_images": refs}))
+    assert "| sandal | 0.210 (0.8) | 2 | 180 stand-ins (estimated) |" in rare and "is an estimate" in rare
     beside = "\n".join(references_section({"reference_images": refs,
                                            "reference": {"rows": [
                                                {"key": "search_auc", "subject": "sandal", "reference": 0.52},
