@@ -35,9 +35,9 @@ from benchdoc import write_section  # noqa: E402
 from train_tiny_clip import split_indices  # noqa: E402
 
 from ccup_cli.audit.probe import k_shot_indices, probe_predict, train_probe  # noqa: E402
+from ccup_cli.backends.base import load_backend  # noqa: E402
 from ccup_cli.backends.features import encode_pre_projection  # noqa: E402
-from ccup_cli.backends.fold import project  # noqa: E402
-from ccup_cli.backends.open_clip import load_model  # noqa: E402
+from ccup_cli.backends.fold import project, site_tensors  # noqa: E402
 from ccup_cli.data.catalog import preset_classnames  # noqa: E402
 from ccup_cli.data.dataset import array_dataset  # noqa: E402
 from ccup_cli.data.idx import load_idx_split  # noqa: E402
@@ -61,12 +61,12 @@ REFERENCE_SIZES = [100, 500, 2000]
 class Data:
     """The embedded model, its eval classifier and the cached pre-projection features of each split."""
 
-    def __init__(self, data_root: str, cache_dir: Path, seed: int = 0):
+    def __init__(self, data_root: str, cache_dir: Path, seed: int = 0, model: str | None = None):
         self.classnames = preset_classnames("fashion-mnist")
-        self.loaded = load_model()
-        self.site = self.loaded.site
-        state = self.loaded.model.state_dict()
-        self.original = {k: state[k].detach().clone() for k in self.site.keys}
+        self.loaded = load_backend(model, None)
+        self.site = self.loaded.select_fold("auto")
+        self.model = model or "ccup-tiny-fashion"
+        self.original = {k: v.detach().clone() for k, v in site_tensors(self.loaded.model, self.site).items()}
         self.templates, self.retain_templates = load_templates("openai"), load_templates("simple")
         self.openai = embed_classes(self.loaded.encode_prompts, self.classnames, self.templates)
         self.simple = embed_classes(self.loaded.encode_prompts, self.classnames, self.retain_templates)
@@ -83,7 +83,8 @@ class Data:
     def features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The ORIGINAL model's image features ``[n, d]`` float64 and labels of ``split``."""
         if split not in self._features:
-            path = self.cache_dir / f"refimages-{split}-seed{self.seed}.pt"
+            tag = "" if self.model == "ccup-tiny-fashion" else f"{self.model}-"
+            path = self.cache_dir / f"refimages-{tag}{split}-seed{self.seed}.pt"
             if path.is_file():
                 cached = torch.load(path)
             else:
@@ -259,15 +260,16 @@ def tune(data: Data, sets) -> list[str]:
 
 def retrained_probe(data: Data, folder: str, forget: list[str]) -> dict:
     """The same 16-shot probes (pool, draws, test split) on a model retrained without ``forget``."""
-    loaded = load_model(f"local-dir:{folder}")
-    state = loaded.model.state_dict()
-    tensors = {k: state[k].detach().clone() for k in loaded.site.keys}
+    lit = (Path(folder) / "config.json").is_file()  # a transformers folder (the LiT reference)
+    loaded = load_backend(folder if lit else f"local-dir:{folder}", None)
+    site = loaded.select_fold("auto")
+    tensors = {k: v.detach().clone() for k, v in site_tensors(loaded.model, site).items()}
     own = {}
     for split in ("pool", "test"):
         images, labels = data.splits[split]
         pre, _ = encode_pre_projection(loaded, array_dataset(f"retrained-{split}", split, data.classnames, images,
                                                              labels, split))
-        own[split] = (project(loaded.site, tensors, pre).double(), torch.as_tensor(np.asarray(labels)))
+        own[split] = (project(site, tensors, pre).double(), torch.as_tensor(np.asarray(labels)))
     data._features = own  # the retrained model's features stand in for the original's
     return probe_recall(data, forget, torch.eye(data.classifier.shape[1], dtype=torch.float64), None, "test")
 
@@ -293,6 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="ccup-tiny-fashion", help="ccup-tiny-fashion or ccup-lit-fashion")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("CCUP_CACHE_DIR", Path.home() / ".cache" / "ccup")) / "studies")
     parser.add_argument("--test", action="store_true", help="report the full test split")
@@ -308,7 +311,7 @@ def main() -> None:
     if args.write_refs:
         return write_refs(args)
     torch.manual_seed(0)
-    data = Data(args.data_root, args.cache_dir, args.seed)
+    data = Data(args.data_root, args.cache_dir, args.seed, args.model)
     if args.retrained:
         r = retrained_probe(data, args.retrained, args.forget.split(","))
         print("| model | 16-shot probe recall per class | retain probe top-1 |\n|---|---|---|\n"
@@ -323,12 +326,14 @@ def main() -> None:
             write_section("reference_images_tune", "python scripts/bench_reference_images.py --tune", body)
         return
     split = "test" if args.test else "validation"
+    suffix = "" if args.model == "ccup-tiny-fashion" else "_lit"
+    flag = "" if args.model == "ccup-tiny-fashion" else f" --model {args.model}"
     if args.sink_curve:
         body = "\n".join(curve(data, NAMED_SETS, split, erase=False))
         print(body)
         if not args.no_doc:
-            write_section(f"reference_images_sink_curve_{split}", "python scripts/bench_reference_images.py"
-                          + (" --test" if args.test else "") + " --sink-curve", body)
+            write_section(f"reference_images_sink_curve_{split}{suffix}", "python scripts/bench_reference_images.py"
+                          + flag + (" --test" if args.test else "") + " --sink-curve", body)
         return
     lines, _ = table(data, NAMED_SETS + OTHER_SETS, split)
     body = "\n".join(lines)
@@ -336,8 +341,9 @@ def main() -> None:
     body += "\n".join(curve(data, NAMED_SETS, split))
     print(body)
     if not args.no_doc:
-        section = "reference_images_test" if args.test else "reference_images_validation"
-        write_section(section, "python scripts/bench_reference_images.py" + (" --test" if args.test else ""), body)
+        section = ("reference_images_test" if args.test else "reference_images_validation") + suffix
+        write_section(section, "python scripts/bench_reference_images.py" + flag + (" --test" if args.test else ""),
+                      body)
 
 
 if __name__ == "__main__":
