@@ -17,11 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backends.fold import site_tensors
+from .backends.fold import NoOffsetSite, site_tensors
 from .backends.open_clip_tower import locate_fold_site
+from .data.reference_images import DEPLOYMENT, MIN_REFERENCE_IMAGES
 from .methods.apply import UnlearnResult, apply_unlearning
+from .methods.erasure import ERASE_CHOICES, concept_erasure_available
 from .methods.prompt_sides import build_sides, domain_problems, embed_side, load_domains
 from .methods.prototypes import frozen_weights, pixel_geometry, synthesize
+from .methods.sinks import REFERENCE_SINK
 from .methods.table import MethodContext, ReferenceFeatures, get_method
 from .presets import defaults
 from .text.embeddings import TextEmbeddings, default_retain, embed_forget_and_retain
@@ -61,7 +64,7 @@ def unlearn(
     lambda_retain: float = defaults.LAMBDA_RETAIN,
     lambda_identity: float = defaults.LAMBDA_IDENTITY,
     energy: float = defaults.ENERGY,
-    sink: str = defaults.SINK,
+    sink: str | None = None,
     inplace: bool = False,
     forget_domains: Sequence[str] = (),
     domains: str | dict[str, list[str]] | None = None,
@@ -72,6 +75,8 @@ def unlearn(
     prototypes_per_group: int = defaults.PROTOTYPES_PER_GROUP,
     reference_features: dict[str, torch.Tensor] | None = None,
     fold: str = "auto",
+    reference_images: torch.Tensor | None = None,
+    erase: str = "none",
 ) -> UnlearnResult:
     """Make ``model`` forget ``forget`` by folding a closed-form map into its image tower (or its text tower).
 
@@ -91,6 +96,13 @@ def unlearn(
     ``method="domain-edit"`` needs ``reference_features``: ``{domain: [n, d]}`` image features
     (``model.encode_image``) of a few unlabelled images of every domain in ``domains``.
 
+    ``reference_images`` (``[n, d]``, ``model.encode_image`` of a few hundred unlabelled images from
+    where the model is deployed, at least ``MIN_REFERENCE_IMAGES``) calibrates the sink on them:
+    ``sink`` then defaults to "reference-chance", which puts each forget class at chance in its own
+    text search on those images (``methods/references.py``). ``erase="probe"`` adds a linear erasure
+    (LEACE on the original model's zero-shot pseudo-labels; needs ``concept-erasure``) after the map,
+    in the same final map. Neither removes what a probe trained on labelled images can decode.
+
     ``fold`` says where W goes: "image" (``f → W f`` in the image tower's final linear map),
     "text" (``t → Wᵀ t`` in the text tower's), or "auto" (image where the image tower ends in a
     linear map, text otherwise, as for SigLIP). Zero-shot logits ``tᵀ W f`` are the same either way.
@@ -98,11 +110,15 @@ def unlearn(
     forget = list(forget)
     if not forget and not forget_domains and not forget_prompts:
         raise ValueError("forget must name at least one class (or give forget_domains or forget_prompts)")
+    sink, references = _reference_choices(sink, reference_images, reference_features, erase)
     entry = get_method(method)
     if not entry.closed_form:
         raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
     retain = default_retain(forget) if retain is None else list(retain)
     site = locate_fold_site(model, fold)
+    if erase == "probe" and site.side == "text":
+        raise ValueError("erase='probe' changes image features, and this model takes the map in its text tower; "
+                         "drop erase or fold='image'")
     encode = _eval_mode_encoder(model, tokenizer)
     if domains is not None or forget_domains or forget_prompts or retain_prompts:
         forget_emb, retain_emb = _prompt_side_embeddings(encode, forget, retain, templates, retain_templates,
@@ -117,11 +133,36 @@ def unlearn(
     params = {p: values[p] for p in entry.params}
     synthesizer = _synthesizer(model, preprocess) if preprocess is not None else None
     reference = None
-    if reference_features is not None:
-        given = ReferenceFeatures(dict(reference_features))
+    if references:
+        given = ReferenceFeatures(references)
         reference = lambda: given  # noqa: E731
-    return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
-                            inplace, context=MethodContext(encode=encode, synthesize=synthesizer, reference=reference))
+    context = MethodContext(encode=encode, synthesize=synthesizer, reference=reference, erase=erase)
+    try:
+        return apply_unlearning(model, site, site_tensors(model, site), forget_emb, retain_emb, method, alpha, params,
+                                inplace, context=context)
+    except NoOffsetSite as err:
+        raise ValueError(f"erase='probe' cannot be folded into this tower: {err}") from None
+
+
+def _reference_choices(sink, reference_images, reference_features, erase) -> tuple[str, dict]:
+    """The sink to use and the reference features by group, checked (ValueError in one line)."""
+    if erase not in ERASE_CHOICES:
+        raise ValueError(f"erase must be one of {', '.join(ERASE_CHOICES)}, got {erase!r}")
+    references = dict(reference_features or {})
+    if reference_images is not None:
+        if not isinstance(reference_images, torch.Tensor) or reference_images.dim() != 2:
+            raise ValueError("reference_images must be a [n, d] tensor of image features (model.encode_image)")
+        if len(reference_images) < MIN_REFERENCE_IMAGES:
+            raise ValueError(f"reference_images holds {len(reference_images)} images; give at least "
+                             f"{MIN_REFERENCE_IMAGES} (a few hundred is better)")
+        references[DEPLOYMENT] = reference_images.detach()
+    sink = sink if sink is not None else (REFERENCE_SINK if reference_images is not None else defaults.SINK)
+    if reference_images is None and (sink == REFERENCE_SINK or erase == "probe"):
+        what = "sink='reference-chance'" if sink == REFERENCE_SINK else "erase='probe'"
+        raise ValueError(f"{what} reads unlabelled reference images; give reference_images=[n, d] image features")
+    if erase == "probe" and not concept_erasure_available():
+        raise ValueError("erase='probe' needs the concept-erasure package: pip install 'ccup[audit]'")
+    return sink, references
 
 
 def _prompt_side_embeddings(encode, forget, retain, templates, retain_templates, domains, forget_domains,

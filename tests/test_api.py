@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,56 @@ def test_text_side_reads_the_query_the_patched_logits_use(tiny):
     assert (by_query - by_wrong_side).abs().max() > 1e-3  # the two sides differ for this W
     for name, want in zip(result.retain.classnames, by_query.tolist()):
         assert reported[name]["after"] == pytest.approx(want, abs=1e-12)
+
+
+def _fashion_with_references():
+    """The embedded ccup-tiny-fashion, its tokenizer, and the image features of the 150 shipped
+    *train* images (unlabelled references)."""
+    from pathlib import Path
+
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    folder = Path(ccup_cli.__file__).parent / "assets" / "ccup-tiny-fashion"
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    with np.load(Path(__file__).parent / "assets" / "fashion-mnist-train-refs.npz") as z:
+        pixels = torch.stack([preprocess(Image.fromarray(im)) for im in z["images"]])
+    model.eval()
+    with torch.no_grad():
+        return model, tokenizer, pixels, model.encode_image(pixels)
+
+
+def test_the_library_calibrates_on_reference_images_and_folds_the_erasure():
+    from ccup_cli.data.catalog import preset_classnames
+
+    model, tokenizer, pixels, refs = _fashion_with_references()
+    names = preset_classnames("fashion-mnist")
+    forget, retain = ["sandal", "sneaker"], [c for c in names if c not in ("sandal", "sneaker")]
+    plain = ccup_cli.unlearn(model, tokenizer, forget=forget, retain=retain)
+    calibrated = ccup_cli.unlearn(model, tokenizer, forget=forget, retain=retain, reference_images=refs)
+    assert plain.projector.params["sink"] == "retain-mean-orthogonal"
+    assert calibrated.projector.params["sink"] == "reference-chance"  # the default once references are given
+    assert not torch.allclose(plain.W, calibrated.W)
+    erased = ccup_cli.unlearn(model, tokenizer, forget=forget, retain=retain, reference_images=refs, erase="probe")
+    assert erased.erasure is not None and erased.erasure.fitted_on == len(refs)
+    with torch.no_grad():
+        out = erased.model.encode_image(pixels).double()
+    assert torch.allclose(out, erased.erasure(refs.double() @ erased.W.T), atol=1e-4)
+    changed = [k for k, v in erased.model.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed == ["visual.proj"]
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"erase": "probe"}, "reads unlabelled reference images"),
+    ({"sink": "reference-chance"}, "reads unlabelled reference images"),
+    ({"erase": "lasso"}, "erase must be one of"),
+    ({"reference_images": torch.zeros(10, 64)}, "at least 50"),
+    ({"reference_images": torch.zeros(64)}, "[n, d] tensor"),
+])
+def test_the_library_refuses_what_reference_images_cannot_do(tiny, kwargs, needle):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        ccup_cli.unlearn(model, tokenizer, forget=["cat"], retain=["car", "tree"], templates="photo",
+                         retain_templates="photo", **kwargs)

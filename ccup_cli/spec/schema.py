@@ -263,7 +263,8 @@ def reference_problems(spec: UnlearnSpec) -> list[str]:
     """What needs reference images and has none, and what cannot use them."""
     problems = []
     if spec.sink == REFERENCE_SINK and spec.reference_images is None:
-        problems.append("sink: reference-chance calibrates on unlabelled reference images; pass --reference-images DIR")
+        problems.append("sink: reference-chance calibrates on unlabelled reference images; pass --reference-images DIR "
+                        "(ccup unlearn; ccup sweep does not read them)")
     if spec.erase != "none" and spec.reference_images is None:
         problems.append(f"erase: {spec.erase} is fitted on unlabelled reference images; pass --reference-images DIR")
     if spec.erase != "none" and not METHODS[spec.method].closed_form:
@@ -412,6 +413,9 @@ def check_sweep(alphas: list[float], methods: list[str]) -> None:
                             "run it with ccup unlearn (--alpha auto traces its curve)")
         elif override and "sink" not in METHODS[name].params:
             problems.append(f'methods[{i}]: method "{name}" takes no sink; write ccup:SINK to compare sinks')
+        elif override and override["sink"] == REFERENCE_SINK:
+            problems.append(f"methods[{i}]: ccup:{REFERENCE_SINK} calibrates on reference images, which ccup sweep "
+                            "does not read; run ccup unlearn --reference-images DIR (its report gives the calibration)")
         elif override:
             problems += sink_problems(override["sink"], f"methods[{i}]")
     if len(set(methods)) != len(methods):

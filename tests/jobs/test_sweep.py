@@ -76,6 +76,8 @@ def test_sweep_without_matplotlib_still_writes_jsonl(spec_of, tmp_path, monkeypa
     ([0.0, 2.0], ["ccup"], "alphas[1]: 2.0 is outside [0, 1]"),
     ([0.5], ["ccup", "finetune"], 'methods[1]: method "finetune" needs labelled images'),
     ([0.5], ["cupp"], 'methods[0]: unknown method "cupp"'),
+    ([0.5], ["ccup", "ccup:reference-chance"], "methods[1]: ccup:reference-chance calibrates on reference images, "
+                                               "which ccup sweep does not read"),
 ])
 def test_sweep_bad_alphas_and_methods_fail_at_the_door(spec_of, tmp_path, alphas, methods, needle):
     with pytest.raises(SpecError) as err:
