@@ -4,8 +4,9 @@ The references are the ORIGINAL model's image features of a few hundred to a few
 images from the deployment distribution (``data.reference_images``), pseudo-labelled by the original
 model's own zero-shot over the forget and retain classes. Two uses, each chosen on the references alone:
 
-- the ``reference-chance`` sink (``sinks.reference_chance_targets``): per forget class, the share γ of its
-  own direction in its sink target that puts it at chance under its own query on the references;
+- the ``reference-chance`` sink (``sinks.reference_chance_targets``): per forget class, how far along
+  the references' own direction for it (and how long) its sink target goes, so that it sits at chance
+  under its own query on the references; a class they hardly hold is calibrated on stand-ins;
 - ``erase: probe`` (``erasure.fit_erasure``): LEACE on the patched reference features against each forget
   class's pseudo-label, composed after the map. With both, the sink is calibrated *through* the
   erasure (the erasure is refitted at every step), since erasing moves a class's ranking too.

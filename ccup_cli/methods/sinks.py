@@ -15,10 +15,12 @@ each forget prompt a harmless target instead:
   (bisection on text only), times TEXT_CHANCE_FACTOR. It aims a forgotten class's images at chance
   under its own query instead of below it (issue 21); text is a rough stand-in for where images sit,
   so it lands some classes at chance and misses others, at a retain cost (scripts/tune_chance_sink.py).
-- ``reference-chance``: retain-mean-orthogonal plus, per forget class, the share of its own direction that
-  puts the class at chance on unlabelled reference images (``reference_chance_targets``): its AUC under
-  its own query 0.5 among the references, pseudo-labelled by the original model's zero-shot (issue 29).
-  It needs reference images (``reference_images``); the default when they are given to ``ccup``.
+- ``reference-chance``: retain-mean-orthogonal plus, per forget class, γ times a direction read off
+  unlabelled reference images (``ReferenceCalibration.directions``: the class's mean difference from
+  the rest, whitened by the references' within-class spread), γ chosen so that the class sits at the
+  target AUC under its own query among the references (``reference_chance_targets``), pseudo-labelled
+  by the original model's zero-shot (issue 29); a target that would let the class win zero-shot is
+  shortened. It needs reference images (``reference_images``); the default when they are given to ``ccup``.
 - ``neutral``: each forget prompt's own template filled with NEUTRAL_WORD (one target per prompt).
 - ``neutral-orthogonal``: those neutral prompts less their forget-direction components.
 - any other text: a phrase filled into each forget prompt's template, like ``neutral``
