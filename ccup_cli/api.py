@@ -25,7 +25,7 @@ from .methods.erasure import ERASE_CHOICES, concept_erasure_available
 from .methods.prompt_sides import build_sides, domain_problems, embed_side, load_domains
 from .methods.prototypes import frozen_weights, pixel_geometry, synthesize
 from .methods.sinks import REFERENCE_SINK
-from .methods.table import MethodContext, ReferenceFeatures, get_method
+from .methods.table import METHODS, MethodContext, ReferenceFeatures, get_method
 from .presets import defaults
 from .text.embeddings import TextEmbeddings, default_retain, embed_forget_and_retain
 from .text.encode import encode_prompts
@@ -110,7 +110,7 @@ def unlearn(
     forget = list(forget)
     if not forget and not forget_domains and not forget_prompts:
         raise ValueError("forget must name at least one class (or give forget_domains or forget_prompts)")
-    sink, references = _reference_choices(sink, reference_images, reference_features, erase)
+    sink, references = _reference_choices(sink, reference_images, reference_features, erase, method)
     entry = get_method(method)
     if not entry.closed_form:
         raise ValueError(f"method {method} needs labelled images; run it with `ccup unlearn --method {method}`")
@@ -144,10 +144,16 @@ def unlearn(
         raise ValueError(f"erase='probe' cannot be folded into this tower: {err}") from None
 
 
-def _reference_choices(sink, reference_images, reference_features, erase) -> tuple[str, dict]:
-    """The sink to use and the reference features by group, checked (ValueError in one line)."""
+def _reference_choices(sink, reference_images, reference_features, erase, method) -> tuple[str, dict]:
+    """The sink to use and the reference features by group, checked (ValueError in one line), with the
+    CLI's rules (``spec.schema.reference_problems``)."""
     if erase not in ERASE_CHOICES:
         raise ValueError(f"erase must be one of {', '.join(ERASE_CHOICES)}, got {erase!r}")
+    if reference_images is not None and method != "ccup" and erase == "none":
+        raise ValueError(f"reference_images: method {method} does not read them (ccup calibrates its sink on them); "
+                         "add erase='probe', use method='ccup', or drop reference_images")
+    if erase == "probe" and method in METHODS and METHODS[method].needs_references:
+        raise ValueError(f"erase='probe' does not follow method {method}; use ccup or nullspace")
     references = dict(reference_features or {})
     if reference_images is not None:
         if not isinstance(reference_images, torch.Tensor) or reference_images.dim() != 2:

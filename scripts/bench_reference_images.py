@@ -318,16 +318,17 @@ def main() -> None:
               f"| {Path(args.retrained).name} | "
               + ", ".join(f"{c} {v:.3f}" for c, v in r["recall"].items()) + f" | {r['retain']:.3f} |")
         return
+    suffix = "" if args.model == "ccup-tiny-fashion" else "_lit"
+    flag = "" if args.model == "ccup-tiny-fashion" else f" --model {args.model}"
     if args.tune:
         body = "\n".join(tune(data, NAMED_SETS + [["pullover", "coat"], ["sandal", "sneaker", "ankle boot"],
                                                  ["t-shirt", "pullover", "shirt"]]))
         print(body)
         if not args.no_doc:
-            write_section("reference_images_tune", "python scripts/bench_reference_images.py --tune", body)
+            write_section(f"reference_images_tune{suffix}", f"python scripts/bench_reference_images.py{flag} --tune",
+                          body)
         return
     split = "test" if args.test else "validation"
-    suffix = "" if args.model == "ccup-tiny-fashion" else "_lit"
-    flag = "" if args.model == "ccup-tiny-fashion" else f" --model {args.model}"
     if args.sink_curve:
         body = "\n".join(curve(data, NAMED_SETS, split, erase=False))
         print(body)

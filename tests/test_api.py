@@ -216,6 +216,7 @@ def test_the_library_calibrates_on_reference_images_and_folds_the_erasure():
     ({"erase": "lasso"}, "erase must be one of"),
     ({"reference_images": torch.zeros(10, 64)}, "at least 50"),
     ({"reference_images": torch.zeros(64)}, "[n, d] tensor"),
+    ({"reference_images": torch.zeros(60, 64), "method": "nullspace"}, "method nullspace does not read them"),
 ])
 def test_the_library_refuses_what_reference_images_cannot_do(tiny, kwargs, needle):
     model, tokenizer = tiny

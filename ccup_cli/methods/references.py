@@ -117,6 +117,7 @@ def reference_facts(calibration: ReferenceCalibration, W: torch.Tensor) -> dict:
     read = calibration.read(W)
     positives = calibration.positives()
     gammas, scales = calibration.chosen.get("gamma"), calibration.chosen.get("scale")
+    guard = calibration.chosen.get("guard_met")
     present = calibration.present()
     calibrated_on = calibration.relevant().sum(dim=1)
     out = {}
@@ -130,4 +131,6 @@ def reference_facts(calibration: ReferenceCalibration, W: torch.Tensor) -> dict:
                      # too few of the references are this class: it was calibrated on stand-ins (other
                      # classes' references moved to where the text places it), an estimate
                      "estimated": not bool(present[i]), "calibrated_on": int(calibrated_on[i])}
+        if guard is not None and not bool(guard[i]):  # the γ steps ran out with the class still winning
+            out[name]["guard_met"] = False
     return out

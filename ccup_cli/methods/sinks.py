@@ -173,7 +173,9 @@ class ReferenceCalibration:
     ``pseudo_labels [n]``: the original model's zero-shot class among ``classnames``; ``queries [k, d]``:
     the normalised search query (classifier vector) of each forget class, in forget-class order;
     ``forget_ids``: each forget class's index in ``classnames``; ``after``: what follows the map before
-    search (``erase: probe`` refits its erasure on the patched features; None: nothing).
+    search (``erase: probe`` refits its erasure on the patched features; None: nothing). ``after``
+    receives the pool's rows, the references first and any stand-ins after them, and must fit on
+    the first ``len(features)`` rows only.
 
     A forget class the references hardly hold (``present``) is calibrated on stand-in images: the
     references of the present class nearest to it, moved to where the text says its images sit
@@ -189,11 +191,13 @@ class ReferenceCalibration:
     chosen: dict = field(default_factory=dict)  # what the calibration chose ("gamma", "scale": [k])
     target_auc: float = REFERENCE_TARGET_AUC  # the AUC each forget class is calibrated to
     classifier: torch.Tensor | None = None  # [C, d] every class's query: the guard on forget top-1
-    _pool: tuple | None = field(default=None, repr=False)
+    # pool()'s cache: the fields above are read once, so set them before the first pool(), read() or directions()
+    _pool: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def own_top1(self, W: torch.Tensor) -> torch.Tensor:
         """``[k]``: per forget class, the share of its calibration images (``pool``) that the map ``W``
-        (and ``after``) still classifies as it: zero-shot top-1 on the references."""
+        (and ``after``) still classifies as it: zero-shot top-1 on the references. A class calibrated
+        on stand-ins counts as winning unless it loses by ``REFERENCE_ABSENT_MARGIN``."""
         import torch
         import torch.nn.functional as F
 
@@ -276,7 +280,7 @@ class ReferenceCalibration:
         if len(present_classes) < 2:  # nothing to estimate from: borrow the nearest references
             scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)
             for i in range(len(self.forget_ids)):
-                if int(rel[i].sum()) < MIN_REFERENCE_POSITIVES:
+                if not bool(present[i]):
                     rel[i] = False
                     rel[i, scores[:, i].topk(min(MIN_REFERENCE_POSITIVES, len(scores) - 1)).indices] = True
             self._pool = (feats, rel)
@@ -304,10 +308,12 @@ class ReferenceCalibration:
     def directions(self) -> torch.Tensor:
         """``[k, d]`` float64: per forget class, the direction along which its calibration images
         separate from the rest most for their spread: the mean difference, whitened by the references'
-        within-pseudo-class covariance (ridge ``REFERENCE_RIDGE``), on the unit sphere.
+        within-pseudo-class covariance (ridge ``REFERENCE_RIDGE``), on the unit sphere. A class the
+        references hardly hold (``present``) keeps its query: whitening would magnify the stand-ins'
+        error; so does a class with no other image to differ from.
 
         Moving a class along its own *text* direction moves its mean and spreads its top tail above
-        everyone (P@10 0.2-0.3 at AUC 0.45); along this one the class moves as a narrow band."""
+        everyone (P@10 0.1-0.3 at AUC 0.45); along this one the class moves as a narrow band."""
         import torch
         import torch.nn.functional as F
 
@@ -325,7 +331,7 @@ class ReferenceCalibration:
         out = []
         present = self.present()
         for i in range(len(self.forget_ids)):
-            if not bool(present[i]):
+            if not bool(present[i]) or bool(rel[i].all()):
                 out.append(F.normalize(self.queries[i].double().to(real.device), dim=0))
                 continue
             delta = x[rel[i]].mean(0) - x[~rel[i]].mean(0)
@@ -333,9 +339,9 @@ class ReferenceCalibration:
         return torch.stack(out)
 
     def read(self, W: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per forget class, on the references patched by ``W``: ``auc`` under its own query and
-        ``bottom_share`` (its share of the references ranked last, as many as it has; chance: its base
-        rate ``base_rate``)."""
+        """Per forget class, on ``pool()`` (the references and any stand-ins) patched by ``W``: ``auc``
+        under its own query and ``bottom_share`` (its share of the images ranked last, as many as it
+        has; chance: its base rate ``base_rate`` among the pool's images)."""
         import torch
         import torch.nn.functional as F
 
@@ -343,7 +349,7 @@ class ReferenceCalibration:
         feats = feats @ W.T.to(feats.device, torch.float64)
         if self.after is not None:
             feats = self.after(feats)
-        scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)  # [n, k]
+        scores = F.normalize(feats, dim=-1) @ self.queries.double().T.to(feats.device)  # [n + m, k]
         n_rel = rel.sum(dim=1)
         auc = ranking_auc(scores.T, rel)
         order = scores.T.argsort(dim=1)  # ascending: the last-ranked first
@@ -376,7 +382,10 @@ def reference_chance_targets(forget_embeddings: torch.Tensor, n_templates: int, 
     ``u_c``: ``directions`` (default: the references' own, ``ReferenceCalibration.directions``). γ by
     bisection on ``REFERENCE_GAMMA_RANGE``, all classes at once (each class's γ moves its own AUC
     most). ρ starts at 1; a class whose references still win zero-shot (the guard) is shortened and
-    its γ found again. The choice is kept in ``references.chosen`` ("gamma", "scale").
+    its γ found again; where even the shortest target wins, ρ goes back to 1 and γ is lowered until
+    the class loses. The choice is kept in ``references.chosen`` ("gamma", "scale", and "guard_met":
+    [k] bool, False where the γ steps ran out first). ``forget_embeddings`` is not read (the
+    directions come from the references); it keeps the sinks' common call.
     """
     import torch
 
@@ -421,6 +430,7 @@ def reference_chance_targets(forget_embeddings: torch.Tensor, n_templates: int, 
             if not bool(losing.any()):
                 break
             gamma = gamma - REFERENCE_GAMMA_STEP * losing.double()
+        references.chosen["guard_met"] = ~over(gamma)
     references.chosen["gamma"], references.chosen["scale"] = gamma, scale
     return targets(gamma)
 

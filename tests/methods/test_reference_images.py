@@ -183,7 +183,9 @@ def test_a_class_the_references_lack_is_calibrated_on_stand_ins_placed_by_the_te
     estimate = calibration.estimated_mean(0)
     assert float(F.cosine_similarity(estimate, text[0], dim=0)) > 0.95
     pool, rel = calibration.pool()
-    assert len(pool) > n and int(rel[0, :n].sum()) == 0 and int(rel[0, n:].sum()) == len(pool) - n
+    assert int(rel[0, :n].sum()) == 0 and int(rel[0, n:].sum()) == len(pool) - n
+    # the stand-ins are one present class's references, moved: as many as it has
+    assert len(pool) - n in calibration.pseudo_labels.bincount()[1:].tolist()
     moved = F.normalize(pool[n:], dim=-1).mean(0)
     assert float(F.cosine_similarity(moved, text[0], dim=0)) > 0.95
     # with the class among the references, it calibrates on its own pseudo-labelled images
@@ -191,6 +193,27 @@ def test_a_class_the_references_lack_is_calibrated_on_stand_ins_placed_by_the_te
     feats_with = torch.cat([feats, text[0] + 0.05 * torch.randn(200, d, dtype=torch.float64)])
     with_class = calibration_for(feats_with, labels_with, text, [0], list("abcde"))
     assert bool(with_class.present()[0]) and len(with_class.pool()[0]) == len(feats_with)
+
+
+def test_erase_with_an_absent_class_fits_on_the_real_references_and_reads_its_stand_ins():
+    from ccup_cli.methods.references import solve_with_references
+
+    torch.manual_seed(4)
+    d, n = 8, 800
+    eye = torch.eye(d, dtype=torch.float64)
+    text = F.normalize(eye[:5] + 0.3, dim=-1)
+    labels = torch.randint(1, 5, (n,))
+    feats = text[labels] + 0.05 * torch.randn(n, d, dtype=torch.float64)
+    calibration = calibration_for(feats, labels, text, [0], list("abcde"))
+
+    def solve(targets):  # the forget query is sent to its target
+        W = eye.clone()
+        W += torch.outer(targets[0] - text[0], text[0])
+        return W
+
+    W, erasure, facts = solve_with_references(solve, text[:1], text[1:], ["{}"], calibration, erase=True)
+    assert torch.isfinite(W).all() and erasure is not None and erasure.fitted_on == n
+    assert facts["a"]["estimated"] and facts["a"]["calibrated_on"] == len(calibration.pool()[0]) - n
 
 
 def test_the_guard_shortens_a_target_that_would_win_zero_shot():
