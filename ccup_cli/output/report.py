@@ -214,6 +214,8 @@ def summary_table(report: dict):
                 length = "" if scale in (None, 1.0) else f", length {scale:.1f}"
                 estimated = (f"; too few are {name}: estimated on {fact.get('calibrated_on')} stand-ins"
                              if fact.get("estimated") else "")
+                if fact.get("guard_met") is False:
+                    estimated += "; still wins zero-shot on the references (the guard ran out of steps)"
                 table.add_row(f"  {name}", f"γ {fact['gamma']:.3f}{length}: reference AUC {fact['auc']:.2f}, bottom "
                               f"share {fact['bottom_share']:.2f} (base rate {fact['base_rate']:.2f}){estimated}")
             if refs.get("erase"):
