@@ -326,6 +326,25 @@ def test_erase_probe_folds_into_the_final_map_alone_and_plain_open_clip_reloads_
 
 
 @pytest.mark.embedded
+def test_references_without_the_class_calibrate_it_on_stand_ins_and_the_report_says_so(tmp_path):
+    from PIL import Image
+
+    with np.load(REFS) as z:
+        images, labels = z["images"], z["labels"]
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in np.flatnonzero(labels != 8):  # no bag among them (the labels pick the folder, never the run)
+        Image.fromarray(images[i]).save(refs / f"{i:03d}.png")
+    out = tmp_path / "out"
+    result = _unlearn("--forget", "bag", "--reference-images", refs, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    fact = report["reference_images"]["sink"]["per_class"]["bag"]
+    assert fact["estimated"] is True and fact["pseudo_labelled"] < 5 and fact["calibrated_on"] >= 5
+    assert report["metrics"]["after"]["forget"]["top1"] <= 0.01  # the estimate does not undo the forgetting
+
+
+@pytest.mark.embedded
 def test_a_tower_whose_layernorm_cannot_carry_the_offset_says_so(tmp_path, tiny_vit_file):
     refs = _write_refs(tmp_path / "refs")
     result = _unlearn("--model", "ccup-test-vit", "--pretrained", tiny_vit_file, "--forget", "cat",
