@@ -229,11 +229,10 @@ class ReferenceCalibration:
         classifier of every class (no text to estimate from), every class counts as present."""
         import torch
 
-        positives = self.positives()
         if self.classifier is None:
-            return torch.ones(len(positives), dtype=torch.bool)
-        share = REFERENCE_PRESENT_SHARE * len(self.pseudo_labels) / len(self.classifier)
-        return (positives >= MIN_REFERENCE_POSITIVES) & (positives.double() >= share)
+            return torch.ones(len(self.forget_ids), dtype=torch.bool)
+        present = set(self._present_classes())
+        return torch.tensor([c in present for c in self.forget_ids], dtype=torch.bool)
 
     def estimated_mean(self, i: int) -> torch.Tensor:
         """``[d]``: where forget class ``i``'s normalised image features should sit, from the text alone.
@@ -258,6 +257,7 @@ class ReferenceCalibration:
         return m_bar + w @ M + scale * (t - w @ T)
 
     def _present_classes(self) -> list[int]:
+        """The classes (``classnames`` indices) that enough references are pseudo-labelled as."""
         counts = self.pseudo_labels.bincount(minlength=len(self.classnames))
         share = REFERENCE_PRESENT_SHARE * len(self.pseudo_labels) / len(self.classnames)
         return [j for j in range(len(self.classnames)) if counts[j] >= max(MIN_REFERENCE_POSITIVES, share)]

@@ -170,14 +170,20 @@ def test_the_references_own_direction_separates_the_class_most_for_its_spread():
     assert fisher(u) > 1.5 * fisher(F.normalize(delta, dim=0)) and fisher(u) > 1.5 * fisher(eye[0])
 
 
+def _absent_toy(seed: int, d: int = 8, n: int = 800):
+    """``(features [n, d], labels, text [5, d])``: five classes whose image means sit on their text
+    queries; the references hold no image of class 0."""
+    torch.manual_seed(seed)
+    text = F.normalize(torch.eye(d, dtype=torch.float64)[:5] + 0.3, dim=-1)
+    labels = torch.randint(1, 5, (n,))
+    return text[labels] + 0.05 * torch.randn(n, d, dtype=torch.float64), labels, text
+
+
 def test_a_class_the_references_lack_is_calibrated_on_stand_ins_placed_by_the_text():
     """Image means sit on the text queries; the references hold no image of class 0."""
-    torch.manual_seed(2)
-    d, n = 8, 800
-    eye = torch.eye(d, dtype=torch.float64)
-    text = F.normalize(eye[:5] + 0.3, dim=-1)
-    labels = torch.randint(1, 5, (n,))
-    feats = text[labels] + 0.05 * torch.randn(n, d, dtype=torch.float64)
+    d = 8
+    feats, labels, text = _absent_toy(seed=2)
+    n = len(feats)
     calibration = calibration_for(feats, labels, text, [0], list("abcde"))
     assert not bool(calibration.present()[0]) and int(calibration.positives()[0]) == 0
     estimate = calibration.estimated_mean(0)
@@ -198,12 +204,8 @@ def test_a_class_the_references_lack_is_calibrated_on_stand_ins_placed_by_the_te
 def test_erase_with_an_absent_class_fits_on_the_real_references_and_reads_its_stand_ins():
     from ccup_cli.methods.references import solve_with_references
 
-    torch.manual_seed(4)
-    d, n = 8, 800
-    eye = torch.eye(d, dtype=torch.float64)
-    text = F.normalize(eye[:5] + 0.3, dim=-1)
-    labels = torch.randint(1, 5, (n,))
-    feats = text[labels] + 0.05 * torch.randn(n, d, dtype=torch.float64)
+    feats, labels, text = _absent_toy(seed=4)
+    n, eye = len(feats), torch.eye(feats.shape[1], dtype=torch.float64)
     calibration = calibration_for(feats, labels, text, [0], list("abcde"))
 
     def solve(targets):  # the forget query is sent to its target
